@@ -1,0 +1,49 @@
+// swift-tools-version: 6.0
+// Gemma 3 (270M architecture) from scratch in Swift: tokenizers, model, training, inference, file formats.
+import PackageDescription
+
+// Release builds are what every benchmark and the README use; `-Ounchecked` is not used so that
+// the libraries stay consumable as ordinary SwiftPM dependencies (no unsafe flags).
+let package = Package(
+    name: "Gemma3Swift",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "gemma3", targets: ["gemma3"]),
+        .library(name: "Gemma3Kernels", targets: ["Gemma3Kernels"]),
+        .library(name: "Gemma3Tokenizers", targets: ["Gemma3Tokenizers"]),
+        .library(name: "Gemma3Formats", targets: ["Gemma3Formats"]),
+        .library(name: "Gemma3Model", targets: ["Gemma3Model"]),
+        .library(name: "Gemma3Training", targets: ["Gemma3Training"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // OpenBLAS from Debian's libopenblas-dev (cblas_sgemm, openblas_set_num_threads).
+        .systemLibrary(
+            name: "COpenBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        // Compute layer: BLAS wrapper, parallel loops, element-wise kernels, number formats.
+        // Everything that touches raw floats lives here so a GPU backend can replace it later.
+        .target(name: "Gemma3Kernels", dependencies: ["COpenBLAS"]),
+        // GPT-2 byte-level BPE and Gemma's SentencePiece-style tokenizer.
+        .target(name: "Gemma3Tokenizers"),
+        // safetensors and GGUF readers/writers, quantized block formats.
+        .target(name: "Gemma3Formats", dependencies: ["Gemma3Kernels"]),
+        // Gemma3Config, parameters, forward/backward, KV-cache inference, sampling.
+        .target(name: "Gemma3Model", dependencies: ["Gemma3Kernels", "Gemma3Formats", "Gemma3Tokenizers"]),
+        // Data preparation, batches, AdamW, schedules, the training loop, checkpoints.
+        .target(name: "Gemma3Training", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Tokenizers", "Gemma3Kernels"]),
+        // The command-line tool: a thin layer over the libraries.
+        .executableTarget(
+            name: "gemma3",
+            dependencies: [
+                "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Formats", "Gemma3Model", "Gemma3Training",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "KernelsTests", dependencies: ["Gemma3Kernels"]),
+    ]
+)

@@ -1,0 +1,10 @@
+import ArgumentParser
+
+@main
+struct Gemma3Command: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gemma3",
+        abstract: "Gemma 3 (270M architecture) in Swift: prepare data, train, evaluate, generate, benchmark.",
+        subcommands: []
+    )
+}
