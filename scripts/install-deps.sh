@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the system and Python packages the build and the tests need (Debian + PyPI).
+# Idempotent: does nothing when everything is already there.
+set -euo pipefail
+need_apt=()
+for p in libopenblas-dev pkg-config python3 python3-pip; do
+    dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
+done
+# python3/pip may come from elsewhere (pyenv); only ask apt for them if the commands are missing.
+if command -v python3 >/dev/null 2>&1; then
+    need_apt=("${need_apt[@]/python3}"); need_apt=("${need_apt[@]/python3-pip}")
+fi
+need_apt=($(printf '%s\n' "${need_apt[@]}" | grep -v '^$' || true))
+if [ ${#need_apt[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+# tiktoken is the independent reference the tokenizer tests compare against; numpy and
+# safetensors check that the files we write are readable by the Python ecosystem.
+if ! python3 -c "import tiktoken, numpy, safetensors" >/dev/null 2>&1; then
+    python3 -m pip install -q --disable-pip-version-check tiktoken numpy safetensors 2>/dev/null \
+        || python3 -m pip install -q --disable-pip-version-check --break-system-packages tiktoken numpy safetensors
+fi
