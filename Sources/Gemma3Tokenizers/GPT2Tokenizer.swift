@@ -1,0 +1,355 @@
+import Dispatch
+import Foundation
+
+/// GPT-2's byte-level BPE tokenizer, producing exactly the ids of tiktoken's `gpt2` encoding.
+///
+/// Text is split into pieces by GPT-2's pre-tokenizer pattern (see `GPT2PreTokenizer`); a piece that
+/// is itself a token becomes that token, any other piece is merged byte pair by byte pair by rank
+/// (`BytePairMerger`) and the result is cached for the rest of the call.
+///
+/// Input text must be valid UTF-8. `String` inputs always are; the byte-buffer entry points expect
+/// callers to check with `validateUTF8` first (the command-line verbs do and report the offset).
+public final class GPT2Tokenizer: Sendable {
+    /// The id of `<|endoftext|>` in GPT-2's vocabulary.
+    public static let endOfTextID: Int32 = 50256
+    public static let endOfTextString = "<|endoftext|>"
+
+    /// Number of token ids (largest id + 1): 50257 for GPT-2.
+    public let vocabularySize: Int
+    /// Id of `<|endoftext|>` in the loaded vocabulary (50256 for GPT-2's files).
+    public let endOfTextTokenID: Int32
+    /// Special tokens (not produced by BPE), recognised by `encode(_:allowSpecial: true)`.
+    public let specialTokens: [String: Int32]
+
+    /// Mergeable tokens: bytes -> (id, rank).
+    let vocabulary: VocabularyTable
+    /// Token id of each byte value.
+    let byteIDs: ByteIDTable
+    /// Bytes of every token id, for decoding: `tokenBytes[tokenOffsets[id] ..< tokenOffsets[id + 1]]`;
+    /// ids that the files leave unassigned have `tokenAssigned[id] == false`.
+    let tokenBytesArena: [UInt8]
+    let tokenOffsets: [Int32]
+    let tokenAssigned: [Bool]
+
+    // MARK: - Loading
+
+    /// Builds a tokenizer from a byte-level vocabulary (token strings in GPT-2's byte-to-unicode
+    /// alphabet -> id) and merge rules in priority order. Vocabulary entries that are neither a
+    /// single byte nor the result of a merge (such as `<|endoftext|>`) become special tokens, as do
+    /// the `addedTokens` (written as plain text).
+    public init(vocabulary: [(token: String, id: Int)], merges: [(String, String)],
+                addedTokens: [(content: String, id: Int)] = [], source: String = "vocabulary") throws {
+        func malformed(_ reason: String) -> TokenizerError { .malformedFile(path: source, reason: reason) }
+        let decoder = ByteLevelAlphabet.decoder
+        var bytesOfID: [Int: [UInt8]] = [:]
+        var idOfBytes: [[UInt8]: Int32] = [:]
+        var specials: [String: Int32] = [:]
+        var maxID = -1
+        for (token, id) in vocabulary {
+            guard id >= 0 && id < Int(Int32.max) else { throw malformed("token id \(id) out of range") }
+            if bytesOfID[id] != nil { throw malformed("token id \(id) appears twice") }
+            maxID = max(maxID, id)
+            if let bytes = ByteLevelAlphabet.decode(token, decoder) {
+                bytesOfID[id] = bytes
+                if idOfBytes[bytes] == nil { idOfBytes[bytes] = Int32(id) }
+            } else {
+                bytesOfID[id] = Array(token.utf8)  // not byte-level text: a special token
+                specials[token] = Int32(id)
+            }
+        }
+        for (content, id) in addedTokens {
+            guard id >= 0 && id < Int(Int32.max) else { throw malformed("added token id \(id) out of range") }
+            if let existing = bytesOfID[id], existing != Array(content.utf8),
+               ByteLevelAlphabet.decode(content, decoder) != existing {
+                throw malformed("added token \(content) reuses id \(id)")
+            }
+            bytesOfID[id] = Array(content.utf8)
+            specials[content] = Int32(id)
+            maxID = max(maxID, id)
+        }
+
+        // Mergeable tokens: the 256 single bytes, then one per merge rule, ranked in file order.
+        var byteIDs = [Int32](repeating: -1, count: 256)
+        var rankOfID: [Int32: Int32] = [:]
+        for b in 0 ..< 256 {
+            guard let id = idOfBytes[[UInt8(b)]] else { throw malformed("no token for byte \(b)") }
+            byteIDs[b] = id
+            rankOfID[id] = id
+        }
+        for (index, merge) in merges.enumerated() {
+            guard let left = ByteLevelAlphabet.decode(merge.0, decoder),
+                  let right = ByteLevelAlphabet.decode(merge.1, decoder) else {
+                throw malformed("merge \(index + 1) (\(merge.0) \(merge.1)) is not byte-level text")
+            }
+            guard let id = idOfBytes[left + right] else {
+                throw malformed("merge \(index + 1) (\(merge.0) \(merge.1)) makes a token missing from the vocabulary")
+            }
+            rankOfID[id] = Int32(256 + index)
+        }
+        var entries: [(bytes: [UInt8], id: Int32, rank: Int32)] = []
+        entries.reserveCapacity(rankOfID.count)
+        for (id, rank) in rankOfID { entries.append((bytesOfID[Int(id)]!, id, rank)) }
+        // Byte-level vocabulary entries that no merge produces are not mergeable (as in tiktoken):
+        // they can be decoded but never come out of BPE.
+        for (id, bytes) in bytesOfID where rankOfID[Int32(id)] == nil && specials.values.contains(Int32(id)) == false {
+            specials[String(decoding: bytes, as: UTF8.self)] = Int32(id)
+        }
+
+        if specials[Self.endOfTextString] == nil && bytesOfID[Int(Self.endOfTextID)] == nil {
+            // encoder.json-style files without <|endoftext|>: tiktoken adds it as id 50256.
+            bytesOfID[Int(Self.endOfTextID)] = Array(Self.endOfTextString.utf8)
+            specials[Self.endOfTextString] = Self.endOfTextID
+            maxID = max(maxID, Int(Self.endOfTextID))
+        }
+
+        vocabularySize = maxID + 1
+        var arena: [UInt8] = []
+        var offsets = [Int32](repeating: 0, count: vocabularySize + 1)
+        var assigned = [Bool](repeating: false, count: vocabularySize)
+        for id in 0 ..< vocabularySize {
+            offsets[id] = Int32(arena.count)
+            if let bytes = bytesOfID[id] {
+                arena += bytes
+                assigned[id] = true
+            }
+        }
+        offsets[vocabularySize] = Int32(arena.count)
+        tokenBytesArena = arena
+        tokenOffsets = offsets
+        tokenAssigned = assigned
+        specialTokens = specials
+        endOfTextTokenID = specials[Self.endOfTextString] ?? Self.endOfTextID
+        self.vocabulary = VocabularyTable(entries: entries)
+        self.byteIDs = ByteIDTable(byteIDs)
+    }
+
+    /// Loads `vocab.json` + `merges.txt` (Hugging Face), `encoder.json` + `vocab.bpe` (OpenAI), or a
+    /// GPT-2 style `tokenizer.json` (Hugging Face tokenizers), looked for in that order.
+    public convenience init(directory: URL) throws {
+        let files = try Self.tokenizerFiles(in: directory)
+        switch files {
+        case .vocabularyAndMerges(let vocabularyURL, let mergesURL):
+            let vocabulary = try Self.readVocabulary(vocabularyURL)
+            let merges = try Self.readMerges(mergesURL)
+            try self.init(vocabulary: vocabulary, merges: merges, source: vocabularyURL.path)
+        case .tokenizerJSON(let url):
+            let (vocabulary, merges, added) = try Self.readTokenizerJSON(url)
+            try self.init(vocabulary: vocabulary, merges: merges, addedTokens: added, source: url.path)
+        }
+    }
+
+    /// Where `gemma3 download gpt2-tokenizer` puts `vocab.json` + `merges.txt`, and where every verb
+    /// looks when `--tokenizer` is not given: `$GEMMA3_CACHE/gpt2`, else `~/.cache/gemma3/gpt2`.
+    public static var defaultDirectory: URL {
+        let environment = ProcessInfo.processInfo.environment
+        if let cache = environment["GEMMA3_CACHE"], !cache.isEmpty {
+            return URL(fileURLWithPath: cache, isDirectory: true).appendingPathComponent("gpt2", isDirectory: true)
+        }
+        let home = environment["HOME"].map { URL(fileURLWithPath: $0, isDirectory: true) }
+            ?? FileManager.default.homeDirectoryForCurrentUser
+        return home.appendingPathComponent(".cache/gemma3/gpt2", isDirectory: true)
+    }
+
+    // MARK: - Encoding
+
+    /// Encodes text as tiktoken's `gpt2` `encode_ordinary` does: special-token text such as
+    /// `<|endoftext|>` is ordinary text.
+    public func encodeOrdinary(_ text: String) -> [Int32] {
+        var text = text
+        var out: [Int32] = []
+        text.withUTF8 { encodeOrdinary(utf8: $0, into: &out) }
+        return out
+    }
+
+    /// Appends the ordinary encoding of `utf8` to `out`, on the calling thread. `utf8` must be valid
+    /// UTF-8 (check with `validateUTF8`); invalid bytes are never read out of bounds, but the ids
+    /// are then unspecified.
+    public func encodeOrdinary(utf8: UnsafeBufferPointer<UInt8>, into out: inout [Int32]) {
+        guard let base = utf8.baseAddress, utf8.count > 0 else { return }
+        var cache = PieceCache()
+        out.reserveCapacity(out.count + utf8.count / 4 + 16)
+        encodeChunk(base, utf8.count, into: &out, cache: &cache)
+    }
+
+    /// Encodes `utf8` on `threads` threads and returns the same ids as the single-threaded call.
+    /// The text is cut only where the pre-tokenizer's pieces cannot change (a space or newline right
+    /// after a non-space ASCII character), into pieces that the threads take in turn.
+    public func encodeOrdinary(utf8: UnsafeBufferPointer<UInt8>, threads: Int) -> [Int32] {
+        guard let base = utf8.baseAddress, utf8.count > 0 else { return [] }
+        let n = utf8.count
+        let minimumChunk = 1 << 16
+        let workers = max(1, min(threads, n / minimumChunk))
+        if workers == 1 {
+            var out: [Int32] = []
+            encodeOrdinary(utf8: utf8, into: &out)
+            return out
+        }
+        // About 8 chunks per worker, so a worker slowed by other load does not hold the rest up.
+        let target = max(minimumChunk, n / (workers * 8))
+        var bounds = [0]
+        var position = 0
+        while position < n {
+            var cut = position + target
+            if cut >= n {
+                cut = n
+            } else {
+                while cut < n && !GPT2PreTokenizer.isSafeSplit(base, at: cut) { cut += 1 }
+            }
+            bounds.append(cut)
+            position = cut
+        }
+        let chunkCount = bounds.count - 1
+        var results = [[Int32]](repeating: [], count: chunkCount)
+        let nextChunk = ChunkCounter()
+        results.withUnsafeMutableBufferPointer { results in
+            let shared = UnsafeSendable((results.baseAddress!, base, bounds))
+            DispatchQueue.concurrentPerform(iterations: workers) { _ in
+                let (results, base, bounds) = shared.value
+                var cache = PieceCache()
+                while let c = nextChunk.take(below: chunkCount) {
+                    var out: [Int32] = []
+                    let start = bounds[c]
+                    out.reserveCapacity((bounds[c + 1] - start) / 4 + 16)
+                    self.encodeChunk(base + start, bounds[c + 1] - start, into: &out, cache: &cache)
+                    results[c] = out
+                }
+            }
+        }
+        var out: [Int32] = []
+        out.reserveCapacity(results.reduce(0) { $0 + $1.count })
+        for part in results { out += part }
+        return out
+    }
+
+    /// Encodes text, turning special-token text (`<|endoftext|>`) into its id only when
+    /// `allowSpecial` is true; otherwise the same as `encodeOrdinary`.
+    public func encode(_ text: String, allowSpecial: Bool) -> [Int32] {
+        var text = text
+        var out: [Int32] = []
+        text.withUTF8 { encode(utf8: $0, allowSpecial: allowSpecial, into: &out) }
+        return out
+    }
+
+    /// Byte-buffer form of `encode(_:allowSpecial:)`; `utf8` must be valid UTF-8.
+    public func encode(utf8: UnsafeBufferPointer<UInt8>, allowSpecial: Bool, into out: inout [Int32]) {
+        guard allowSpecial, let base = utf8.baseAddress, !specialTokens.isEmpty else {
+            encodeOrdinary(utf8: utf8, into: &out)
+            return
+        }
+        // Longest special token first, so one that is a prefix of another never wins.
+        let specials = specialTokens.map { (Array($0.key.utf8), $0.value) }.filter { !$0.0.isEmpty }
+            .sorted { $0.0.count > $1.0.count }
+        var isFirstByte = [Bool](repeating: false, count: 256)
+        for (bytes, _) in specials { isFirstByte[Int(bytes[0])] = true }
+        let n = utf8.count
+        var segmentStart = 0
+        var i = 0
+        var cache = PieceCache()
+        while i < n {
+            if isFirstByte[Int(base[i])] {
+                var matched: (Int, Int32)? = nil
+                for (bytes, id) in specials where bytes.count <= n - i {
+                    if bytes.withUnsafeBufferPointer({ memoryEqual(base + i, $0.baseAddress!, $0.count) }) {
+                        matched = (bytes.count, id)
+                        break
+                    }
+                }
+                if let (length, id) = matched {
+                    encodeChunk(base + segmentStart, i - segmentStart, into: &out, cache: &cache)
+                    out.append(id)
+                    i += length
+                    segmentStart = i
+                    continue
+                }
+            }
+            i += 1
+        }
+        encodeChunk(base + segmentStart, n - segmentStart, into: &out, cache: &cache)
+    }
+
+    /// The hot loop: pre-tokenize `p[0..<n]` and append each piece's ids.
+    @inline(__always)
+    func encodeChunk(_ p: UnsafePointer<UInt8>, _ n: Int, into out: inout [Int32], cache: inout PieceCache) {
+        let preTokenizer = GPT2PreTokenizer()
+        let vocabulary = self.vocabulary
+        let byteIDs = UnsafePointer(self.byteIDs.ids)
+        let merger = BytePairMerger(vocabulary: vocabulary, byteIDs: byteIDs)
+        let end = p + n
+        var i = 0
+        while i < n {
+            let e = preTokenizer.pieceEnd(p, n, i)
+            let length = e - i
+            if length == 1 {
+                out.append(byteIDs[Int(p[i])])
+            } else if let slot = vocabulary.find(p + i, length, end: end) {
+                out.append(slot.pointee.id)
+            } else if !cache.lookup(p + i, length, end: end, into: &out) {
+                let before = out.count
+                merger.encode(p + i, length, bufferEnd: end, into: &out)
+                out.withUnsafeBufferPointer { ids in
+                    cache.insert(p + i, length, ids: UnsafeBufferPointer(rebasing: ids[before...]))
+                }
+            }
+            i = e
+        }
+    }
+
+    // MARK: - Decoding
+
+    /// The exact bytes of the tokens; throws for an id outside the vocabulary.
+    public func decode(_ ids: [Int32]) throws -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(ids.count * 4)
+        try tokenOffsets.withUnsafeBufferPointer { offsets in
+            try tokenBytesArena.withUnsafeBufferPointer { arena in
+                for id in ids {
+                    guard id >= 0 && Int(id) < vocabularySize && tokenAssigned[Int(id)] else {
+                        throw TokenizerError.tokenOutOfRange(id: id, vocabularySize: vocabularySize)
+                    }
+                    out.append(contentsOf: UnsafeBufferPointer(rebasing: arena[Int(offsets[Int(id)]) ..< Int(offsets[Int(id) + 1])]))
+                }
+            }
+        }
+        return out
+    }
+
+    /// The text of the tokens; byte sequences that are not valid UTF-8 become U+FFFD.
+    public func decodeToString(_ ids: [Int32]) throws -> String {
+        String(decoding: try decode(ids), as: UTF8.self)
+    }
+
+    /// The bytes of one token, or nil for an id outside the vocabulary.
+    public func tokenBytes(_ id: Int32) -> [UInt8]? {
+        guard id >= 0 && Int(id) < vocabularySize && tokenAssigned[Int(id)] else { return nil }
+        return Array(tokenBytesArena[Int(tokenOffsets[Int(id)]) ..< Int(tokenOffsets[Int(id) + 1])])
+    }
+}
+
+/// The 256 byte -> token id entries, in memory the hot loop can read through a raw pointer.
+final class ByteIDTable: @unchecked Sendable {
+    let ids: UnsafeMutablePointer<Int32>
+    init(_ values: [Int32]) {
+        ids = .allocate(capacity: 256)
+        for b in 0 ..< 256 { ids[b] = values[b] }
+    }
+    deinit { ids.deallocate() }
+}
+
+/// Hands out chunk indices to the worker threads of one parallel encode.
+final class ChunkCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var next = 0
+    func take(below limit: Int) -> Int? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard next < limit else { return nil }
+        next += 1
+        return next - 1
+    }
+}
+
+/// Pointers shared by the workers of one parallel call; each worker writes disjoint elements.
+struct UnsafeSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}

@@ -1,0 +1,10 @@
+import ArgumentParser
+
+/// `gemma3 bench <what>`: the benchmarks, one subcommand each.
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Benchmarks (each prints a summary, or one JSON object with --json).",
+        subcommands: [BenchTokenizerCommand.self]
+    )
+}

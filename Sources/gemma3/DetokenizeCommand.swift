@@ -1,0 +1,66 @@
+import ArgumentParser
+import Foundation
+import Gemma3Tokenizers
+
+/// `gemma3 detokenize`: GPT-2 token ids -> text.
+struct DetokenizeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "detokenize",
+        abstract: "Print the text of GPT-2 token ids (the reverse of `gemma3 tokenize`).",
+        discussion: """
+        Ids are separated by spaces or commas; a --file may also hold the JSON object that \
+        `gemma3 tokenize --json` prints. The exact bytes are written (a newline is added only on \
+        a terminal); with --json the text is decoded lossily (U+FFFD for broken UTF-8).
+        """
+    )
+
+    @Option(help: ArgumentHelp("Directory with the GPT-2 tokenizer files (default: \(GPT2Tokenizer.defaultDirectory.path)).", valueName: "dir"))
+    var tokenizer: String?
+
+    @Option(help: ArgumentHelp("Read the ids from this file instead of the arguments.", valueName: "file"))
+    var file: String?
+
+    @Flag(help: "Print one JSON object {\"text\": ..., \"bytes\": N, \"count\": N}.")
+    var json = false
+
+    @Argument(help: "Token ids.")
+    var ids: [String] = []
+
+    func validate() throws {
+        if ids.isEmpty == (file == nil) { throw ValidationError("give either token ids or --file FILE") }
+    }
+
+    func run() throws {
+        let gpt2 = try loadGPT2Tokenizer(tokenizer)
+        var text: String
+        if let file {
+            text = String(decoding: try readTextFile(file), as: UTF8.self)
+            if text.drop(while: { $0.isWhitespace }).first == "{" {
+                // `gemma3 tokenize --json` output: take the "ids" array.
+                guard let start = text.range(of: "\"ids\""),
+                      let open = text[start.upperBound...].firstIndex(of: "["),
+                      let close = text[open...].firstIndex(of: "]") else {
+                    throw TokenizerCommandError("\(file) is a JSON object without an \"ids\" array")
+                }
+                text = String(text[text.index(after: open) ..< close])
+            }
+        } else {
+            text = ids.joined(separator: " ")
+        }
+        var tokens: [Int32] = []
+        for field in text.split(whereSeparator: { $0 == " " || $0 == "," || $0 == "\n" || $0 == "\t" || $0 == "\r" || $0 == "[" || $0 == "]" }) {
+            guard let id = Int32(field) else { throw TokenizerCommandError("not a token id: \(field)") }
+            tokens.append(id)
+        }
+        let bytes = try gpt2.decode(tokens)
+        if json {
+            let object: [String: Any] = ["text": String(decoding: bytes, as: UTF8.self), "bytes": bytes.count, "count": tokens.count]
+            var data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+            data.append(0x0A)
+            FileHandle.standardOutput.write(data)
+        } else {
+            FileHandle.standardOutput.write(Data(bytes))
+            if isatty(STDOUT_FILENO) != 0 { FileHandle.standardOutput.write(Data([0x0A])) }
+        }
+    }
+}

@@ -1,0 +1,89 @@
+import ArgumentParser
+import Foundation
+import Gemma3Kernels
+import Gemma3Tokenizers
+
+/// `gemma3 tokenize`: text -> GPT-2 token ids, like llama.cpp's `llama-tokenize`.
+struct TokenizeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tokenize",
+        abstract: "Print the GPT-2 token ids of a text (the ids of tiktoken's gpt2 encoding).",
+        discussion: """
+        Special-token text such as <|endoftext|> is ordinary text unless --special is given \
+        (then it becomes its id, 50256). A --file must be valid UTF-8: the error gives the byte \
+        offset of the first invalid sequence.
+        """
+    )
+
+    @Option(help: ArgumentHelp("Directory with the GPT-2 tokenizer files (default: \(GPT2Tokenizer.defaultDirectory.path)).", valueName: "dir"))
+    var tokenizer: String?
+
+    @Flag(help: "Parse special tokens such as <|endoftext|>.")
+    var special = false
+
+    @Option(help: ArgumentHelp("Read the text from this file instead of the argument.", valueName: "file"))
+    var file: String?
+
+    @Flag(help: "Print one JSON object {\"ids\": [...], \"count\": N}.")
+    var json = false
+
+    @Argument(help: "The text to tokenize.")
+    var text: String?
+
+    func validate() throws {
+        if (text == nil) == (file == nil) { throw ValidationError("give either a TEXT argument or --file FILE") }
+    }
+
+    func run() throws {
+        let gpt2 = try loadGPT2Tokenizer(tokenizer)
+        var bytes: [UInt8]
+        if let file {
+            bytes = try readTextFile(file)
+        } else {
+            bytes = Array(text!.utf8)
+        }
+        let ids: [Int32] = bytes.withUnsafeBufferPointer { utf8 in
+            if special {
+                var out: [Int32] = []
+                gpt2.encode(utf8: utf8, allowSpecial: true, into: &out)
+                return out
+            }
+            return gpt2.encodeOrdinary(utf8: utf8, threads: Parallel.threadCount)
+        }
+        var output = json ? "{\"ids\":[" : ""
+        output.reserveCapacity(ids.count * 6 + 32)
+        for (k, id) in ids.enumerated() {
+            if k > 0 { output += json ? "," : " " }
+            output += String(id)
+        }
+        output += json ? "],\"count\":\(ids.count)}\n" : "\n"
+        FileHandle.standardOutput.write(Data(output.utf8))
+    }
+}
+
+/// Loads the GPT-2 tokenizer from `--tokenizer DIR`, or from the default cache directory.
+func loadGPT2Tokenizer(_ directory: String?) throws -> GPT2Tokenizer {
+    let url = directory.map { URL(fileURLWithPath: $0, isDirectory: true) } ?? GPT2Tokenizer.defaultDirectory
+    return try GPT2Tokenizer(directory: url)
+}
+
+/// Reads a text file and checks that it is UTF-8 (one-line error with the byte offset otherwise).
+func readTextFile(_ path: String) throws -> [UInt8] {
+    let data: Data
+    do {
+        data = try Data(contentsOf: URL(fileURLWithPath: path))
+    } catch {
+        throw TokenizerCommandError("cannot read \(path): \(error.localizedDescription)")
+    }
+    let bytes = [UInt8](data)
+    if let offset = bytes.withUnsafeBufferPointer(firstInvalidUTF8Offset) {
+        throw TokenizerCommandError("\(path) is not valid UTF-8: invalid byte sequence at byte offset \(offset)")
+    }
+    return bytes
+}
+
+/// A one-line error of the tokenizer verbs.
+struct TokenizerCommandError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
