@@ -45,5 +45,6 @@ let package = Package(
             ]
         ),
         .testTarget(name: "KernelsTests", dependencies: ["Gemma3Kernels"]),
+        .testTarget(name: "ModelTests", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
     ]
 )

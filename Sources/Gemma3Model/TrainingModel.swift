@@ -1,0 +1,674 @@
+import Foundation
+import Gemma3Kernels
+
+/// A usage error of the model API (wrong input length, token id out of range, …), one line.
+public struct Gemma3ModelError: Error, CustomStringConvertible, Equatable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Where a training step spends its time (for `bench train`).
+public enum StepPhase: Int, CaseIterable, Sendable {
+    /// Token lookup and its gradient scatter.
+    case embedding
+    /// q/k/v/o projections, QK-norm, RoPE, scores, softmax, weighted values (forward and backward).
+    case attention
+    /// gate/up/down projections and GeGLU.
+    case mlp
+    /// The four per-block RMSNorms with their residual adds, and the final norm.
+    case norms
+    /// LM head matmuls and cross-entropy.
+    case head
+
+    public var name: String {
+        switch self {
+        case .embedding: "embedding"
+        case .attention: "attention"
+        case .mlp: "mlp"
+        case .norms: "norms"
+        case .head: "lm_head_ce"
+        }
+    }
+}
+
+/// The Gemma 3 causal LM for a fixed batch shape [batchSize, sequenceLength], with an explicit,
+/// llm.c-style forward and backward pass on the CPU, matching Hugging Face `Gemma3ForCausalLM` in float32.
+///
+/// All activations, per-layer saved tensors and backward scratch live in one workspace allocated at
+/// init and reused by every step. A model made with `training: false` keeps one layer's activations
+/// (enough for the loss/logits) and has no gradients.
+///
+/// Typical training step:
+/// ```
+/// model.zeroGradients()
+/// let loss = try model.forward(inputs: x, targets: y)   // [B·T] token ids each; y uses ignoreIndex to skip
+/// model.backward()                                       // accumulates d loss / d θ into model.gradients
+/// ```
+/// Threading: matrix products are split over `Parallel` workers with single-threaded OpenBLAS
+/// (`forward`/`backward` set `BLAS.setThreads(1)`); everything else is split over rows.
+public final class Gemma3TrainingModel {
+    public let config: Gemma3Config
+    public let batchSize: Int
+    public let sequenceLength: Int
+    /// True when activations are kept for `backward`.
+    public let isTraining: Bool
+    /// Weights (HF names/order). May be shared with other models of the same config.
+    public let parameters: ParameterStore
+    /// d loss / d parameters, accumulated by `backward` until `zeroGradients`. nil for an evaluation model.
+    public let gradients: ParameterStore?
+    /// Target id that contributes no loss (HF: -100).
+    public var ignoreIndex: Int32 = -100
+    /// When true, `phaseSeconds` accumulates wall time per `StepPhase`.
+    public var profiling = false
+    /// Seconds per `StepPhase` since the last `resetProfile()` (indexed by `StepPhase.rawValue`).
+    public private(set) var phaseSeconds = [Double](repeating: 0, count: StepPhase.allCases.count)
+    /// The loss of the last forward with targets.
+    public private(set) var lastLoss: Float = .nan
+    /// Number of targets that counted in the last loss (not `ignoreIndex`).
+    public private(set) var lastTargetCount = 0
+
+    // Shapes.
+    let B: Int, T: Int, N: Int, H: Int, I: Int, V: Int, L: Int
+    let nh: Int, nkv: Int, hd: Int, qDim: Int, kvDim: Int, qkvDim: Int, qkDim: Int, group: Int
+    let eps: Float, attnScale: Float, embedScale: Float
+    let workers: Int
+
+    // Workspace.
+    private let arena: UnsafeMutablePointer<Float>
+    private let arenaCount: Int
+    private let tokens: UnsafeMutablePointer<Int32>
+    private let targets: UnsafeMutablePointer<Int32>
+    private var hasTargets = false
+    private var forwardDone = false
+
+    struct LayerBuffers {
+        var xnAttn, rstdIn, qkv, qkRstd, qkRot, probs, attnOut, attnProj, rstdPostAttn: UnsafeMutablePointer<Float>
+        var residMid, xnFF, rstdPreFF, gateUp, act, ffOut, rstdPostFF: UnsafeMutablePointer<Float>
+    }
+    private var layerBuffers: [LayerBuffers] = []
+    private var resid: [UnsafeMutablePointer<Float>] = []
+    private let xnFinal: UnsafeMutablePointer<Float>, rstdFinal: UnsafeMutablePointer<Float>
+    private let logitsBuffer: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>
+    private let rowLoss: UnsafeMutablePointer<Float>
+    private let ropeCos: [UnsafeMutablePointer<Float>]  // [0] sliding base, [1] full base; [T, hd/2]
+    private let ropeSin: [UnsafeMutablePointer<Float>]
+    // Backward scratch (training only; dangling size-0 pointers otherwise).
+    private let dResid, dXn, dBranch, dAct, dGateUp, dAttnOut, dQKV, dQKRot, dScores, dKHeads, dVHeads: UnsafeMutablePointer<Float>
+    private let partials: UnsafeMutablePointer<Float>
+    private let partialStride: Int
+
+    /// Allocates the workspace for `batchSize` sequences of `sequenceLength` tokens.
+    /// - Parameters:
+    ///   - parameters: weights to use (shared, not copied); a zero-filled store when nil.
+    ///   - training: keep activations and allocate gradients for `backward`.
+    public init(config: Gemma3Config, batchSize: Int, sequenceLength: Int,
+                parameters: ParameterStore? = nil, training: Bool = true) throws {
+        try config.validate()
+        guard batchSize > 0, sequenceLength > 0 else {
+            throw Gemma3ModelError("batch size and sequence length must be positive, got \(batchSize) × \(sequenceLength)")
+        }
+        if let parameters, parameters.layout != ParameterLayout(config: config) {
+            throw Gemma3ModelError("parameter store layout does not match the config")
+        }
+        self.config = config
+        self.batchSize = batchSize
+        self.sequenceLength = sequenceLength
+        self.isTraining = training
+        self.parameters = parameters ?? ParameterStore(config: config)
+        self.gradients = training ? ParameterStore(layout: self.parameters.layout) : nil
+
+        B = batchSize; T = sequenceLength; N = B * T
+        H = config.hiddenSize; I = config.intermediateSize; V = config.vocabSize; L = config.numHiddenLayers
+        nh = config.numAttentionHeads; nkv = config.numKeyValueHeads; hd = config.headDim
+        qDim = nh * hd; kvDim = nkv * hd; qkvDim = qDim + 2 * kvDim; qkDim = qDim + kvDim; group = nh / nkv
+        eps = Float(config.rmsNormEps)
+        attnScale = config.queryScale
+        embedScale = config.embeddingScale
+        workers = max(1, Parallel.threadCount)
+
+        // Plan the arena: sizes in floats, each region rounded up to 16 floats (64 bytes).
+        var plan: [Int] = []
+        func region(_ n: Int) -> Int { plan.append((n + 15) & ~15); return plan.count - 1 }
+        let perLayerCopies = training ? L : 1
+        var layerRegions: [[Int]] = []
+        for _ in 0..<perLayerCopies {
+            layerRegions.append([
+                region(N * H), region(N), region(N * qkvDim), region(N * (nh + nkv)), region(N * qkDim),
+                region(B * nh * T * T), region(N * qDim), region(N * H), region(N),
+                training ? region(N * H) : -1, region(N * H), region(N), region(N * 2 * I), region(N * I),
+                region(N * H), region(N),
+            ])
+        }
+        var residRegions: [Int] = []
+        for _ in 0..<(training ? L + 1 : 1) { residRegions.append(region(N * H)) }
+        let finalRegions = [region(N * H), region(N), region(N * V), region(N), region(N)]
+        let half = hd / 2
+        let ropeRegions = [region(T * half), region(T * half), region(T * half), region(T * half)]
+        let maxDim = max(H, hd)
+        let pStride = (maxDim + 15) & ~15
+        let backwardRegions = training ? [
+            region(N * H), region(N * H), region(N * H), region(N * I), region(N * 2 * I), region(N * qDim),
+            region(N * qkvDim), region(N * qkDim), region(B * nh * T * T), region(B * nh * T * hd), region(B * nh * T * hd),
+            region(4 * workers * pStride),
+        ] : []
+        var offsets: [Int] = []
+        var total = 0
+        for n in plan { offsets.append(total); total += n }
+        arenaCount = max(16, total)
+        arena = UnsafeMutableRawPointer.allocate(byteCount: arenaCount * 4, alignment: 64).bindMemory(to: Float.self, capacity: arenaCount)
+        arena.initialize(repeating: 0, count: arenaCount)
+        let base = arena
+        func ptr(_ r: Int) -> UnsafeMutablePointer<Float> { base + offsets[r] }
+
+        for regions in layerRegions {
+            let r = regions.map { $0 >= 0 ? ptr($0) : ptr(residRegions[0]) }
+            layerBuffers.append(LayerBuffers(
+                xnAttn: r[0], rstdIn: r[1], qkv: r[2], qkRstd: r[3], qkRot: r[4], probs: r[5], attnOut: r[6],
+                attnProj: r[7], rstdPostAttn: r[8], residMid: r[9], xnFF: r[10], rstdPreFF: r[11],
+                gateUp: r[12], act: r[13], ffOut: r[14], rstdPostFF: r[15]))
+        }
+        resid = residRegions.map(ptr)
+        xnFinal = ptr(finalRegions[0]); rstdFinal = ptr(finalRegions[1]); logitsBuffer = ptr(finalRegions[2])
+        lse = ptr(finalRegions[3]); rowLoss = ptr(finalRegions[4])
+        ropeCos = [ptr(ropeRegions[0]), ptr(ropeRegions[2])]
+        ropeSin = [ptr(ropeRegions[1]), ptr(ropeRegions[3])]
+        if training {
+            let r = backwardRegions.map(ptr)
+            dResid = r[0]; dXn = r[1]; dBranch = r[2]; dAct = r[3]; dGateUp = r[4]; dAttnOut = r[5]
+            dQKV = r[6]; dQKRot = r[7]; dScores = r[8]; dKHeads = r[9]; dVHeads = r[10]; partials = r[11]
+        } else {
+            dResid = base; dXn = base; dBranch = base; dAct = base; dGateUp = base; dAttnOut = base
+            dQKV = base; dQKRot = base; dScores = base; dKHeads = base; dVHeads = base; partials = base
+        }
+        partialStride = pStride
+        tokens = .allocate(capacity: N)
+        tokens.initialize(repeating: 0, count: N)
+        targets = .allocate(capacity: N)
+        targets.initialize(repeating: -100, count: N)
+
+        for t in 0..<T {
+            Kernels.ropeAngles(theta: config.ropeThetaSliding, headDim: hd, position: t, cos: ropeCos[0] + t * half, sin: ropeSin[0] + t * half)
+            Kernels.ropeAngles(theta: config.ropeThetaFull, headDim: hd, position: t, cos: ropeCos[1] + t * half, sin: ropeSin[1] + t * half)
+        }
+    }
+
+    deinit {
+        arena.deallocate()
+        tokens.deallocate()
+        targets.deallocate()
+    }
+
+    /// Bytes of the activation/scratch workspace (not counting parameters and gradients).
+    public var workspaceBytes: Int { arenaCount * 4 + 8 * N }
+
+    /// Sets every gradient to zero.
+    public func zeroGradients() { gradients?.zero() }
+
+    /// Clears `phaseSeconds`.
+    public func resetProfile() { phaseSeconds = [Double](repeating: 0, count: StepPhase.allCases.count) }
+
+    /// Logits [batchSize, sequenceLength, vocab] of the last forward. `backward` overwrites them with their gradient.
+    public var logits: UnsafeBufferPointer<Float> { UnsafeBufferPointer(start: logitsBuffer, count: N * V) }
+
+    /// Intermediate activations of the last forward (training models), named as in the golden files:
+    /// `embed` (scaled embedding), `layer.{l}` (residual stream after layer l), `final_norm`. [B, T, H] each.
+    public func activation(_ name: String) -> UnsafeBufferPointer<Float>? {
+        if name == "embed" { return UnsafeBufferPointer(start: resid[0], count: N * H) }
+        if name == "final_norm" { return UnsafeBufferPointer(start: xnFinal, count: N * H) }
+        if isTraining, name.hasPrefix("layer."), let l = Int(name.dropFirst(6)), l >= 0, l < L {
+            return UnsafeBufferPointer(start: resid[l + 1], count: N * H)
+        }
+        return nil
+    }
+
+    /// Next-token targets for `inputs` [batch, seq]: targets[b, t] = inputs[b, t+1], the last position ignored.
+    public static func nextTokenTargets(_ inputs: [Int32], batchSize: Int, sequenceLength: Int, ignoreIndex: Int32 = -100) -> [Int32] {
+        var out = [Int32](repeating: ignoreIndex, count: inputs.count)
+        for b in 0..<batchSize {
+            for t in 0..<(sequenceLength - 1) { out[b * sequenceLength + t] = inputs[b * sequenceLength + t + 1] }
+        }
+        return out
+    }
+
+    // MARK: Timing
+
+    @inline(__always) private func now() -> UInt64 {
+        profiling ? DispatchTime.now().uptimeNanoseconds : 0
+    }
+
+    @inline(__always) private func charge(_ phase: StepPhase, since start: UInt64) {
+        if profiling { phaseSeconds[phase.rawValue] += Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 }
+    }
+
+    // MARK: Helpers
+
+    /// C = op(A)·op(B) (+ beta·C) split over the workers.
+    @inline(__always)
+    private func gemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
+                      a: UnsafePointer<Float>, lda: Int? = nil, b: UnsafePointer<Float>, ldb: Int? = nil,
+                      beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int? = nil) {
+        ParallelGEMM.sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
+                           a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+    }
+
+    /// Runs `body(worker, rows)` over `count` rows split into `workers` contiguous parts.
+    @inline(__always)
+    private func parallelRows(_ count: Int, _ body: (Int, Range<Int>) -> Void) {
+        let w = workers
+        if w == 1 || count < 2 { body(0, 0..<count); return }
+        Parallel.forEach(w) { i in body(i, (count * i / w)..<(count * (i + 1) / w)) }
+    }
+
+    /// Per-worker accumulator `slot` (0..<4) of worker `w`.
+    @inline(__always) private func partial(_ slot: Int, _ w: Int) -> UnsafeMutablePointer<Float> {
+        partials + (slot * workers + w) * partialStride
+    }
+
+    private func clearPartials(_ slots: Int) {
+        (partials).update(repeating: 0, count: slots * workers * partialStride)
+    }
+
+    /// gradient[offset ..< offset+dim] += Σ_workers partial(slot, w).
+    private func reducePartials(_ slot: Int, dim: Int, into gradient: UnsafeMutablePointer<Float>) {
+        for w in 0..<workers {
+            let p = partial(slot, w)
+            for i in 0..<dim { gradient[i] += p[i] }
+        }
+    }
+
+    // MARK: Forward
+
+    /// Runs the forward pass on `inputs` [batchSize · sequenceLength] token ids.
+    ///
+    /// With `targets` (same length; `ignoreIndex` entries skipped) it returns the mean cross-entropy over the
+    /// counted targets (0 when none count) and enables `backward`; without, it only computes `logits` and returns NaN.
+    @discardableResult
+    public func forward(inputs: UnsafeBufferPointer<Int32>, targets targetIds: UnsafeBufferPointer<Int32>?) throws -> Float {
+        guard inputs.count == N else {
+            throw Gemma3ModelError("expected \(N) input tokens (\(B) × \(T)), got \(inputs.count)")
+        }
+        for (i, id) in inputs.enumerated() where id < 0 || Int(id) >= V {
+            throw Gemma3ModelError("input token \(id) at position \(i) is outside the vocabulary (size \(V))")
+        }
+        tokens.update(from: inputs.baseAddress!, count: N)
+        if let targetIds {
+            guard targetIds.count == N else {
+                throw Gemma3ModelError("expected \(N) targets (\(B) × \(T)), got \(targetIds.count)")
+            }
+            for (i, id) in targetIds.enumerated() where id != ignoreIndex && (id < 0 || Int(id) >= V) {
+                throw Gemma3ModelError("target \(id) at position \(i) is outside the vocabulary (size \(V)) and is not the ignore index \(ignoreIndex)")
+            }
+            targets.update(from: targetIds.baseAddress!, count: N)
+            hasTargets = true
+        } else {
+            hasTargets = false
+        }
+        BLAS.setThreads(1)
+        let P = parameters.pointer
+        let layout = parameters.layout
+        let (H, N) = (self.H, self.N)
+
+        // Embedding: h0 = E[id] · √H (float32 scale, as HF).
+        var t0 = now()
+        do {
+            let e = UncheckedSendable(P + layout.embedding), out = UncheckedSendable(resid[0])
+            let ids = UncheckedSendable(tokens), scale = embedScale
+            parallelRows(N) { _, rows in
+                for n in rows {
+                    let src = e.value + Int(ids.value[n]) * H, dst = out.value + n * H
+                    for i in 0..<H { dst[i] = src[i] * scale }
+                }
+            }
+        }
+        charge(.embedding, since: t0)
+
+        t0 = now()
+        do {
+            let lb = buffer(0)
+            let x = UncheckedSendable(resid[0]), w = UncheckedSendable(P + layout.layers[0].inputNorm)
+            let y = UncheckedSendable(lb.xnAttn), r = UncheckedSendable(lb.rstdIn), eps = self.eps
+            parallelRows(N) { _, rows in
+                Kernels.rmsNorm(x: x.value, ldx: H, weight: w.value, y: y.value, ldy: H, rstd: r.value, dim: H, eps: eps, rows: rows)
+            }
+        }
+        charge(.norms, since: t0)
+
+        for l in 0..<L {
+            let lb = buffer(l)
+            let o = layout.layers[l]
+            t0 = now()
+            attentionForward(layer: l, lb, o)
+            charge(.attention, since: t0)
+            t0 = now()
+            residualNormForward(branch: lb.attnProj, postWeight: P + o.postAttentionNorm, residIn: residIn(l), residOut: lb.residMid,
+                                rstdPost: lb.rstdPostAttn, nextWeight: P + o.preFeedforwardNorm, xnNext: lb.xnFF, rstdNext: lb.rstdPreFF)
+            charge(.norms, since: t0)
+            t0 = now()
+            mlpForward(lb, o)
+            charge(.mlp, since: t0)
+            t0 = now()
+            let last = l == L - 1
+            let next = last ? nil : buffer(l + 1)
+            residualNormForward(branch: lb.ffOut, postWeight: P + o.postFeedforwardNorm, residIn: lb.residMid, residOut: residOut(l),
+                                rstdPost: lb.rstdPostFF, nextWeight: P + (last ? layout.finalNorm : layout.layers[l + 1].inputNorm),
+                                xnNext: last ? xnFinal : next!.xnAttn, rstdNext: last ? rstdFinal : next!.rstdIn)
+            charge(.norms, since: t0)
+        }
+
+        // LM head: logits = final_norm(x) · Wᵀ (W = embedding when tied).
+        t0 = now()
+        gemm(transB: true, m: N, n: V, k: H, a: xnFinal, b: P + layout.outputProjection, c: logitsBuffer)
+        var loss: Float = .nan
+        if hasTargets {
+            let lg = UncheckedSendable(logitsBuffer), ls = UncheckedSendable(lse), rl = UncheckedSendable(rowLoss)
+            let tg = UncheckedSendable(targets), ignore = ignoreIndex, V = self.V
+            parallelRows(N) { _, rows in
+                for n in rows {
+                    let target = tg.value[n]
+                    if target == ignore { ls.value[n] = 0; rl.value[n] = 0; continue }
+                    let row = lg.value + n * V
+                    let m = Kernels.logSumExp(row, V)
+                    ls.value[n] = m
+                    rl.value[n] = m - row[Int(target)]
+                }
+            }
+            var sum: Double = 0
+            var count = 0
+            for n in 0..<N where targets[n] != ignoreIndex { sum += Double(rowLoss[n]); count += 1 }
+            lastTargetCount = count
+            loss = count > 0 ? Float(sum / Double(count)) : 0
+            lastLoss = loss
+        }
+        charge(.head, since: t0)
+        forwardDone = true
+        return loss
+    }
+
+    /// `forward` on arrays.
+    @discardableResult
+    public func forward(inputs: [Int32], targets: [Int32]?) throws -> Float {
+        try inputs.withUnsafeBufferPointer { ip in
+            if let targets {
+                return try targets.withUnsafeBufferPointer { tp in try forward(inputs: ip, targets: tp) }
+            }
+            return try forward(inputs: ip, targets: nil)
+        }
+    }
+
+    @inline(__always) private func buffer(_ l: Int) -> LayerBuffers { layerBuffers[isTraining ? l : 0] }
+    @inline(__always) private func residIn(_ l: Int) -> UnsafeMutablePointer<Float> { resid[isTraining ? l : 0] }
+    @inline(__always) private func residOut(_ l: Int) -> UnsafeMutablePointer<Float> { resid[isTraining ? l + 1 : 0] }
+
+    private func attentionForward(layer l: Int, _ lb: LayerBuffers, _ o: LayerOffsets) {
+        let P = parameters.pointer
+        let (N, H, T, nh, nkv, hd) = (self.N, self.H, self.T, self.nh, self.nkv, self.hd)
+        let (qDim, kvDim, qkvDim, qkDim, group) = (self.qDim, self.kvDim, self.qkvDim, self.qkDim, self.group)
+        // q, k, v in one product: the three weights are contiguous, [(nh + 2·nkv)·hd, H].
+        gemm(transB: true, m: N, n: qkvDim, k: H, a: lb.xnAttn, b: P + o.qProj, c: lb.qkv)
+
+        // QK-norm (per head, shared weights) then RoPE, into qkRot [N, qDim + kvDim].
+        let sliding = config.isSliding(layer: l)
+        let cosT = UncheckedSendable(ropeCos[sliding ? 0 : 1]), sinT = UncheckedSendable(ropeSin[sliding ? 0 : 1])
+        let qkv = UncheckedSendable(lb.qkv), rot = UncheckedSendable(lb.qkRot), rstd = UncheckedSendable(lb.qkRstd)
+        let qw = UncheckedSendable(P + o.qNorm), kw = UncheckedSendable(P + o.kNorm), eps = self.eps
+        let heads = nh + nkv, half = hd / 2
+        parallelRows(N) { _, rows in
+            for n in rows {
+                let t = n % T
+                for j in 0..<heads {
+                    let dst = rot.value + n * qkDim + j * hd
+                    Kernels.rmsNorm(x: qkv.value + n * qkvDim + j * hd, ldx: hd, weight: j < nh ? qw.value : kw.value,
+                                    y: dst, ldy: hd, rstd: rstd.value + n * heads + j, dim: hd, eps: eps, rows: 0..<1)
+                    Kernels.ropeRotate(dst, headDim: hd, cos: cosT.value + t * half, sin: sinT.value + t * half)
+                }
+            }
+        }
+
+        // Scores, masked softmax and weighted values, one (sequence, head) per task.
+        let probs = UncheckedSendable(lb.probs), out = UncheckedSendable(lb.attnOut)
+        let window = config.slidingWindow, scale = attnScale
+        Parallel.forEach(B * nh) { task in
+            let b = task / nh, h = task % nh, g = h / group
+            let q = rot.value + b * T * qkDim + h * hd
+            let k = rot.value + b * T * qkDim + qDim + g * hd
+            let v = qkv.value + b * T * qkvDim + qDim + kvDim + g * hd
+            let s = probs.value + task * T * T
+            BLAS.sgemm(transB: true, m: T, n: T, k: hd, alpha: scale, a: q, lda: qkDim, b: k, ldb: qkDim, c: s, ldc: T)
+            for i in 0..<T {
+                let row = s + i * T
+                let lo = sliding ? max(0, i - window + 1) : 0
+                if lo > 0 { row.update(repeating: 0, count: lo) }
+                Kernels.softmax(row + lo, i - lo + 1)
+                if i + 1 < T { (row + i + 1).update(repeating: 0, count: T - i - 1) }
+            }
+            BLAS.sgemm(m: T, n: hd, k: T, a: s, lda: T, b: v, ldb: qkvDim, c: out.value + b * T * qDim + h * hd, ldc: qDim)
+        }
+        _ = nkv
+
+        gemm(transB: true, m: N, n: H, k: qDim, a: lb.attnOut, b: P + o.oProj, c: lb.attnProj)
+    }
+
+    private func mlpForward(_ lb: LayerBuffers, _ o: LayerOffsets) {
+        let P = parameters.pointer
+        let (N, H, I) = (self.N, self.H, self.I)
+        // gate and up in one product: [2I, H] contiguous weights.
+        gemm(transB: true, m: N, n: 2 * I, k: H, a: lb.xnFF, b: P + o.gateProj, c: lb.gateUp)
+        let gu = UncheckedSendable(lb.gateUp), act = UncheckedSendable(lb.act)
+        parallelRows(N) { _, rows in
+            Kernels.geglu(gate: gu.value, up: gu.value + I, ldIn: 2 * I, out: act.value, ldOut: I, dim: I, rows: rows)
+        }
+        gemm(transB: true, m: N, n: H, k: I, a: lb.act, b: P + o.downProj, c: lb.ffOut)
+    }
+
+    /// residOut = residIn + norm_post(branch); xnNext = norm_next(residOut), fused per row.
+    private func residualNormForward(branch: UnsafeMutablePointer<Float>, postWeight: UnsafeMutablePointer<Float>,
+                                     residIn: UnsafeMutablePointer<Float>, residOut: UnsafeMutablePointer<Float>,
+                                     rstdPost: UnsafeMutablePointer<Float>, nextWeight: UnsafeMutablePointer<Float>,
+                                     xnNext: UnsafeMutablePointer<Float>, rstdNext: UnsafeMutablePointer<Float>) {
+        let y = UncheckedSendable(branch), wp = UncheckedSendable(postWeight), ri = UncheckedSendable(residIn)
+        let ro = UncheckedSendable(residOut), rp = UncheckedSendable(rstdPost), wn = UncheckedSendable(nextWeight)
+        let xn = UncheckedSendable(xnNext), rn = UncheckedSendable(rstdNext)
+        let H = self.H, eps = self.eps
+        parallelRows(N) { _, rows in
+            for r in rows {
+                let yr = y.value + r * H, ir = ri.value + r * H, or = ro.value + r * H, xr = xn.value + r * H
+                let s1 = Kernels.rmsScale(yr, H, eps: eps)
+                rp.value[r] = s1
+                for i in 0..<H { or[i] = ir[i] + (yr[i] * s1) * (1 + wp.value[i]) }
+                let s2 = Kernels.rmsScale(or, H, eps: eps)
+                rn.value[r] = s2
+                for i in 0..<H { xr[i] = (or[i] * s2) * (1 + wn.value[i]) }
+            }
+        }
+    }
+
+    // MARK: Backward
+
+    /// Backpropagates the loss of the last `forward(inputs:targets:)`, adding d(lossScale · loss)/dθ into
+    /// `gradients`. Use `lossScale` = 1/k to average k accumulated micro-batches. The logits buffer is
+    /// reused for its gradient.
+    public func backward(lossScale: Float = 1) {
+        precondition(isTraining, "backward() needs a model created with training: true")
+        precondition(forwardDone && hasTargets, "backward() needs a preceding forward(inputs:targets:) with targets")
+        forwardDone = false
+        guard lastTargetCount > 0, let gradients else { return }
+        BLAS.setThreads(1)
+        let P = parameters.pointer, G = gradients.pointer
+        let layout = parameters.layout
+        let (N, H, V) = (self.N, self.H, self.V)
+
+        // Cross-entropy gradient, in place over the logits.
+        var t0 = now()
+        do {
+            let lg = UncheckedSendable(logitsBuffer), ls = UncheckedSendable(lse), tg = UncheckedSendable(targets)
+            let ignore = ignoreIndex, scale = lossScale / Float(lastTargetCount)
+            parallelRows(N) { _, rows in
+                for n in rows {
+                    let row = lg.value + n * V
+                    let target = tg.value[n]
+                    if target == ignore { row.update(repeating: 0, count: V); continue }
+                    Kernels.crossEntropyBackward(row, V, logSumExp: ls.value[n], target: Int(target), scale: scale)
+                }
+            }
+        }
+        // LM head: dX = dlogits · W; dW += dlogitsᵀ · X.
+        gemm(m: N, n: H, k: V, a: logitsBuffer, b: P + layout.outputProjection, c: dXn)
+        gemm(transA: true, m: V, n: H, k: N, a: logitsBuffer, lda: V, b: xnFinal, ldb: H, beta: 1, c: G + layout.outputProjection)
+        charge(.head, since: t0)
+
+        dResid.update(repeating: 0, count: N * H)
+        for l in stride(from: L - 1, through: 0, by: -1) {
+            let lb = buffer(l)
+            let o = layout.layers[l]
+            let last = l == L - 1
+            t0 = now()
+            residualNormBackward(
+                residOut: resid[l + 1], rstdNext: last ? rstdFinal : buffer(l + 1).rstdIn,
+                nextWeight: P + (last ? layout.finalNorm : layout.layers[l + 1].inputNorm),
+                nextGrad: G + (last ? layout.finalNorm : layout.layers[l + 1].inputNorm),
+                branch: lb.ffOut, rstdPost: lb.rstdPostFF, postWeight: P + o.postFeedforwardNorm, postGrad: G + o.postFeedforwardNorm)
+            charge(.norms, since: t0)
+            t0 = now()
+            mlpBackward(lb, o, G)
+            charge(.mlp, since: t0)
+            t0 = now()
+            residualNormBackward(
+                residOut: lb.residMid, rstdNext: lb.rstdPreFF, nextWeight: P + o.preFeedforwardNorm, nextGrad: G + o.preFeedforwardNorm,
+                branch: lb.attnProj, rstdPost: lb.rstdPostAttn, postWeight: P + o.postAttentionNorm, postGrad: G + o.postAttentionNorm)
+            charge(.norms, since: t0)
+            t0 = now()
+            attentionBackward(layer: l, lb, o, G)
+            charge(.attention, since: t0)
+        }
+
+        // Input norm of layer 0, then the embedding lookup.
+        t0 = now()
+        do {
+            clearPartials(1)
+            let lb = buffer(0)
+            let x = UncheckedSendable(resid[0]), w = UncheckedSendable(P + layout.layers[0].inputNorm)
+            let r = UncheckedSendable(lb.rstdIn), dy = UncheckedSendable(dXn), dx = UncheckedSendable(dResid)
+            parallelRows(N) { wk, rows in
+                Kernels.rmsNormBackward(x: x.value, ldx: H, weight: w.value, rstd: r.value, dy: dy.value, lddy: H,
+                                        dx: dx.value, lddx: H, accumulate: true, dw: self.partial(0, wk), dim: H, rows: rows)
+            }
+            reducePartials(0, dim: H, into: G + layout.layers[0].inputNorm)
+        }
+        charge(.norms, since: t0)
+        t0 = now()
+        let dE = G + layout.embedding, scale = embedScale
+        for n in 0..<N {
+            let dst = dE + Int(tokens[n]) * H, src = dResid + n * H
+            for i in 0..<H { dst[i] += src[i] * scale }
+        }
+        charge(.embedding, since: t0)
+    }
+
+    /// Backward of `residualNormForward`. On entry `dXn` holds d loss/d xnNext and `dResid` d loss/d residOut
+    /// (from above). On exit `dResid` holds d loss/d residIn (= d residOut, total) and `dBranch` d loss/d branch.
+    private func residualNormBackward(residOut: UnsafeMutablePointer<Float>, rstdNext: UnsafeMutablePointer<Float>,
+                                      nextWeight: UnsafeMutablePointer<Float>, nextGrad: UnsafeMutablePointer<Float>,
+                                      branch: UnsafeMutablePointer<Float>, rstdPost: UnsafeMutablePointer<Float>,
+                                      postWeight: UnsafeMutablePointer<Float>, postGrad: UnsafeMutablePointer<Float>) {
+        clearPartials(2)
+        let ro = UncheckedSendable(residOut), rn = UncheckedSendable(rstdNext), wn = UncheckedSendable(nextWeight)
+        let y = UncheckedSendable(branch), rp = UncheckedSendable(rstdPost), wp = UncheckedSendable(postWeight)
+        let dxn = UncheckedSendable(dXn), dr = UncheckedSendable(dResid), db = UncheckedSendable(dBranch)
+        let H = self.H
+        parallelRows(N) { wk, rows in
+            Kernels.rmsNormBackward(x: ro.value, ldx: H, weight: wn.value, rstd: rn.value, dy: dxn.value, lddy: H,
+                                    dx: dr.value, lddx: H, accumulate: true, dw: self.partial(0, wk), dim: H, rows: rows)
+            Kernels.rmsNormBackward(x: y.value, ldx: H, weight: wp.value, rstd: rp.value, dy: dr.value, lddy: H,
+                                    dx: db.value, lddx: H, accumulate: false, dw: self.partial(1, wk), dim: H, rows: rows)
+        }
+        reducePartials(0, dim: H, into: nextGrad)
+        reducePartials(1, dim: H, into: postGrad)
+    }
+
+    /// From `dBranch` = d loss/d ffOut to `dXn` = d loss/d xnFF, accumulating the MLP weight gradients.
+    private func mlpBackward(_ lb: LayerBuffers, _ o: LayerOffsets, _ G: UnsafeMutablePointer<Float>) {
+        let P = parameters.pointer
+        let (N, H, I) = (self.N, self.H, self.I)
+        gemm(m: N, n: I, k: H, a: dBranch, b: P + o.downProj, c: dAct)
+        gemm(transA: true, m: H, n: I, k: N, a: dBranch, lda: H, b: lb.act, ldb: I, beta: 1, c: G + o.downProj)
+        let gu = UncheckedSendable(lb.gateUp), da = UncheckedSendable(dAct), dgu = UncheckedSendable(dGateUp)
+        parallelRows(N) { _, rows in
+            Kernels.gegluBackward(gate: gu.value, up: gu.value + I, ldIn: 2 * I, dOut: da.value, ldDOut: I,
+                                  dGate: dgu.value, dUp: dgu.value + I, ldDIn: 2 * I, dim: I, rows: rows)
+        }
+        gemm(transA: true, m: 2 * I, n: H, k: N, a: dGateUp, lda: 2 * I, b: lb.xnFF, ldb: H, beta: 1, c: G + o.gateProj)
+        gemm(m: N, n: H, k: 2 * I, a: dGateUp, b: P + o.gateProj, c: dXn)
+    }
+
+    /// From `dBranch` = d loss/d attnProj to `dXn` = d loss/d xnAttn, accumulating the attention weight gradients.
+    private func attentionBackward(layer l: Int, _ lb: LayerBuffers, _ o: LayerOffsets, _ G: UnsafeMutablePointer<Float>) {
+        let P = parameters.pointer
+        let (N, H, T, nh, nkv, hd) = (self.N, self.H, self.T, self.nh, self.nkv, self.hd)
+        let (qDim, kvDim, qkvDim, qkDim, group) = (self.qDim, self.kvDim, self.qkvDim, self.qkDim, self.group)
+        gemm(m: N, n: qDim, k: H, a: dBranch, b: P + o.oProj, c: dAttnOut)
+        gemm(transA: true, m: H, n: qDim, k: N, a: dBranch, lda: H, b: lb.attnOut, ldb: qDim, beta: 1, c: G + o.oProj)
+
+        // Per (sequence, head): dP = dO·Vᵀ, dV_h = Pᵀ·dO, dS = P ⊙ (dP − rowsum(P ⊙ dP)), dQ = s·dS·K, dK_h = s·dSᵀ·Q.
+        let probs = UncheckedSendable(lb.probs), ds = UncheckedSendable(dScores), dout = UncheckedSendable(dAttnOut)
+        let qkv = UncheckedSendable(lb.qkv), rot = UncheckedSendable(lb.qkRot), drot = UncheckedSendable(dQKRot)
+        let dkh = UncheckedSendable(dKHeads), dvh = UncheckedSendable(dVHeads)
+        let sliding = config.isSliding(layer: l), window = config.slidingWindow, scale = attnScale
+        Parallel.forEach(B * nh) { task in
+            let b = task / nh, h = task % nh, g = h / group
+            let p = probs.value + task * T * T, s = ds.value + task * T * T
+            let dO = dout.value + b * T * qDim + h * hd
+            let v = qkv.value + b * T * qkvDim + qDim + kvDim + g * hd
+            let q = rot.value + b * T * qkDim + h * hd
+            let k = rot.value + b * T * qkDim + qDim + g * hd
+            BLAS.sgemm(transB: true, m: T, n: T, k: hd, a: dO, lda: qDim, b: v, ldb: qkvDim, c: s, ldc: T)
+            BLAS.sgemm(transA: true, m: T, n: hd, k: T, a: p, lda: T, b: dO, ldb: qDim, c: dvh.value + task * T * hd, ldc: hd)
+            for i in 0..<T {
+                let pr = p + i * T, sr = s + i * T
+                let lo = sliding ? max(0, i - window + 1) : 0
+                let d = Kernels.dot(pr + lo, sr + lo, i - lo + 1)
+                for j in 0..<T { sr[j] = pr[j] * (sr[j] - d) }
+            }
+            BLAS.sgemm(m: T, n: hd, k: T, alpha: scale, a: s, lda: T, b: k, ldb: qkDim, c: drot.value + b * T * qkDim + h * hd, ldc: qkDim)
+            BLAS.sgemm(transA: true, m: T, n: hd, k: T, alpha: scale, a: s, lda: T, b: q, ldb: qkDim, c: dkh.value + task * T * hd, ldc: hd)
+        }
+
+        // Sum the per-query-head dK, dV over each KV head's group; then undo RoPE and QK-norm.
+        clearPartials(2)
+        let dqkv = UncheckedSendable(dQKV), rstd = UncheckedSendable(lb.qkRstd)
+        let qw = UncheckedSendable(P + o.qNorm), kw = UncheckedSendable(P + o.kNorm)
+        let sliding01 = sliding ? 0 : 1
+        let cosT = UncheckedSendable(ropeCos[sliding01]), sinT = UncheckedSendable(ropeSin[sliding01])
+        let heads = nh + nkv, half = hd / 2
+        parallelRows(N) { wk, rows in
+            let pq = self.partial(0, wk), pk = self.partial(1, wk)
+            for n in rows {
+                let b = n / T, t = n % T
+                for g in 0..<nkv {
+                    let dk = drot.value + n * qkDim + qDim + g * hd
+                    let dv = dqkv.value + n * qkvDim + qDim + kvDim + g * hd
+                    let first = (b * nh + g * group) * T * hd + t * hd
+                    dk.update(from: dkh.value + first, count: hd)
+                    dv.update(from: dvh.value + first, count: hd)
+                    for r in 1..<max(1, group) {
+                        let src = first + r * T * hd
+                        for i in 0..<hd { dk[i] += dkh.value[src + i]; dv[i] += dvh.value[src + i] }
+                    }
+                }
+                for j in 0..<heads {
+                    let d = drot.value + n * qkDim + j * hd
+                    Kernels.ropeRotate(d, headDim: hd, cos: cosT.value + t * half, sin: sinT.value + t * half, inverse: true)
+                    Kernels.rmsNormBackward(x: qkv.value + n * qkvDim + j * hd, ldx: hd, weight: j < nh ? qw.value : kw.value,
+                                            rstd: rstd.value + n * heads + j, dy: d, lddy: hd,
+                                            dx: dqkv.value + n * qkvDim + j * hd, lddx: hd, accumulate: false,
+                                            dw: j < nh ? pq : pk, dim: hd, rows: 0..<1)
+                }
+            }
+        }
+        reducePartials(0, dim: hd, into: G + o.qNorm)
+        reducePartials(1, dim: hd, into: G + o.kNorm)
+
+        gemm(transA: true, m: qkvDim, n: H, k: N, a: dQKV, lda: qkvDim, b: lb.xnAttn, ldb: H, beta: 1, c: G + o.qProj)
+        gemm(m: N, n: H, k: qkvDim, a: dQKV, b: P + o.qProj, c: dXn)
+    }
+}
