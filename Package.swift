@@ -46,5 +46,6 @@ let package = Package(
         ),
         .testTarget(name: "KernelsTests", dependencies: ["Gemma3Kernels"]),
         .testTarget(name: "ModelTests", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
+        .testTarget(name: "InferenceTests", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers"]),
     ]
 )

@@ -1,0 +1,203 @@
+/// A weight matrix W of shape [outFeatures × inFeatures] (the `nn.Linear` layout), used as y = W·x.
+///
+/// The inference engine sees every projection, the embedding table and the LM head only through
+/// this protocol, so the storage format is free: float32 (`F32Linear`), bfloat16 (`BF16Linear`),
+/// or a quantized block format (GGUF Q8_0, Q4_K, …) that a conformer decodes itself.
+///
+/// A conformer implements two single-threaded primitives over a range of rows:
+/// - `gemv(rows:x:y:)`, the decode path: called concurrently for disjoint row ranges, so it must
+///   only write `y[rows]` and must not mutate shared state;
+/// - `dequantize(rows:into:)`, float32 rows (used for embedding lookups and, by the default
+///   `gemm`, for batched prefill: dequantize a panel of rows, then `sgemm`).
+/// It may override `gemm` with something faster (float32 calls `sgemm` on the weights directly).
+public protocol LinearWeight: AnyObject, Sendable {
+    /// Rows of W (output features).
+    var outFeatures: Int { get }
+    /// Columns of W (input features).
+    var inFeatures: Int { get }
+    /// Bytes of weight data one full matrix-vector product reads (for bandwidth reports).
+    var storageBytes: Int { get }
+    /// y[r] = Σ_j W[r, j] · x[j] for r in `rows` (single-threaded; `x` has `inFeatures` values).
+    func gemv(rows: Range<Int>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>)
+    /// Writes rows `rows` of W as float32 into `out`, `inFeatures` values per row.
+    func dequantize(rows: Range<Int>, into out: UnsafeMutablePointer<Float>)
+    /// Y[n × outFeatures] = X[n × inFeatures] · Wᵀ, with row strides `ldx` and `ldy`; uses all cores
+    /// through `Parallel` (OpenBLAS itself single-threaded, see `ParallelGEMM`).
+    func gemm(n: Int, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int)
+}
+
+extension LinearWeight {
+    /// Default batched product: dequantize panels of rows to float32 (in parallel), then `sgemm`
+    /// each panel. Costs one extra pass over the weights, which is small next to the n·rows·cols
+    /// multiply-adds once n is more than a few tokens.
+    public func gemm(n: Int, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
+        guard n > 0, outFeatures > 0 else { return }
+        let panelRows = min(outFeatures, max(16, (1 << 20) / max(1, inFeatures)))  // ≈ 4 MB of float32
+        let panel = UnsafeMutablePointer<Float>.allocate(capacity: panelRows * inFeatures)
+        defer { panel.deallocate() }
+        let cols = inFeatures
+        var start = 0
+        while start < outFeatures {
+            let count = min(panelRows, outFeatures - start)
+            let p = UncheckedSendable(panel)
+            Parallel.chunks(count, minimumPerChunk: 8) { r in
+                self.dequantize(rows: (start + r.lowerBound)..<(start + r.upperBound), into: p.value + r.lowerBound * cols)
+            }
+            ParallelGEMM.sgemm(
+                transB: true, m: n, n: count, k: cols,
+                a: x, lda: ldx, b: panel, ldb: cols, c: y + start, ldc: ldy)
+            start += count
+        }
+    }
+
+    /// One row of W as float32 (an embedding lookup).
+    @inlinable
+    public func row(_ r: Int, into out: UnsafeMutablePointer<Float>) {
+        dequantize(rows: r..<(r + 1), into: out)
+    }
+}
+
+/// Parallel drivers over `LinearWeight`.
+public enum Linear {
+    /// Computes y_i = W_i · x for several matrices that share the input `x` (q/k/v, gate/up) in one
+    /// parallel region: the rows of all matrices are concatenated and split evenly over the cores.
+    public static func gemv(_ products: [(weight: any LinearWeight, y: UnsafeMutablePointer<Float>)], x: UnsafePointer<Float>) {
+        var total = 0
+        for p in products { total += p.weight.outFeatures }
+        let items = UncheckedSendable(products)
+        let xs = UncheckedSendable(x)
+        // Whole groups of 4 rows per worker keep the kernels on their 4-row fast path.
+        let groups = (total + 3) / 4
+        Parallel.chunks(groups, minimumPerChunk: 64) { g in
+            var lo = g.lowerBound * 4
+            let hi = min(total, g.upperBound * 4)
+            var base = 0
+            for p in items.value {
+                let end = base + p.weight.outFeatures
+                if lo < end && lo < hi {
+                    let upper = min(end, hi)
+                    p.weight.gemv(rows: (lo - base)..<(upper - base), x: xs.value, y: p.y)
+                    lo = upper
+                }
+                base = end
+            }
+        }
+    }
+
+    /// y = W · x over all rows, split over the cores.
+    @inlinable
+    public static func gemv(_ weight: any LinearWeight, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        gemv([(weight, y)], x: x)
+    }
+}
+
+/// float32 weights, row-major with row stride `ld`. Either owns its storage or borrows it from an
+/// `owner` that it keeps alive (for example a view into a model's parameter store).
+public final class F32Linear: LinearWeight, @unchecked Sendable {
+    public let outFeatures: Int
+    public let inFeatures: Int
+    /// Row stride in elements (≥ inFeatures).
+    public let ld: Int
+    public let data: UnsafePointer<Float>
+    private let owned: UnsafeMutablePointer<Float>?
+    private let owner: AnyObject?
+
+    /// Borrows `data` (outFeatures × ld floats); `owner` is retained to keep it valid.
+    public init(borrowing data: UnsafePointer<Float>, outFeatures: Int, inFeatures: Int, ld: Int? = nil, owner: AnyObject?) {
+        self.data = data
+        self.outFeatures = outFeatures
+        self.inFeatures = inFeatures
+        self.ld = ld ?? inFeatures
+        self.owned = nil
+        self.owner = owner
+    }
+
+    /// Copies `values` (outFeatures × inFeatures, row-major).
+    public init(copying values: UnsafeBufferPointer<Float>, outFeatures: Int, inFeatures: Int) {
+        precondition(values.count == outFeatures * inFeatures, "F32Linear: \(values.count) values for a \(outFeatures)×\(inFeatures) matrix")
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: max(1, values.count))
+        if let base = values.baseAddress { p.initialize(from: base, count: values.count) }
+        self.owned = p
+        self.data = UnsafePointer(p)
+        self.outFeatures = outFeatures
+        self.inFeatures = inFeatures
+        self.ld = inFeatures
+        self.owner = nil
+    }
+
+    deinit { owned?.deallocate() }
+
+    public var storageBytes: Int { outFeatures * inFeatures * 4 }
+
+    public func gemv(rows: Range<Int>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        GEMV.f32(data, ld: ld, cols: inFeatures, rows: rows, x: x, y: y)
+    }
+
+    public func dequantize(rows: Range<Int>, into out: UnsafeMutablePointer<Float>) {
+        for (i, r) in rows.enumerated() {
+            (out + i * inFeatures).update(from: data + r * ld, count: inFeatures)
+        }
+    }
+
+    public func gemm(n: Int, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
+        guard n > 0, outFeatures > 0 else { return }
+        ParallelGEMM.sgemm(transB: true, m: n, n: outFeatures, k: inFeatures, a: x, lda: ldx, b: data, ldb: ld, c: y, ldc: ldy)
+    }
+}
+
+/// bfloat16 weights (owned, row-major, packed): half the bytes of float32, so decoding reads half
+/// as much memory. Converted from float32 with round-to-nearest-even.
+public final class BF16Linear: LinearWeight, @unchecked Sendable {
+    public let outFeatures: Int
+    public let inFeatures: Int
+    public let bits: UnsafeMutablePointer<UInt16>
+
+    /// Rounds `outFeatures` rows of float32 (row stride `ld`) to bfloat16.
+    public init(converting data: UnsafePointer<Float>, outFeatures: Int, inFeatures: Int, ld: Int? = nil) {
+        let ld = ld ?? inFeatures
+        self.outFeatures = outFeatures
+        self.inFeatures = inFeatures
+        bits = .allocate(capacity: max(1, outFeatures * inFeatures))
+        let dst = UncheckedSendable(bits), src = UncheckedSendable(data)
+        Parallel.chunks(outFeatures, minimumPerChunk: 64) { rows in
+            for r in rows {
+                let s = src.value + r * ld, d = dst.value + r * inFeatures
+                for j in 0..<inFeatures { d[j] = NumberFormats.floatToBF16(s[j]) }
+            }
+        }
+    }
+
+    /// Takes raw bfloat16 bits (outFeatures × inFeatures), e.g. from a bf16 safetensors tensor.
+    public init(bits source: UnsafePointer<UInt16>, outFeatures: Int, inFeatures: Int) {
+        self.outFeatures = outFeatures
+        self.inFeatures = inFeatures
+        bits = .allocate(capacity: max(1, outFeatures * inFeatures))
+        bits.initialize(from: source, count: outFeatures * inFeatures)
+    }
+
+    deinit { bits.deallocate() }
+
+    public var storageBytes: Int { outFeatures * inFeatures * 2 }
+
+    public func gemv(rows: Range<Int>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        GEMV.bf16(bits, ld: inFeatures, cols: inFeatures, rows: rows, x: x, y: y)
+    }
+
+    public func dequantize(rows: Range<Int>, into out: UnsafeMutablePointer<Float>) {
+        let n = inFeatures
+        let vec = n & ~7
+        for (i, r) in rows.enumerated() {
+            let src = UnsafeRawPointer(bits + r * n)
+            let dst = UnsafeMutableRawPointer(out + i * n)
+            var j = 0
+            while j < vec {
+                dst.storeBytes(of: GEMV.widenBF16(src, j * 2), toByteOffset: j * 4, as: SIMD8<Float>.self)
+                j += 8
+            }
+            while j < n {
+                out[i * n + j] = NumberFormats.bf16ToFloat(bits[r * n + j])
+                j += 1
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+import Foundation
+import Gemma3Tokenizers
+
+/// What generation needs from a tokenizer: prompt text to ids, and the raw bytes of one id
+/// (streamed through `StreamingUTF8Decoder`, so a character split over two tokens is never broken).
+public protocol GenerationTokenizer: Sendable {
+    /// Token ids of a prompt (no special tokens added unless the model's format requires them).
+    func encodePrompt(_ text: String) throws -> [Int]
+    /// The bytes a token stands for; nil for an id the tokenizer does not know.
+    func bytes(of token: Int) -> [UInt8]?
+}
+
+extension GPT2Tokenizer: GenerationTokenizer {
+    /// GPT-2 prompts are plain text: `encode_ordinary` (no special tokens, no BOS).
+    public func encodePrompt(_ text: String) throws -> [Int] { encodeOrdinary(text).map(Int.init) }
+    public func bytes(of token: Int) -> [UInt8]? {
+        token >= 0 && token <= Int(Int32.max) ? tokenBytes(Int32(token)) : nil
+    }
+}
+
+/// Limits and stop conditions of one generation.
+public struct GenerationOptions: Sendable {
+    /// At most this many new tokens (fewer when a stop condition or the context end comes first).
+    public var maxNewTokens: Int
+    public var sampling: SamplingOptions
+    /// Generation ends after producing one of these (e.g. 50256 `<|endoftext|>`); the id is kept
+    /// in `generatedIds` but not in the text.
+    public var stopTokenIds: Set<Int>
+    /// Generation ends when the text contains one of these; the text is cut before it.
+    public var stopStrings: [String]
+
+    public init(maxNewTokens: Int = 128, sampling: SamplingOptions = .greedy, stopTokenIds: Set<Int> = [], stopStrings: [String] = []) {
+        self.maxNewTokens = maxNewTokens
+        self.sampling = sampling
+        self.stopTokenIds = stopTokenIds
+        self.stopStrings = stopStrings.filter { !$0.isEmpty }
+    }
+}
+
+/// Why generation ended.
+public enum StopReason: String, Sendable, Codable {
+    case maxNewTokens = "max_new_tokens"
+    case stopToken = "stop_token"
+    case stopString = "stop_string"
+    case contextFull = "context_full"
+}
+
+/// The outcome of one generation, with its timings.
+public struct GenerationResult: Sendable {
+    public var promptIds: [Int]
+    public var generatedIds: [Int]
+    /// Text of the generated tokens (without a stop token, cut before a stop string).
+    public var text: String
+    public var stopReason: StopReason
+    /// Prompt processing until the first token's logits (time to first token, without sampling).
+    public var prefillSeconds: Double
+    /// All single-token decode steps.
+    public var decodeSeconds: Double
+    /// Number of single-token decode steps (generated tokens after the first that needed a forward pass).
+    public var decodeSteps: Int
+
+    public var prefillTokensPerSecond: Double { prefillSeconds > 0 ? Double(promptIds.count) / prefillSeconds : 0 }
+    public var decodeTokensPerSecond: Double { decodeSeconds > 0 ? Double(decodeSteps) / decodeSeconds : 0 }
+}
+
+/// Prompt → streamed text: prefill, then sample and decode one token at a time.
+public final class Generator: @unchecked Sendable {
+    public let engine: InferenceEngine
+    public let tokenizer: any GenerationTokenizer
+
+    public init(engine: InferenceEngine, tokenizer: any GenerationTokenizer) {
+        self.engine = engine
+        self.tokenizer = tokenizer
+    }
+
+    /// Encodes `prompt` and generates (see `generate(promptIds:options:onText:)`).
+    public func generate(prompt: String, options: GenerationOptions, onText: ((String) -> Void)? = nil) throws -> GenerationResult {
+        guard !prompt.isEmpty else { throw GenerationError("the prompt is empty") }
+        return try generate(promptIds: try tokenizer.encodePrompt(prompt), options: options, onText: onText)
+    }
+
+    /// Generates after `promptIds` from a fresh cache. `onText` receives the text as it is produced,
+    /// in pieces that never split a UTF-8 character and never show part of a stop string.
+    public func generate(promptIds: [Int], options: GenerationOptions, onText: ((String) -> Void)? = nil) throws -> GenerationResult {
+        guard !promptIds.isEmpty else { throw GenerationError("the prompt is empty (no tokens)") }
+        guard promptIds.count <= engine.maxContext else {
+            throw GenerationError("the prompt has \(promptIds.count) tokens, longer than the context length \(engine.maxContext)")
+        }
+        guard options.maxNewTokens >= 0 else { throw GenerationError("--max-new-tokens must be ≥ 0, got \(options.maxNewTokens)") }
+        try options.sampling.validate()
+
+        engine.reset()
+        var sampler = Sampler(options: options.sampling)
+        var seen = options.sampling.repetitionPenalty != 1 ? promptIds : []
+        var generated: [Int] = []
+        var utf8 = StreamingUTF8Decoder()
+        var stops = StopStringFilter(options.stopStrings)
+        var text = ""
+        var reason = StopReason.maxNewTokens
+        func emit(_ piece: String) {
+            guard !piece.isEmpty else { return }
+            text += piece
+            onText?(piece)
+        }
+
+        let clock = ContinuousClock()
+        let t0 = clock.now
+        var logits = try engine.prefill(promptIds)
+        let prefillSeconds = Self.seconds(clock.now - t0)
+        var decodeSeconds = 0.0
+        var steps = 0
+
+        while generated.count < options.maxNewTokens {
+            let token = sampler.sample(logits, seen: seen)
+            generated.append(token)
+            if options.sampling.repetitionPenalty != 1 { seen.append(token) }
+            if options.stopTokenIds.contains(token) {
+                reason = .stopToken
+                break
+            }
+            guard let bytes = tokenizer.bytes(of: token) else {
+                throw GenerationError("the model produced token \(token), which the tokenizer does not know (vocabulary mismatch?)")
+            }
+            let (safe, stopped) = stops.push(utf8.push(bytes))
+            emit(safe)
+            if stopped {
+                reason = .stopString
+                break
+            }
+            guard generated.count < options.maxNewTokens else { break }
+            guard engine.position < engine.maxContext else {
+                reason = .contextFull
+                break
+            }
+            let t = clock.now
+            logits = try engine.decode(token)
+            decodeSeconds += Self.seconds(clock.now - t)
+            steps += 1
+        }
+        if reason != .stopString {
+            let (safe, stopped) = stops.push(utf8.finish())
+            emit(safe)
+            if stopped { reason = .stopString } else { emit(stops.flush()) }
+        }
+        return GenerationResult(promptIds: promptIds, generatedIds: generated, text: text, stopReason: reason,
+                                prefillSeconds: prefillSeconds, decodeSeconds: decodeSeconds, decodeSteps: steps)
+    }
+
+    static func seconds(_ d: Duration) -> Double {
+        let c = d.components
+        return Double(c.seconds) + Double(c.attoseconds) * 1e-18
+    }
+}
+
+/// Holds back the end of the streamed text while it could still be the beginning of a stop string,
+/// and cuts the text where a stop string appears.
+public struct StopStringFilter: Sendable {
+    private let stops: [[Unicode.Scalar]]
+    private var pending: [Unicode.Scalar] = []
+
+    public init(_ stopStrings: [String]) {
+        stops = stopStrings.filter { !$0.isEmpty }.map { Array($0.unicodeScalars) }
+    }
+
+    /// Adds text; returns the part that is safe to show and whether a stop string was completed
+    /// (then the returned text ends just before it).
+    public mutating func push(_ text: String) -> (String, Bool) {
+        guard !stops.isEmpty else { return (text, false) }
+        pending.append(contentsOf: text.unicodeScalars)
+        // Earliest occurrence of any stop string.
+        var cut: Int? = nil
+        for s in stops where s.count <= pending.count {
+            var i = 0
+            while i + s.count <= pending.count && i < (cut ?? Int.max) {
+                if pending[i] == s[0] && pending[i..<(i + s.count)].elementsEqual(s) {
+                    cut = i
+                    break
+                }
+                i += 1
+            }
+        }
+        if let cut {
+            let out = Self.string(pending[..<cut])
+            pending.removeAll()
+            return (out, true)
+        }
+        // Keep the longest suffix that is a proper prefix of a stop string.
+        var hold = 0
+        for s in stops {
+            var k = min(s.count - 1, pending.count)
+            while k > hold {
+                if pending[(pending.count - k)...].elementsEqual(s[..<k]) { hold = k; break }
+                k -= 1
+            }
+        }
+        let out = Self.string(pending[..<(pending.count - hold)])
+        pending.removeFirst(pending.count - hold)
+        return (out, false)
+    }
+
+    /// Whatever is still held back (at the end of generation).
+    public mutating func flush() -> String {
+        defer { pending.removeAll() }
+        return Self.string(pending[...])
+    }
+
+    private static func string(_ scalars: ArraySlice<Unicode.Scalar>) -> String {
+        var s = String.UnicodeScalarView()
+        s.append(contentsOf: scalars)
+        return String(s)
+    }
+}

@@ -1,0 +1,431 @@
+import Foundation
+import Gemma3Kernels
+
+/// Runs a Gemma 3 model for generation: a batched prefill of the prompt (matrix-matrix products,
+/// in chunks), then one token at a time (bandwidth-bound matrix-vector products) against a
+/// per-layer KV cache whose sliding layers are ring buffers.
+///
+/// Independent of the training graph: it keeps no activations for a backward pass and reads the
+/// weights only through `LinearWeight`, so float32, bfloat16 and quantized models share this code.
+///
+///     let engine = try InferenceEngine(weights: weights, maxContext: 2048)
+///     var logits = try engine.prefill(promptIds)      // logits of the last prompt token
+///     logits = try engine.decode(nextId)              // logits after one more token
+///
+/// Not thread-safe: one engine serves one sequence at a time (it parallelises internally).
+public final class InferenceEngine: @unchecked Sendable {
+    public let weights: InferenceWeights
+    public var config: Gemma3Config { weights.config }
+    public let cache: KVCache
+    /// Longest sequence (prompt + generated tokens) this engine accepts.
+    public let maxContext: Int
+    /// Prompt tokens processed per batched pass; bounds the activation memory of long prompts.
+    public let prefillChunk: Int
+
+    // Model dimensions, hoisted out of the config.
+    private let H: Int, I: Int, hd: Int, nh: Int, nkv: Int, qDim: Int, kvDim: Int, V: Int
+    private let eps: Float, queryScale: Float, embedScale: Float
+
+    // Scratch, sized for `prefillChunk` rows (reused by decode with one row).
+    private let x: UnsafeMutablePointer<Float>       // residual stream [C × H]
+    private let xn: UnsafeMutablePointer<Float>      // normed input [C × H]
+    private let tmp: UnsafeMutablePointer<Float>     // sublayer output [C × H]
+    private let q: UnsafeMutablePointer<Float>       // [C × qDim]
+    private let k: UnsafeMutablePointer<Float>       // [C × kvDim]
+    private let v: UnsafeMutablePointer<Float>       // [C × kvDim]
+    private let att: UnsafeMutablePointer<Float>     // attention output [C × qDim]
+    private let gate: UnsafeMutablePointer<Float>    // [C × I]
+    private let up: UnsafeMutablePointer<Float>      // [C × I]
+    private let ropeTables: UnsafeMutablePointer<Float>  // [2 bases][C][cos hd/2, sin hd/2]
+    private let logitsBuffer: UnsafeMutablePointer<Float>  // [V]
+    /// Gathered keys/values of a sliding layer during a multi-token pass: [(W − 1 + C) × kvDim].
+    private let gatherK: UnsafeMutablePointer<Float>
+    private let gatherV: UnsafeMutablePointer<Float>
+    /// Attention scores; grows with the context of full layers.
+    private var scores: UnsafeMutablePointer<Float>
+    private var scoresCapacity: Int
+    /// Logits of a block of rows during evaluation, allocated on first use.
+    private var evalLogits: UnsafeMutablePointer<Float>?
+    /// Rows of queries handled by one score matrix during prefill.
+    private let queryBlock = 64
+
+    /// - Parameters:
+    ///   - maxContext: the longest sequence to serve (default and upper bound: `max_position_embeddings`).
+    ///   - prefillChunk: tokens per batched prefill pass.
+    public init(weights: InferenceWeights, maxContext: Int? = nil, prefillChunk: Int = 512) throws {
+        let config = weights.config
+        let limit = config.maxPositionEmbeddings
+        let context = maxContext ?? limit
+        guard context > 0 else { throw GenerationError("context length must be positive, got \(context)") }
+        guard context <= limit else {
+            throw GenerationError("context length \(context) exceeds the model's max_position_embeddings (\(limit))")
+        }
+        guard prefillChunk > 0 else { throw GenerationError("prefill chunk must be positive, got \(prefillChunk)") }
+        self.weights = weights
+        self.maxContext = context
+        self.prefillChunk = min(prefillChunk, context)
+        cache = KVCache(config: config, maxContext: context)
+
+        H = config.hiddenSize; I = config.intermediateSize; hd = config.headDim
+        nh = config.numAttentionHeads; nkv = config.numKeyValueHeads
+        qDim = nh * hd; kvDim = nkv * hd; V = config.vocabSize
+        eps = Float(config.rmsNormEps)
+        queryScale = config.queryScale
+        embedScale = config.embeddingScale
+        // One thread pool on the machine: OpenBLAS single-threaded, products split by `Parallel`.
+        BLAS.setThreads(1)
+
+        let C = self.prefillChunk
+        func buffer(_ n: Int) -> UnsafeMutablePointer<Float> {
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: max(1, n))
+            p.initialize(repeating: 0, count: max(1, n))
+            return p
+        }
+        x = buffer(C * H); xn = buffer(C * H); tmp = buffer(C * H)
+        q = buffer(C * qDim); k = buffer(C * kvDim); v = buffer(C * kvDim); att = buffer(C * qDim)
+        gate = buffer(C * I); up = buffer(C * I)
+        ropeTables = buffer(2 * C * hd)
+        logitsBuffer = buffer(V)
+        let gatherRows = min(config.slidingWindow, context) - 1 + C
+        gatherK = buffer(gatherRows * kvDim); gatherV = buffer(gatherRows * kvDim)
+        scoresCapacity = nh * 1024
+        scores = buffer(scoresCapacity)
+    }
+
+    deinit {
+        for p in [x, xn, tmp, q, k, v, att, gate, up, ropeTables, logitsBuffer, gatherK, gatherV, scores] { p.deallocate() }
+        evalLogits?.deallocate()
+    }
+
+    /// Positions already in the cache (the next token's position).
+    public var position: Int { cache.count }
+
+    /// Starts a new sequence (the cache allocation is kept).
+    public func reset() { cache.reset() }
+
+    /// Feeds `tokens` at the next positions in chunks of `prefillChunk` and returns the logits
+    /// after the last one (a view of an engine buffer, valid until the next call).
+    public func prefill(_ tokens: [Int]) throws -> UnsafeMutableBufferPointer<Float> {
+        guard !tokens.isEmpty else { throw GenerationError("the prompt is empty") }
+        try checkTokens(tokens)
+        var start = 0
+        while start < tokens.count {
+            let n = min(prefillChunk, tokens.count - start)
+            let last = start + n == tokens.count
+            tokens[start..<(start + n)].withContiguousStorageIfAvailable { chunk in
+                forward(chunk, finalRows: last ? (n - 1)..<n : n..<n)
+            }!
+            start += n
+        }
+        computeLogits(rowOfXn: 0)
+        return UnsafeMutableBufferPointer(start: logitsBuffer, count: V)
+    }
+
+    /// Feeds one token and returns the logits that predict the next (an engine buffer, valid until the next call).
+    public func decode(_ token: Int) throws -> UnsafeMutableBufferPointer<Float> {
+        try prefill([token])
+    }
+
+    /// Feeds `tokens` as one sequence from an empty cache and returns the summed natural-log
+    /// cross-entropy of predicting `tokens[t + 1]` from positions 0…t, over t = 0 … count − 2,
+    /// with the training forward's numerics (float32, batched products, no sampling).
+    public func crossEntropySum(_ tokens: [Int]) throws -> (sum: Double, count: Int) {
+        reset()
+        guard tokens.count >= 2 else { return (0, 0) }
+        try checkTokens(tokens)
+        var total = 0.0
+        var start = 0
+        while start < tokens.count - 1 {
+            // The last token of the window is only a target; positions 0 … count − 2 are inputs.
+            let n = min(prefillChunk, tokens.count - 1 - start)
+            tokens[start..<(start + n)].withContiguousStorageIfAvailable { chunk in
+                forward(chunk, finalRows: 0..<n)
+            }!
+            // LM head over blocks of rows (one sgemm each), then log-softmax at the targets.
+            let block = 32
+            if evalLogits == nil { evalLogits = .allocate(capacity: block * V) }
+            let logits = UncheckedSendable(evalLogits!)
+            var i = 0
+            while i < n {
+                let nb = min(block, n - i)
+                weights.lmHead.gemm(n: nb, x: xn + i * H, ldx: H, y: logits.value, ldy: V)
+                var losses = [Double](repeating: 0, count: nb)
+                let (V, first) = (V, start + i + 1)
+                losses.withUnsafeMutableBufferPointer { lb in
+                    let out = UncheckedSendable(lb)
+                    tokens.withUnsafeBufferPointer { tb in
+                        let targets = UncheckedSendable(tb)
+                        Parallel.forEach(nb) { r in
+                            let row = logits.value + r * V
+                            out.value[r] = Double(Kernels.logSumExp(row, V)) - Double(row[targets.value[first + r]])
+                        }
+                    }
+                }
+                total += losses.reduce(0, +)
+                i += nb
+            }
+            start += n
+        }
+        reset()
+        return (total, tokens.count - 1)
+    }
+
+    private func checkTokens(_ tokens: [Int]) throws {
+        guard cache.count + tokens.count <= maxContext else {
+            throw GenerationError("sequence of \(cache.count + tokens.count) tokens exceeds the context length \(maxContext)")
+        }
+        for t in tokens where t < 0 || t >= V {
+            throw GenerationError("token id \(t) is outside the vocabulary (size \(V))")
+        }
+    }
+
+    // MARK: - Forward pass over one chunk
+
+    /// Runs `tokens` (at most `prefillChunk`) through every layer at positions `cache.count…`,
+    /// appending their keys/values to the cache. On return, rows `finalRows` of `xn` hold the final
+    /// RMSNorm output (the LM head input) of those positions.
+    private func forward(_ tokens: UnsafeBufferPointer<Int>, finalRows: Range<Int>) {
+        let n = tokens.count
+        let p0 = cache.count
+        cache.reserve(positions: p0 + n)
+
+        // Embedding lookup, scaled by √H (float32, as HF).
+        let (xp, emb, scale, H) = (UncheckedSendable(x), weights.embedding, embedScale, H)
+        Parallel.chunks(n, minimumPerChunk: 16) { rows in
+            for i in rows {
+                let row = xp.value + i * H
+                emb.row(tokens[i], into: row)
+                for j in 0..<H { row[j] *= scale }
+            }
+        }
+        fillRopeTables(start: p0, count: n)
+
+        for l in 0..<config.numHiddenLayers {
+            let w = weights.layers[l]
+            // Attention block: x += post_attention_norm(o_proj(attention(input_norm(x)))).
+            rmsNorm(x, into: xn, rows: n, width: H, weight: w.inputNorm)
+            if n == 1 {
+                Linear.gemv([(w.q, q), (w.k, k), (w.v, v)], x: xn)
+            } else {
+                w.q.gemm(n: n, x: xn, ldx: H, y: q, ldy: qDim)
+                w.k.gemm(n: n, x: xn, ldx: H, y: k, ldy: kvDim)
+                w.v.gemm(n: n, x: xn, ldx: H, y: v, ldy: kvDim)
+            }
+            // QK-norm per head, then RoPE (rotate-half) with this layer's base.
+            rmsNorm(q, into: q, rows: n * nh, width: hd, weight: w.qNorm)
+            rmsNorm(k, into: k, rows: n * nkv, width: hd, weight: w.kNorm)
+            let table = ropeTables + (config.isSliding(layer: l) ? 0 : prefillChunk * hd)
+            applyRope(q, rows: n, heads: nh, table: table)
+            applyRope(k, rows: n, heads: nkv, table: table)
+            attention(layer: l, rows: n, start: p0)
+            project(w.o, att, n, ldx: qDim, into: tmp, ldy: H)
+            addNormed(tmp, into: x, rows: n, weight: w.postAttentionNorm)
+
+            // MLP block: x += post_ffw_norm(down(gelu_tanh(gate(h)) · up(h))), h = pre_ffw_norm(x).
+            rmsNorm(x, into: xn, rows: n, width: H, weight: w.preFeedforwardNorm)
+            if n == 1 {
+                Linear.gemv([(w.gate, gate), (w.up, up)], x: xn)
+            } else {
+                w.gate.gemm(n: n, x: xn, ldx: H, y: gate, ldy: I)
+                w.up.gemm(n: n, x: xn, ldx: H, y: up, ldy: I)
+            }
+            gegluInPlace(rows: n)
+            project(w.down, gate, n, ldx: I, into: tmp, ldy: H)
+            addNormed(tmp, into: x, rows: n, weight: w.postFeedforwardNorm)
+        }
+        cache.count = p0 + n
+
+        // Final norm of the rows whose logits are wanted, packed at the start of `xn`.
+        if !finalRows.isEmpty {
+            rmsNorm(x + finalRows.lowerBound * H, into: xn, rows: finalRows.count, width: H, weight: weights.finalNorm)
+        }
+    }
+
+    /// y = W·x for one row (parallel GEMV) or many (batched GEMM).
+    private func project(_ w: any LinearWeight, _ input: UnsafeMutablePointer<Float>, _ n: Int, ldx: Int,
+                         into output: UnsafeMutablePointer<Float>, ldy: Int) {
+        if n == 1 {
+            Linear.gemv(w, x: input, y: output)
+        } else {
+            w.gemm(n: n, x: input, ldx: ldx, y: output, ldy: ldy)
+        }
+    }
+
+    /// Logits of row `row` of `xn` into `logitsBuffer`.
+    private func computeLogits(rowOfXn row: Int) {
+        Linear.gemv(weights.lmHead, x: xn + row * H, y: logitsBuffer)
+    }
+
+    // MARK: - Attention
+
+    /// Multi-head attention of the `rows` new queries in `q` (positions start…start+rows−1)
+    /// over the cache of layer `layer`; stores the new keys/values and writes `att`.
+    private func attention(layer: Int, rows n: Int, start p0: Int) {
+        let lc = cache.layers[layer]
+        let kvBytes = kvDim
+        if let window = lc.window {
+            if n == 1 {
+                // Decode: write the ring row first, then every stored row is visible (order is irrelevant).
+                let r = lc.row(of: p0)
+                (lc.keys + r * kvBytes).update(from: k, count: kvDim)
+                (lc.values + r * kvBytes).update(from: v, count: kvDim)
+                let visible = min(p0 + 1, lc.maxRows)
+                attend(keys: lc.keys, values: lc.values, rows: 1, rowRange: { _ in 0..<visible })
+            } else {
+                // Prefill: gather the previous W − 1 positions (in order) ahead of the chunk's keys,
+                // attend with the sliding mask, then store the chunk's last W positions in the ring.
+                let past = min(p0, window - 1)
+                for j in 0..<past {
+                    let r = lc.row(of: p0 - past + j)
+                    (gatherK + j * kvDim).update(from: lc.keys + r * kvDim, count: kvDim)
+                    (gatherV + j * kvDim).update(from: lc.values + r * kvDim, count: kvDim)
+                }
+                (gatherK + past * kvDim).update(from: k, count: n * kvDim)
+                (gatherV + past * kvDim).update(from: v, count: n * kvDim)
+                attend(keys: gatherK, values: gatherV, rows: n, rowRange: { i in
+                    max(0, past + i - window + 1)..<(past + i + 1)
+                })
+                for i in max(0, n - lc.maxRows)..<n {
+                    let r = lc.row(of: p0 + i)
+                    (lc.keys + r * kvDim).update(from: k + i * kvDim, count: kvDim)
+                    (lc.values + r * kvDim).update(from: v + i * kvDim, count: kvDim)
+                }
+            }
+        } else {
+            (lc.keys + p0 * kvDim).update(from: k, count: n * kvDim)
+            (lc.values + p0 * kvDim).update(from: v, count: n * kvDim)
+            attend(keys: lc.keys, values: lc.values, rows: n, rowRange: { i in 0..<(p0 + i + 1) })
+        }
+    }
+
+    /// att[i, head h] = softmax(scale · q_i,h · K[rowRange(i), g]ᵀ) · V[rowRange(i), g], with g the
+    /// KV head of query head h. `rowRange` must be non-decreasing in both bounds.
+    private func attend(keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>, rows n: Int,
+                        rowRange: (Int) -> Range<Int>) {
+        let group = nh / nkv
+        let (hd, qDim, kvDim, scale) = (hd, qDim, kvDim, queryScale)
+        if n == 1 {
+            // One query: each head's dot products and weighted sum of values, heads split over cores.
+            let range = rowRange(0)
+            let L = range.count
+            ensureScores(nh * L)
+            let (qs, ks, vs, ss, out) = (UncheckedSendable(q), UncheckedSendable(keys), UncheckedSendable(values),
+                                         UncheckedSendable(scores), UncheckedSendable(att))
+            Parallel.forEach(nh) { h in
+                let qh = qs.value + h * hd
+                let g = h / group
+                let s = ss.value + h * L
+                let kBase = ks.value + range.lowerBound * kvDim + g * hd
+                for j in 0..<L { s[j] = Kernels.dot(qh, kBase + j * kvDim, hd) * scale }
+                Kernels.softmax(s, L)
+                let o = out.value + h * hd
+                o.update(repeating: 0, count: hd)
+                let vBase = vs.value + range.lowerBound * kvDim + g * hd
+                for j in 0..<L { GEMV.axpy(s[j], vBase + j * kvDim, o, hd) }
+            }
+            return
+        }
+        // Many queries: per head (heads split over the cores) and block of queries,
+        // scores = Q·Kᵀ and out = P·V through single-threaded sgemm over the union of the block's
+        // visible keys; each row is then masked to its own range.
+        let maxL = rowRange(n - 1).upperBound - rowRange(0).lowerBound
+        let perHead = min(queryBlock, n) * maxL
+        ensureScores(nh * perHead)
+        let (qs, ks, vs, ss, out) = (UncheckedSendable(q), UncheckedSendable(keys), UncheckedSendable(values),
+                                     UncheckedSendable(scores), UncheckedSendable(att))
+        let queryBlock = self.queryBlock
+        Parallel.forEach(nh) { h in
+            let g = h / group
+            let s = ss.value + h * perHead
+            var blockStart = 0
+            while blockStart < n {
+                let bq = min(queryBlock, n - blockStart)
+                let lo = rowRange(blockStart).lowerBound
+                let L = rowRange(blockStart + bq - 1).upperBound - lo
+                BLAS.sgemm(transB: true, m: bq, n: L, k: hd, alpha: scale,
+                           a: qs.value + blockStart * qDim + h * hd, lda: qDim,
+                           b: ks.value + lo * kvDim + g * hd, ldb: kvDim,
+                           c: s, ldc: L)
+                for i in 0..<bq {
+                    let r = rowRange(blockStart + i)
+                    let row = s + i * L
+                    let a = r.lowerBound - lo, b = r.upperBound - lo
+                    if a > 0 { row.update(repeating: 0, count: a) }
+                    Kernels.softmax(row + a, b - a)
+                    if b < L { (row + b).update(repeating: 0, count: L - b) }
+                }
+                BLAS.sgemm(m: bq, n: hd, k: L,
+                           a: s, lda: L,
+                           b: vs.value + lo * kvDim + g * hd, ldb: kvDim,
+                           c: out.value + blockStart * qDim + h * hd, ldc: qDim)
+                blockStart += bq
+            }
+        }
+    }
+
+    private func ensureScores(_ count: Int) {
+        guard count > scoresCapacity else { return }
+        scores.deallocate()
+        scoresCapacity = max(count, 2 * scoresCapacity)
+        scores = .allocate(capacity: scoresCapacity)
+    }
+
+    // MARK: - Element-wise passes (Gemma3Kernels.Kernels, rows split over the cores)
+
+    /// RoPE cos/sin for positions start…start+count−1, for both bases: [base][row][cos…, sin…].
+    private func fillRopeTables(start: Int, count: Int) {
+        let half = hd / 2
+        let thetas = [config.ropeThetaSliding, config.ropeThetaFull]
+        for b in 0..<2 {
+            for i in 0..<count {
+                let row = ropeTables + b * prefillChunk * hd + i * hd
+                Kernels.ropeAngles(theta: thetas[b], headDim: hd, position: start + i, cos: row, sin: row + half)
+            }
+        }
+    }
+
+    /// In-place rotate-half RoPE of `rows × heads` vectors of `hd` values (row i uses table row i).
+    private func applyRope(_ data: UnsafeMutablePointer<Float>, rows: Int, heads: Int, table: UnsafeMutablePointer<Float>) {
+        let (half, hd) = (hd / 2, hd)
+        let (d, t) = (UncheckedSendable(data), UncheckedSendable(table))
+        Parallel.chunks(rows * heads, minimumPerChunk: 64) { vecs in
+            for idx in vecs {
+                let cs = t.value + (idx / heads) * hd
+                Kernels.ropeRotate(d.value + idx * hd, headDim: hd, cos: cs, sin: cs + half)
+            }
+        }
+    }
+
+    /// Gemma RMSNorm over `rows` rows of `width`: y = x / sqrt(mean(x²) + eps) · (1 + w). `src` may equal `dst`.
+    private func rmsNorm(_ src: UnsafeMutablePointer<Float>, into dst: UnsafeMutablePointer<Float>, rows: Int, width: Int, weight: [Float]) {
+        let eps = self.eps
+        weight.withUnsafeBufferPointer { wb in
+            let (s, d, w) = (UncheckedSendable(src), UncheckedSendable(dst), UncheckedSendable(wb.baseAddress!))
+            Parallel.chunks(rows, minimumPerChunk: max(1, 4096 / max(1, width))) { rs in
+                Kernels.rmsNorm(x: s.value, ldx: width, weight: w.value, y: d.value, ldy: width, rstd: nil,
+                                dim: width, eps: eps, rows: rs)
+            }
+        }
+    }
+
+    /// x += RMSNorm(sub) for `rows` rows of H (the post-attention / post-feedforward norms);
+    /// `sub` is overwritten.
+    private func addNormed(_ sub: UnsafeMutablePointer<Float>, into x: UnsafeMutablePointer<Float>, rows: Int, weight: [Float]) {
+        let (H, eps) = (self.H, self.eps)
+        weight.withUnsafeBufferPointer { wb in
+            let (s, d, w) = (UncheckedSendable(sub), UncheckedSendable(x), UncheckedSendable(wb.baseAddress!))
+            Parallel.chunks(rows, minimumPerChunk: 8) { rs in
+                Kernels.rmsNorm(x: s.value, ldx: H, weight: w.value, y: s.value, ldy: H, rstd: nil, dim: H, eps: eps, rows: rs)
+                for i in rs { GEMV.axpy(1, s.value + i * H, d.value + i * H, H) }
+            }
+        }
+    }
+
+    /// gate[r] = gelu_tanh(gate[r]) · up[r] over `rows` rows of I.
+    private func gegluInPlace(rows: Int) {
+        let (g, u, I) = (UncheckedSendable(gate), UncheckedSendable(up), I)
+        Parallel.chunks(rows, minimumPerChunk: max(1, 4096 / I)) { rs in
+            Kernels.geglu(gate: g.value, up: u.value, ldIn: I, out: g.value, ldOut: I, dim: I, rows: rs)
+        }
+    }
+}
