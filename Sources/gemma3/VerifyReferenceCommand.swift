@@ -43,7 +43,7 @@ struct VerifyReferenceCommand: ParsableCommand {
         let url = URL(fileURLWithPath: directory, isDirectory: true)
         for file in ["config.json", "golden.safetensors"] {
             guard FileManager.default.fileExists(atPath: url.appendingPathComponent(file).path) else {
-                throw ModelCommandError("\(directory) has no \(file)")
+                throw VerifyReferenceError("\(directory) has no \(file)")
             }
         }
         var tolerances = ReferenceTolerances()
@@ -118,4 +118,10 @@ struct VerifyReferenceCommand: ParsableCommand {
         }
         return ids.map { Int32($0) }
     }
+}
+
+/// A one-line error of `verify-reference`.
+struct VerifyReferenceError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }
