@@ -28,10 +28,21 @@
     @usableFromInline static let nonASCII: UInt8 = 4
 }
 
+/// The Unicode version of the tables in tiktoken's regex engine (tiktoken 0.14: Rust `regex-syntax`
+/// with Unicode 16.0). Characters assigned later are unassigned (`Cn`, so "other") for tiktoken,
+/// while the Swift 6.3 standard library already knows Unicode 17.0; the test
+/// `unicodeClassesMatchTiktoken` checks every scalar of planes 0-3 and 14 against tiktoken.
+let tiktokenUnicodeVersion = (major: 16, minor: 0)
+
 /// Classifies one Unicode scalar value with the standard library's Unicode properties.
 func pieceClass(ofScalar value: UInt32) -> UInt8 {
     guard let scalar = Unicode.Scalar(value) else { return PieceClass.other }
     let properties = scalar.properties
+    if let age = properties.age,
+       age.major > tiktokenUnicodeVersion.major
+        || (age.major == tiktokenUnicodeVersion.major && age.minor > tiktokenUnicodeVersion.minor) {
+        return PieceClass.other
+    }
     if properties.isWhitespace { return PieceClass.whitespace }  // the White_Space property
     switch properties.generalCategory {
     case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter:

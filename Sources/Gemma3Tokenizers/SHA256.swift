@@ -22,10 +22,9 @@ struct SHA256 {
             blockCount += take
             p += take
             n -= take
-            if blockCount == 64 {
-                block.withUnsafeBufferPointer { compress($0.baseAddress!) }
-                blockCount = 0
-            }
+            if blockCount < 64 { return }
+            block.withUnsafeBufferPointer { compress($0.baseAddress!) }
+            blockCount = 0
         }
         while n >= 64 {
             compress(p)
