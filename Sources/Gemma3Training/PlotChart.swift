@@ -86,8 +86,8 @@ public struct LineChart: Sendable {
         }
         xLo = Swift.min(xLo, xTicks.first ?? xLo)
         xHi = Swift.max(xHi, xTicks.last ?? xHi)
-        let yLabels = yTicks.map { logY ? LineChart.format(pow(10, $0), step: pow(10, $0)) : LineChart.format($0, step: yStep) }
-        let xLabels = xTicks.map { LineChart.format($0, step: xStep) }
+        let yLabels = yTicks.map { logY ? LineChart.format(pow(10, $0), step: pow(10, $0)) : LineChart.format($0, step: yStep, axisMax: yTicks.map(abs).max() ?? 0) }
+        let xLabels = xTicks.map { LineChart.format($0, step: xStep, axisMax: xTicks.map(abs).max() ?? 0) }
         let s = Double(LineChart.textScale * PlotFont.advance)
         let labelWidth = Double(yLabels.map(\.count).max() ?? 1) * s
         return Layout(
@@ -113,12 +113,14 @@ public struct LineChart: Sendable {
         return (ticks, step)
     }
 
-    /// Short tick text: integers plainly, small or large values in "2.5e-4" style, else just
-    /// enough decimals to tell neighbouring ticks apart.
-    static func format(_ v: Double, step: Double) -> String {
+    /// Short tick text: integers plainly, axes of small or large values in "2.5e-4" style, else
+    /// just enough decimals to tell neighbouring ticks apart. `axisMax` (largest |tick|) makes one
+    /// axis use one style.
+    static func format(_ v: Double, step: Double, axisMax: Double? = nil) -> String {
         if v == 0 { return "0" }
         let a = abs(v)
-        if a < 1e-3 || a >= 1e6 {
+        let scale = axisMax ?? a
+        if scale < 1e-2 || scale >= 1e6 {
             let e = Int(floor(log10(a)))
             let m = v / pow(10, Double(e))
             let ms = abs(m - m.rounded()) < 1e-6 ? String(Int(m.rounded())) : String(format: "%.1f", m)

@@ -1,0 +1,475 @@
+import Dispatch
+import Foundation
+import Gemma3Formats
+import Gemma3Kernels
+import Gemma3Model
+
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// A thread-safe "please stop" flag, set by SIGINT/SIGTERM handlers and polled by the trainer
+/// between steps (and between evaluation batches).
+public final class StopFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var signalNumber: Int32?
+    private var sources: [DispatchSourceSignal] = []
+
+    public init() {}
+
+    /// The signal that requested the stop (or 0 for a programmatic request), nil while running.
+    public var requested: Int32? { lock.lock(); defer { lock.unlock() }; return signalNumber }
+
+    public func request(signal: Int32 = 0) {
+        lock.lock(); defer { lock.unlock() }
+        if signalNumber == nil { signalNumber = signal }
+    }
+
+    /// Routes SIGINT and SIGTERM to this flag: the first one asks the trainer to finish the current
+    /// step, save `latest/` and return; a second one exits at once (checkpoint writes are atomic,
+    /// so even that leaves the previous `latest/` intact).
+    public func installSignalHandlers() {
+        lock.lock(); defer { lock.unlock() }
+        guard sources.isEmpty else { return }
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { [weak self] in
+                guard let self else { return }
+                if self.requested != nil {
+                    FileHandle.standardError.write(Data("\nsecond interrupt: exiting now (latest/ is intact)\n".utf8))
+                    exit(128 + sig)
+                }
+                self.request(signal: sig)
+                FileHandle.standardError.write(Data("\ninterrupt: finishing this step, then saving latest/ (interrupt again to quit at once)\n".utf8))
+            }
+            source.resume()
+            sources.append(source)
+        }
+    }
+}
+
+/// AdamW state over the model's flat parameter layout: moments `m`, `v` and torch's step count.
+public final class OptimizerState {
+    public let m: ParameterStore
+    public let v: ParameterStore
+    /// Updates applied so far (the bias-correction exponent of the next update is `adamStep + 1`).
+    public var adamStep: Int
+    public let segments: [ParameterSegment]
+    public var hyper: AdamWHyperparameters
+
+    public init(layout: ParameterLayout, hyper: AdamWHyperparameters, moments: TrainingCheckpoint.Moments? = nil, adamStep: Int = 0) {
+        m = moments?.m ?? ParameterStore(layout: layout)
+        v = moments?.v ?? ParameterStore(layout: layout)
+        self.adamStep = adamStep
+        self.hyper = hyper
+        segments = ParameterSegment.from(shapes: layout.tensors.map(\.shape))
+    }
+}
+
+/// What one optimizer step did.
+public struct StepOutcome: Sendable, Equatable {
+    /// Mean of the micro-batch losses.
+    public var loss: Double
+    /// Global gradient norm of the accumulated gradient, before clipping.
+    public var gradNorm: Double
+    public var learningRate: Double
+    /// False when the step was skipped because the loss or the gradient was not finite.
+    public var applied: Bool
+}
+
+/// One optimizer step, nanoGPT style and exactly as the golden trajectory was produced:
+/// for each of `accumulation` micro-batches, forward and backward of `loss / accumulation`;
+/// then the global norm of the summed gradient, clipping to `gradClip`, and one AdamW update.
+/// A non-finite loss or gradient skips the update (weights and moments untouched).
+///
+/// - Parameter fillMicroBatch: writes micro-batch `k`'s inputs and targets ([B·T] each).
+public func trainingStep(
+    model: Gemma3TrainingModel, optimizer: OptimizerState, learningRate: Double, gradClip: Double, accumulation: Int,
+    inputs: UnsafeMutableBufferPointer<Int32>, targets: UnsafeMutableBufferPointer<Int32>,
+    fillMicroBatch: (Int) throws -> Void
+) throws -> StepOutcome {
+    guard let gradients = model.gradients else { throw TrainingError.invalidData("trainingStep needs a model created with training: true") }
+    model.zeroGradients()
+    var lossSum = 0.0
+    let scale = 1 / Float(accumulation)
+    for k in 0..<accumulation {
+        try fillMicroBatch(k)
+        let loss = try model.forward(inputs: UnsafeBufferPointer(inputs), targets: UnsafeBufferPointer(targets))
+        lossSum += Double(loss)
+        model.backward(lossScale: scale)
+    }
+    let loss = lossSum / Double(accumulation)
+    let norm = GradientClipping.globalNorm(UnsafeBufferPointer(gradients.buffer))
+    guard loss.isFinite, norm.isFinite else {
+        return StepOutcome(loss: loss, gradNorm: norm, learningRate: learningRate, applied: false)
+    }
+    let clip = GradientClipping.scale(totalNorm: norm, maxNorm: gradClip)
+    optimizer.adamStep += 1
+    AdamW.update(parameters: model.parameters.buffer, gradients: UnsafeBufferPointer(gradients.buffer),
+                 m: optimizer.m.buffer, v: optimizer.v.buffer, segments: optimizer.segments, step: optimizer.adamStep,
+                 learningRate: learningRate, gradScale: clip, hyper: optimizer.hyper)
+    return StepOutcome(loss: loss, gradNorm: norm, learningRate: learningRate, applied: true)
+}
+
+/// Entropy of the token frequencies of a file, in bits per token: the cross-entropy of the best
+/// model that ignores context. A trained model's validation loss should fall well below it.
+public func unigramEntropyBits(_ tokens: TokenFile) -> Double {
+    let n = tokens.count
+    guard n > 0 else { return 0 }
+    let workers = max(1, min(Parallel.threadCount, 8))
+    var counts = [Int](repeating: 0, count: 65536 * workers)
+    let src = UncheckedSendable(tokens.tokens.baseAddress!)
+    counts.withUnsafeMutableBufferPointer { c in
+        let c = UncheckedSendable(c.baseAddress!)
+        Parallel.forEach(workers) { w in
+            let base = c.value + w * 65536
+            for i in (n * w / workers)..<(n * (w + 1) / workers) { base[Int(src.value[i])] += 1 }
+        }
+    }
+    var h = 0.0
+    for t in 0..<65536 {
+        var k = 0
+        for w in 0..<workers { k += counts[w * 65536 + t] }
+        if k > 0 { let p = Double(k) / Double(n); h -= p * log2(p) }
+    }
+    return h
+}
+
+/// Settings of one `gemma3 train` invocation.
+public struct TrainerOptions {
+    public var dataDirectory: URL
+    public var runDirectory: URL
+    /// The model to train (ignored on resume, where `latest/config.json` rules; must then match if given).
+    public var config: Gemma3Config
+    /// How the model was named on the command line (preset or config path), for logs and the report.
+    public var modelName: String
+    public var recipe: TrainingRecipe
+    /// Continue the run in `runDirectory` (from `latest/`) if there is one.
+    public var resume: Bool
+    /// GPT-2 files copied into checkpoints; nil = the directory recorded in meta.json, if it exists.
+    public var tokenizerDirectory: URL?
+    /// Stop with an error after this many non-finite steps in a row.
+    public var maxConsecutiveNonFinite = 5
+    /// Print the live progress line and log lines (to stderr).
+    public var verbose = true
+    /// Behave as if interrupted once this many steps are complete (tests).
+    public var stopAfterStep: Int?
+
+    public init(dataDirectory: URL, runDirectory: URL, config: Gemma3Config, modelName: String, recipe: TrainingRecipe,
+                resume: Bool = false, tokenizerDirectory: URL? = nil) {
+        self.dataDirectory = dataDirectory; self.runDirectory = runDirectory; self.config = config
+        self.modelName = modelName; self.recipe = recipe; self.resume = resume; self.tokenizerDirectory = tokenizerDirectory
+    }
+}
+
+/// How a run ended.
+public struct TrainingSummary: Sendable {
+    /// Optimizer steps completed (== max_iters unless interrupted).
+    public var step: Int
+    /// Set when a signal (or `stopAfterStep`) ended the run early; `latest/` holds the state.
+    public var interruptedBy: Int32?
+    public var lastEval: EvalMetrics?
+    public var bestValLoss: Double?
+    public var unigramEntropyBits: Double
+    /// Median tokens/s over the steps of this invocation.
+    public var tokensPerSecond: Double
+}
+
+/// The pre-training loop (nanoGPT's, made resumable):
+///
+///     for step in start..<max_iters:
+///         lr = schedule(step); accumulate micro-batches; clip; AdamW      → metrics "step"
+///         every eval_interval (and at the end): mean loss over eval_iters
+///             batches of train and val, perplexity, bits/byte             → metrics "eval", best/
+///         every checkpoint_interval (and at the end, or on SIGINT/SIGTERM): latest/
+public final class Trainer {
+    public let options: TrainerOptions
+    public let stopFlag: StopFlag
+    public private(set) var config: Gemma3Config
+    public private(set) var recipe: TrainingRecipe
+
+    private let meta: DatasetMeta
+    private let trainTokens: TokenFile
+    private let valTokens: TokenFile
+    private let tokenizerDirectory: URL?
+    private var metricsHandle: FileHandle?
+    private let isTerminal = isatty(2) != 0
+    private var progressShown = false
+
+    public init(options: TrainerOptions, stopFlag: StopFlag = StopFlag()) throws {
+        self.options = options
+        self.stopFlag = stopFlag
+        self.config = options.config
+        var recipe = options.recipe
+        // Saved recipes always carry an explicit checkpoint interval; normalise so resume compares equal.
+        recipe.checkpointInterval = recipe.effectiveCheckpointInterval
+        self.recipe = recipe
+        try recipe.validate()
+        meta = try DatasetMeta.load(directory: options.dataDirectory)
+        trainTokens = try TokenFile(url: options.dataDirectory.appendingPathComponent(DatasetMeta.trainFileName))
+        valTokens = try TokenFile(url: options.dataDirectory.appendingPathComponent(DatasetMeta.valFileName))
+        if let t = options.tokenizerDirectory {
+            tokenizerDirectory = t
+        } else {
+            let recorded = URL(fileURLWithPath: meta.tokenizer.directory, isDirectory: true)
+            tokenizerDirectory = FileManager.default.fileExists(atPath: recorded.path) ? recorded : nil
+        }
+    }
+
+    private func say(_ s: String) {
+        guard options.verbose else { return }
+        if progressShown && isTerminal { FileHandle.standardError.write(Data("\n".utf8)); progressShown = false }
+        FileHandle.standardError.write(Data((s + "\n").utf8))
+    }
+
+    private func appendMetrics(_ r: MetricsRecord) {
+        metricsHandle?.write(Data((r.jsonLine + "\n").utf8))
+    }
+
+    /// Runs (or resumes) training to `max_iters`, or until a stop is requested.
+    public func run() throws -> TrainingSummary {
+        let fm = FileManager.default
+        let run = options.runDirectory
+        try fm.createDirectory(at: run, withIntermediateDirectories: true)
+        try TrainingCheckpoint.recover(runDirectory: run, name: TrainingCheckpoint.latest)
+        try TrainingCheckpoint.recover(runDirectory: run, name: TrainingCheckpoint.best)
+
+        // --- Weights, optimizer and loop state: fresh or from latest/.
+        let parameters: ParameterStore
+        let optimizer: OptimizerState
+        var state: TrainerState
+        let hasLatest = TrainingCheckpoint.exists(runDirectory: run, name: TrainingCheckpoint.latest)
+        if options.resume && hasLatest {
+            let r = try TrainingCheckpoint.loadLatest(runDirectory: run)
+            guard r.config == options.config else {
+                throw TrainingError.checkpoint("--resume: the model of \(run.path)/latest differs from the one given (drop --preset/--config or pass the same one)")
+            }
+            guard r.state.recipe == recipe else {
+                throw TrainingError.checkpoint("--resume continues a run exactly, but the recipe differs from the saved one: \(Trainer.recipeDifference(r.state.recipe, recipe))")
+            }
+            guard r.state.trainTokens == trainTokens.count else {
+                throw TrainingError.checkpoint("--resume: the run was trained on \(r.state.trainTokens) train tokens, \(options.dataDirectory.path) has \(trainTokens.count)")
+            }
+            parameters = r.parameters
+            state = r.state
+            optimizer = OptimizerState(layout: parameters.layout, hyper: AdamWHyperparameters(recipe: recipe), moments: r.moments, adamStep: state.adamStep)
+            say("resuming \(run.path) at step \(state.step)/\(recipe.maxIters)")
+        } else {
+            if hasLatest {
+                throw TrainingError.checkpoint("\(run.path) already holds a run (latest/); add --resume to continue it or choose another --out")
+            }
+            if options.resume { say("--resume: no checkpoint in \(run.path) yet; starting from scratch") }
+            parameters = ParameterStore(config: config)
+            parameters.initializeForTraining(config: config, seed: recipe.seed)
+            optimizer = OptimizerState(layout: parameters.layout, hyper: AdamWHyperparameters(recipe: recipe))
+            state = TrainerState(step: 0, adamStep: 0, samplerState: Trainer.samplerSeed(recipe.seed), bestValLoss: nil,
+                                 consecutiveNonFinite: 0, pendingEval: true, elapsedSeconds: 0, recipe: recipe,
+                                 trainTokens: trainTokens.count, model: options.modelName)
+        }
+        guard meta.vocabSize <= config.vocabSize else {
+            throw TrainingError.invalidData("\(options.dataDirectory.path) was tokenized with a \(meta.vocabSize)-token vocabulary but the model has \(config.vocabSize)")
+        }
+
+        // --- Models: one for training, one sharing the weights for evaluation (no saved activations).
+        let model = try Gemma3TrainingModel(config: config, batchSize: recipe.batchSize, sequenceLength: recipe.blockSize,
+                                            parameters: parameters, training: true)
+        let evalModel = try Gemma3TrainingModel(config: config, batchSize: recipe.batchSize, sequenceLength: recipe.blockSize,
+                                                parameters: parameters, training: false)
+        var sampler = try BatchSampler(tokens: trainTokens, batchSize: recipe.batchSize, blockSize: recipe.blockSize, seed: 0)
+        sampler.rng.state = state.samplerState
+        let windowCount = sampler.batchTokenCount, tokenCount = recipe.batchSize * recipe.blockSize
+        let windows = UnsafeMutableBufferPointer<Int32>.allocate(capacity: windowCount)
+        let inputs = UnsafeMutableBufferPointer<Int32>.allocate(capacity: tokenCount)
+        let targets = UnsafeMutableBufferPointer<Int32>.allocate(capacity: tokenCount)
+        defer { windows.deallocate(); inputs.deallocate(); targets.deallocate() }
+
+        // --- Metrics: drop records of steps after the checkpoint (they will be redone), then append.
+        try prepareMetrics(resumedAt: options.resume && hasLatest ? state : nil)
+        defer { try? metricsHandle?.close(); metricsHandle = nil }
+        let entropy = unigramEntropyBits(trainTokens)
+        say("model \(options.modelName): \(parameters.count) parameters; \(recipe.tokensPerStep) tokens/step "
+            + "(\(recipe.batchSize) × \(recipe.blockSize) × \(recipe.gradientAccumulationSteps)); "
+            + "train \(trainTokens.count) tokens, val \(valTokens.count)")
+        say(String(format: "baseline: unigram entropy of train.bin = %.4f bits/token = %.4f nats/token (loss of a context-free model)",
+                   entropy, entropy * log(2.0)))
+        appendMetrics(.run(RunInfo(startStep: state.step, resumed: options.resume && hasLatest, parameters: parameters.count,
+                                   model: options.modelName, maxIters: recipe.maxIters, tokensPerStep: recipe.tokensPerStep,
+                                   unigramEntropyBits: entropy, bytesPerTokenVal: meta.val.bytesPerToken)))
+
+        let schedule = LearningRateSchedule(recipe: recipe)
+        let start = Date()
+        let elapsedBefore = state.elapsedSeconds
+        func elapsed() -> Double { elapsedBefore + Date().timeIntervalSince(start) }
+        var lastEval: EvalMetrics?
+        var speeds: [Double] = []
+        let tokenizer = tokenizerDirectory
+
+        func saveLatest() throws {
+            state.samplerState = sampler.rng.state
+            state.adamStep = optimizer.adamStep
+            state.elapsedSeconds = elapsed()
+            try TrainingCheckpoint.write(runDirectory: run, name: TrainingCheckpoint.latest, config: config, parameters: parameters,
+                                         moments: .init(m: optimizer.m, v: optimizer.v), state: state, tokenizerDirectory: tokenizer)
+        }
+
+        /// Evaluates at the current step; returns false if a stop request interrupted it.
+        func evaluate() throws -> Bool {
+            let t0 = Date()
+            guard let trainLoss = try meanLoss(evalModel, tokens: trainTokens, seed: recipe.seed ^ 0x7EA1_0000_0000_0001,
+                                               windows: windows, inputs: inputs, targets: targets),
+                  let valLoss = try meanLoss(evalModel, tokens: valTokens, seed: recipe.seed ^ 0x7EA1_0000_0000_0002,
+                                             windows: windows, inputs: inputs, targets: targets)
+            else { return false }
+            let e = EvalMetrics(step: state.step, trainLoss: trainLoss, valLoss: valLoss,
+                                trainBitsPerByte: trainLoss / log(2.0) / meta.train.bytesPerToken,
+                                valBitsPerByte: valLoss / log(2.0) / meta.val.bytesPerToken, elapsed: elapsed())
+            appendMetrics(.eval(e))
+            lastEval = e
+            state.pendingEval = false
+            say(String(format: "eval step %d: train loss %.4f, val loss %.4f (perplexity %.2f, %.4f bits/byte) [%.1fs]",
+                       e.step, trainLoss, valLoss, e.valPerplexity, e.valBitsPerByte, Date().timeIntervalSince(t0)))
+            if state.step > 0, valLoss.isFinite, valLoss < (state.bestValLoss ?? .infinity) {
+                state.bestValLoss = valLoss
+                try TrainingCheckpoint.write(runDirectory: run, name: TrainingCheckpoint.best, config: config, parameters: parameters,
+                                             weightsDType: recipe.dtype == .bf16 ? .bf16 : .f32, tokenizerDirectory: tokenizer)
+            }
+            return true
+        }
+
+        func stopRequested() -> Int32? {
+            if let s = stopFlag.requested { return s }
+            if let n = options.stopAfterStep, state.step >= n { return 0 }
+            return nil
+        }
+
+        func finishInterrupted(_ signal: Int32) throws -> TrainingSummary {
+            try saveLatest()
+            say("stopped at step \(state.step)/\(recipe.maxIters); latest/ saved — continue with the same command plus --resume")
+            return TrainingSummary(step: state.step, interruptedBy: signal, lastEval: lastEval, bestValLoss: state.bestValLoss,
+                                   unigramEntropyBits: entropy, tokensPerSecond: median(speeds))
+        }
+
+        if state.pendingEval {
+            if try !evaluate() { return try finishInterrupted(stopFlag.requested ?? 0) }
+        }
+        var stepSecondsEMA: Double?
+        while state.step < recipe.maxIters {
+            if let s = stopRequested() { return try finishInterrupted(s) }
+            let stepIndex = state.step
+            let lr = schedule(stepIndex)
+            let t0 = Date()
+            let outcome = try trainingStep(
+                model: model, optimizer: optimizer, learningRate: lr, gradClip: recipe.gradClip,
+                accumulation: recipe.gradientAccumulationSteps, inputs: inputs, targets: targets
+            ) { _ in
+                try sampler.next(into: windows, vocabularySize: config.vocabSize)
+                BatchSampler.split(windows: UnsafeBufferPointer(windows), batchSize: recipe.batchSize, blockSize: recipe.blockSize,
+                                   inputs: inputs, targets: targets)
+            }
+            let seconds = max(1e-9, Date().timeIntervalSince(t0))
+            state.step += 1
+            let speed = Double(recipe.tokensPerStep) / seconds
+            speeds.append(speed)
+            stepSecondsEMA = stepSecondsEMA.map { 0.9 * $0 + 0.1 * seconds } ?? seconds
+            appendMetrics(.step(StepMetrics(step: state.step, loss: outcome.loss, learningRate: lr, gradNorm: outcome.gradNorm,
+                                            tokensPerSecond: speed, elapsed: elapsed(), skipped: !outcome.applied)))
+            if outcome.applied {
+                state.consecutiveNonFinite = 0
+            } else {
+                state.consecutiveNonFinite += 1
+                say("step \(state.step): non-finite loss (\(outcome.loss)) or gradient norm (\(outcome.gradNorm)); update skipped (\(state.consecutiveNonFinite) in a row)")
+                if state.consecutiveNonFinite >= options.maxConsecutiveNonFinite {
+                    throw TrainingError.nonFinite("\(state.consecutiveNonFinite) non-finite steps in a row at step \(state.step) (learning rate \(lr)); try a lower --learning-rate; latest/ keeps the last good state")
+                }
+            }
+            showProgress(step: state.step, loss: outcome.loss, lr: lr, norm: outcome.gradNorm, speed: speed,
+                         eta: Double(recipe.maxIters - state.step) * (stepSecondsEMA ?? seconds))
+            let last = state.step == recipe.maxIters
+            if state.step % recipe.evalInterval == 0 || last {
+                state.pendingEval = true
+                if try !evaluate() { return try finishInterrupted(stopFlag.requested ?? 0) }
+            }
+            if state.step % recipe.effectiveCheckpointInterval == 0 || last {
+                try saveLatest()
+            }
+        }
+        if progressShown && isTerminal && options.verbose { FileHandle.standardError.write(Data("\n".utf8)) }
+        return TrainingSummary(step: state.step, interruptedBy: nil, lastEval: lastEval, bestValLoss: state.bestValLoss,
+                               unigramEntropyBits: entropy, tokensPerSecond: median(speeds))
+    }
+
+    /// Mean loss over `eval_iters` batches drawn from a fixed seed (the same batches at every
+    /// evaluation, so curves compare like with like); nil if a stop was requested meanwhile.
+    private func meanLoss(_ model: Gemma3TrainingModel, tokens: TokenFile, seed: UInt64,
+                          windows: UnsafeMutableBufferPointer<Int32>, inputs: UnsafeMutableBufferPointer<Int32>,
+                          targets: UnsafeMutableBufferPointer<Int32>) throws -> Double? {
+        var sampler = try BatchSampler(tokens: tokens, batchSize: recipe.batchSize, blockSize: recipe.blockSize, seed: seed)
+        var sum = 0.0
+        for _ in 0..<recipe.evalIters {
+            if stopFlag.requested != nil { return nil }
+            try sampler.next(into: windows, vocabularySize: config.vocabSize)
+            BatchSampler.split(windows: UnsafeBufferPointer(windows), batchSize: recipe.batchSize, blockSize: recipe.blockSize,
+                               inputs: inputs, targets: targets)
+            sum += Double(try model.forward(inputs: UnsafeBufferPointer(inputs), targets: UnsafeBufferPointer(targets)))
+        }
+        return sum / Double(recipe.evalIters)
+    }
+
+    private func showProgress(step: Int, loss: Double, lr: Double, norm: Double, speed: Double, eta: Double) {
+        guard options.verbose else { return }
+        let line = String(format: "step %d/%d | loss %.4f | lr %.2e | grad norm %.3f | %.0f tokens/s | ETA ",
+                          step, recipe.maxIters, loss, lr, norm, speed) + Trainer.duration(eta)
+        if isTerminal {
+            FileHandle.standardError.write(Data(("\r" + line + "\u{1B}[K").utf8))
+            progressShown = true
+        } else if step == 1 || step % max(1, min(100, recipe.maxIters / 50)) == 0 || step == recipe.maxIters {
+            FileHandle.standardError.write(Data((line + "\n").utf8))
+        }
+    }
+
+    static func duration(_ s: Double) -> String {
+        guard s.isFinite, s >= 0 else { return "?" }
+        let t = Int(s.rounded())
+        if t >= 3600 { return String(format: "%dh%02dm", t / 3600, (t % 3600) / 60) }
+        return String(format: "%dm%02ds", t / 60, t % 60)
+    }
+
+    /// The batch sampler's seed, distinct from the weight-initialisation stream of the same seed.
+    static func samplerSeed(_ seed: UInt64) -> UInt64 { seed ^ 0x5EED_BA7C_0000_0000 }
+
+    static func recipeDifference(_ a: TrainingRecipe, _ b: TrainingRecipe) -> String {
+        let encoder = JSONEncoder()
+        guard let da = try? encoder.encode(a), let db = try? encoder.encode(b),
+              let oa = (try? JSONSerialization.jsonObject(with: da)) as? [String: Any],
+              let ob = (try? JSONSerialization.jsonObject(with: db)) as? [String: Any] else { return "?" }
+        let diffs = oa.keys.sorted().filter { "\(oa[$0]!)" != "\(ob[$0] ?? "nil")" }.map { "\($0) saved \(oa[$0]!), given \(ob[$0] ?? "nil")" }
+        return diffs.joined(separator: "; ")
+    }
+
+    /// Opens `metrics.jsonl` for appending; on resume first drops records after the checkpoint.
+    private func prepareMetrics(resumedAt state: TrainerState?) throws {
+        let url = options.runDirectory.appendingPathComponent("metrics.jsonl")
+        let fm = FileManager.default
+        if let state {
+            let text = (try? String(contentsOf: url, encoding: .utf8)) ?? ""
+            let kept = text.split(separator: "\n").filter { line in
+                guard let r = MetricsRecord(jsonLine: String(line)) else { return false }  // e.g. a line cut by a kill
+                switch r {
+                case .run: return r.step <= state.step
+                case .step: return r.step <= state.step
+                case .eval: return r.step < state.step || (r.step == state.step && !state.pendingEval)
+                }
+            }
+            try AtomicFile.write(Data(kept.map { $0 + "\n" }.joined().utf8), to: url)
+        } else {
+            try AtomicFile.write(Data(), to: url)
+        }
+        guard let h = try? FileHandle(forWritingTo: url) else { throw TrainingError.io("cannot open \(url.path) for writing") }
+        h.seekToEndOfFile()
+        metricsHandle = h
+        _ = fm
+    }
+}

@@ -1,0 +1,147 @@
+import ArgumentParser
+import Foundation
+import Gemma3Model
+import Gemma3Training
+
+/// `gemma3 train`: pre-train a Gemma 3 model on prepared token files.
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Pre-train a Gemma 3 model on token files made by `gemma3 prepare`.",
+        discussion: """
+        Hyper-parameters come from a recipe (--recipe NAME or FILE; named: \(TrainingRecipe.named.keys.sorted().joined(separator: ", ")); \
+        default cpu-small); explicit flags override it. Counts are optimizer steps; one step is \
+        gradient-accumulation-steps micro-batches of batch-size × block-size tokens.
+
+        RUN_DIR receives metrics.jsonl, best/ (lowest validation loss) and latest/ (Hugging Face model \
+        directories; latest/ also holds the optimizer state). SIGINT/SIGTERM finish the current step, save \
+        latest/ and exit with status 130/143. The same command with --resume continues the run exactly \
+        (bit-identical weights); with --resume, the model and recipe default to the saved ones.
+        """
+    )
+
+    @Option(help: ArgumentHelp("Directory with train.bin, val.bin and meta.json (from `gemma3 prepare`).", valueName: "dir"))
+    var data: String
+
+    @Option(help: ArgumentHelp("Model preset: \(Gemma3Config.presetNames.joined(separator: ", ")).", valueName: "name"))
+    var preset: String?
+
+    @Option(help: ArgumentHelp("Hugging Face config.json of the model to train.", valueName: "file"))
+    var config: String?
+
+    @Option(help: ArgumentHelp("Run directory (checkpoints, metrics).", valueName: "dir"))
+    var out: String
+
+    @Option(help: ArgumentHelp("Named recipe or recipe JSON file (default: cpu-small, or the saved one with --resume).", valueName: "name|file"))
+    var recipe: String?
+
+    @Option(name: .customLong("learning-rate"), help: "Peak learning rate.") var learningRate: Double?
+    @Option(name: .customLong("max-iters"), help: "Optimizer steps.") var maxIters: Int?
+    @Option(name: .customLong("warmup-steps"), help: "Linear warm-up steps.") var warmupSteps: Int?
+    @Option(name: .customLong("min-lr"), help: "Cosine floor (≤ learning rate).") var minLR: Double?
+    @Option(name: .customLong("eval-interval"), help: "Evaluate every N steps.") var evalInterval: Int?
+    @Option(name: .customLong("eval-iters"), help: "Batches per split per evaluation.") var evalIters: Int?
+    @Option(name: .customLong("batch-size"), help: "Sequences per micro-batch.") var batchSize: Int?
+    @Option(name: .customLong("block-size"), help: "Tokens per sequence.") var blockSize: Int?
+    @Option(name: .customLong("gradient-accumulation-steps"), help: "Micro-batches per optimizer step.") var gradientAccumulationSteps: Int?
+    @Option(name: .customLong("grad-clip"), help: "Global gradient-norm clip (0 = off).") var gradClip: Double?
+    @Option(name: .customLong("weight-decay"), help: "AdamW decoupled weight decay (matrices only).") var weightDecay: Double?
+    @Option(name: .customLong("beta1"), help: "AdamW β1.") var beta1: Double?
+    @Option(name: .customLong("beta2"), help: "AdamW β2.") var beta2: Double?
+    @Option(name: .customLong("eps"), help: "AdamW ε.") var eps: Double?
+    @Option(name: .customLong("seed"), help: "Seed of the initial weights and the batch order.") var seed: UInt64?
+    @Option(name: .customLong("dtype"), help: "f32 or bf16 (bf16: float32 master weights and moments, bf16 best/ checkpoint).") var dtype: String?
+    @Option(name: .customLong("checkpoint-interval"), help: "Rewrite latest/ every N steps (default: the eval interval).") var checkpointInterval: Int?
+
+    @Flag(help: "Continue the run found in --out (starts from scratch if it has no checkpoint yet).")
+    var resume = false
+
+    @Option(help: ArgumentHelp("GPT-2 tokenizer files copied into checkpoints (default: the directory recorded in meta.json).", valueName: "dir"))
+    var tokenizer: String?
+
+    @Flag(help: "Print one JSON object with the final figures on stdout.")
+    var json = false
+
+    @Flag(help: "No progress line or log lines.")
+    var quiet = false
+
+    func validate() throws {
+        if preset != nil && config != nil { throw ValidationError("give --preset or --config, not both") }
+        if let preset, Gemma3Config.preset(named: preset) == nil {
+            throw ValidationError("unknown preset \"\(preset)\" (known: \(Gemma3Config.presetNames.joined(separator: ", ")))")
+        }
+        if let dtype, TrainingDType(rawValue: dtype) == nil { throw ValidationError("--dtype must be f32 or bf16, got \"\(dtype)\"") }
+    }
+
+    func run() throws {
+        let runDir = URL(fileURLWithPath: out, isDirectory: true)
+        let dataDir = URL(fileURLWithPath: data, isDirectory: true)
+        // With --resume and a checkpoint, the saved model and recipe are the defaults.
+        var saved: TrainingCheckpoint.Resumable?
+        if resume {
+            try? TrainingCheckpoint.recover(runDirectory: runDir, name: TrainingCheckpoint.latest)
+            if TrainingCheckpoint.exists(runDirectory: runDir, name: TrainingCheckpoint.latest) {
+                saved = try TrainingCheckpoint.loadLatest(runDirectory: runDir)
+            }
+        }
+        let modelConfig: Gemma3Config
+        let modelName: String
+        if let preset {
+            modelConfig = Gemma3Config.preset(named: preset)!
+            modelName = preset
+        } else if let config {
+            modelConfig = try Gemma3Config.load(from: URL(fileURLWithPath: config))
+            modelName = config
+        } else if let saved {
+            modelConfig = saved.config
+            modelName = saved.state.model
+        } else {
+            throw ValidationError("give the model with --preset NAME or --config FILE")
+        }
+        var r: TrainingRecipe
+        if let recipe { r = try TrainingRecipe.load(recipe) } else { r = saved?.state.recipe ?? .cpuSmall }
+        if let v = learningRate { r.learningRate = v }
+        if let v = maxIters { r.maxIters = v }
+        if let v = warmupSteps { r.warmupSteps = v }
+        if let v = minLR { r.minLR = v }
+        if let v = evalInterval { r.evalInterval = v }
+        if let v = evalIters { r.evalIters = v }
+        if let v = batchSize { r.batchSize = v }
+        if let v = blockSize { r.blockSize = v }
+        if let v = gradientAccumulationSteps { r.gradientAccumulationSteps = v }
+        if let v = gradClip { r.gradClip = v }
+        if let v = weightDecay { r.weightDecay = v }
+        if let v = beta1 { r.beta1 = v }
+        if let v = beta2 { r.beta2 = v }
+        if let v = eps { r.eps = v }
+        if let v = seed { r.seed = v }
+        if let v = dtype { r.dtype = TrainingDType(rawValue: v)! }
+        if let v = checkpointInterval { r.checkpointInterval = v }
+        // The saved recipe always carries an explicit checkpoint interval; compare like with like.
+        if r.checkpointInterval == nil { r.checkpointInterval = r.effectiveCheckpointInterval }
+        try r.validate()
+        guard r.blockSize <= modelConfig.maxPositionEmbeddings else {
+            throw ValidationError("--block-size \(r.blockSize) exceeds the model's max_position_embeddings \(modelConfig.maxPositionEmbeddings)")
+        }
+
+        var options = TrainerOptions(dataDirectory: dataDir, runDirectory: runDir, config: modelConfig, modelName: modelName,
+                                     recipe: r, resume: resume, tokenizerDirectory: tokenizer.map { URL(fileURLWithPath: $0, isDirectory: true) })
+        options.verbose = !quiet
+        let stop = StopFlag()
+        stop.installSignalHandlers()
+        let trainer = try Trainer(options: options, stopFlag: stop)
+        let summary = try trainer.run()
+        if json {
+            func n(_ v: Double?) -> String { v.map { $0.isFinite ? "\($0)" : "null" } ?? "null" }
+            let e = summary.lastEval
+            let line = "{\"step\":\(summary.step),\"interrupted\":\(summary.interruptedBy != nil),"
+                + "\"train_loss\":\(n(e?.trainLoss)),\"val_loss\":\(n(e?.valLoss)),\"val_perplexity\":\(n(e?.valPerplexity)),"
+                + "\"val_bpb\":\(n(e?.valBitsPerByte)),\"best_val_loss\":\(n(summary.bestValLoss)),"
+                + "\"unigram_entropy_bits\":\(n(summary.unigramEntropyBits)),\"tokens_per_s\":\(n(summary.tokensPerSecond))}\n"
+            FileHandle.standardOutput.write(Data(line.utf8))
+        }
+        if let sig = summary.interruptedBy, sig != 0 {
+            throw ExitCode(128 + sig)
+        }
+    }
+}
