@@ -453,6 +453,10 @@ public final class Trainer {
     private func prepareMetrics(resumedAt state: TrainerState?) throws {
         let url = options.runDirectory.appendingPathComponent("metrics.jsonl")
         let fm = FileManager.default
+        // Temporary files of a rewrite that a kill interrupted.
+        for entry in (try? fm.contentsOfDirectory(atPath: options.runDirectory.path)) ?? [] where entry.hasPrefix(".metrics.jsonl.tmp-") {
+            try? fm.removeItem(at: options.runDirectory.appendingPathComponent(entry))
+        }
         if let state {
             let text = (try? String(contentsOf: url, encoding: .utf8)) ?? ""
             let kept = text.split(separator: "\n").filter { line in
@@ -470,6 +474,5 @@ public final class Trainer {
         guard let h = try? FileHandle(forWritingTo: url) else { throw TrainingError.io("cannot open \(url.path) for writing") }
         h.seekToEndOfFile()
         metricsHandle = h
-        _ = fm
     }
 }
