@@ -1,0 +1,141 @@
+import ArgumentParser
+import Foundation
+import Gemma3Kernels
+import Gemma3Model
+import Gemma3Tokenizers
+
+/// `gemma3 generate`: text from a trained model, streamed as it is produced.
+struct GenerateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate",
+        abstract: "Generate text from a model directory with the KV-cache engine, streaming to stdout.",
+        discussion: """
+        The prompt is processed in one batched pass, then tokens are sampled one at a time \
+        (greedy with --temperature 0) and their text is written to stdout as soon as it forms \
+        whole characters; prompt and generation speeds go to stderr. Generation stops at \
+        --max-new-tokens, at the end-of-text token (50256 for GPT-2 models, or the config's \
+        eos_token_id), at a --stop string (cut from the text), or at the end of the context. \
+        --json prints one JSON object instead of streaming; --interactive reads one prompt per \
+        line from stdin.
+        """
+    )
+
+    @Option(help: ArgumentHelp("Model directory (config.json, model.safetensors, GPT-2 tokenizer files), e.g. RUN/best.", valueName: "dir"))
+    var model: String
+
+    @Option(help: "The prompt text.")
+    var prompt: String?
+
+    @Flag(help: "Read prompts from stdin, one per line, and answer each.")
+    var interactive = false
+
+    @Option(help: "Most tokens to generate.")
+    var maxNewTokens = 200
+
+    @Option(help: "Sampling temperature; 0 = greedy.")
+    var temperature: Float = 0.8
+
+    @Option(help: "Keep the k most likely tokens (0 = off).")
+    var topK = 200
+
+    @Option(help: "Nucleus sampling: keep the most likely tokens up to this probability mass (1 = off).")
+    var topP: Float = 1
+
+    @Option(help: "Drop tokens less likely than min-p × the top probability (0 = off).")
+    var minP: Float = 0
+
+    @Option(help: "Penalty for tokens already present (HF semantics; 1 = off).")
+    var repetitionPenalty: Float = 1
+
+    @Option(help: "Random seed (default: a fresh one, printed with the statistics).")
+    var seed: UInt64?
+
+    @Option(name: .customLong("stop"), help: ArgumentHelp("Stop when the text contains this string (repeatable).", valueName: "text"))
+    var stopStrings: [String] = []
+
+    @Flag(help: "Do not stop at the end-of-text token.")
+    var ignoreEos = false
+
+    @Option(help: "Weight storage in memory: f32 or bf16 (half the bytes per token).")
+    var dtype = "f32"
+
+    @Option(help: "Longest sequence (prompt + generation); default the model's max_position_embeddings.")
+    var context: Int?
+
+    @Option(help: ArgumentHelp("Tokenizer directory (default: the model directory's files, else the download location).", valueName: "dir"))
+    var tokenizer: String?
+
+    @Flag(help: "Write the prompt before the generated text.")
+    var echo = false
+
+    @Flag(help: "Print one JSON object (prompt_ids, generated_ids, text, speeds) instead of streaming.")
+    var json = false
+
+    func validate() throws {
+        if interactive == (prompt != nil) { throw ValidationError("give either --prompt TEXT or --interactive") }
+        if let prompt, prompt.isEmpty { throw ValidationError("the prompt is empty") }
+        if maxNewTokens < 0 { throw ValidationError("--max-new-tokens must be ≥ 0") }
+        guard WeightDType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be f32 or bf16, got \"\(dtype)\"") }
+        if let context, context < 1 { throw ValidationError("--context must be positive") }
+        do { try sampling(seed: 0).validate() } catch let e as GenerationError { throw ValidationError(e.message) }
+    }
+
+    func sampling(seed: UInt64) -> SamplingOptions {
+        SamplingOptions(temperature: temperature, topK: topK, topP: topP, minP: minP,
+                        repetitionPenalty: repetitionPenalty, seed: seed)
+    }
+
+    func run() throws {
+        let (config, store) = try loadModelDirectory(model)
+        let tokenizer = try loadGenerationTokenizer(modelDirectory: model, override: self.tokenizer)
+        guard tokenizer.vocabularySize <= config.vocabSize else {
+            throw ModelCommandError("the tokenizer has \(tokenizer.vocabularySize) tokens but the model only \(config.vocabSize)")
+        }
+        let weights = try InferenceWeights(config: config, parameters: store, dtype: WeightDType(rawValue: dtype)!)
+        let engine = try InferenceEngine(weights: weights, maxContext: context ?? config.maxPositionEmbeddings)
+        let generator = Generator(engine: engine, tokenizer: tokenizer)
+        var stopIds = Set(config.eosTokenIds)
+        if config.vocabSize > Int(tokenizer.endOfTextTokenID) { stopIds.insert(Int(tokenizer.endOfTextTokenID)) }
+        if ignoreEos { stopIds = [] }
+
+        var seed = self.seed ?? UInt64.random(in: 0...UInt64(UInt32.max))
+        func answer(_ text: String) throws {
+            let options = GenerationOptions(maxNewTokens: maxNewTokens, sampling: sampling(seed: seed),
+                                            stopTokenIds: stopIds, stopStrings: stopStrings)
+            if json {
+                let r = try generator.generate(prompt: text, options: options)
+                print(try jsonLine([
+                    "prompt": text, "prompt_ids": r.promptIds, "generated_ids": r.generatedIds, "text": r.text,
+                    "stop_reason": r.stopReason.rawValue, "seed": seed, "dtype": dtype,
+                    "prefill_seconds": r.prefillSeconds, "decode_seconds": r.decodeSeconds, "decode_steps": r.decodeSteps,
+                    "prefill_tokens_per_second": r.prefillTokensPerSecond,
+                    "decode_tokens_per_second": r.decodeTokensPerSecond,
+                    "kv_cache_bytes": engine.cache.bytes,
+                ]))
+            } else {
+                if echo { writeStdout(text) }
+                let r = try generator.generate(prompt: text, options: options) { writeStdout($0) }
+                writeStdout("\n")
+                writeStderr(String(
+                    format: "[prompt %d tokens, %.1f tokens/s | generated %d tokens, %.1f tokens/s | ",
+                    r.promptIds.count, r.prefillTokensPerSecond, r.generatedIds.count, r.decodeTokensPerSecond)
+                    + "\(r.stopReason.rawValue) | seed \(seed) | " + String(format: "KV cache %.1f MB]", Double(engine.cache.bytes) / 1e6))
+            }
+            seed &+= 1  // interactive: a different draw per prompt, still reproducible from the first seed
+        }
+
+        if let prompt {
+            try answer(prompt)
+        } else {
+            while let line = readLine(strippingNewline: true) {
+                if line.isEmpty { continue }
+                do {
+                    try answer(line)
+                } catch let e as GenerationError {
+                    // One bad prompt (e.g. too long) does not end the session.
+                    writeStderr("error: \(e.message)")
+                }
+            }
+        }
+    }
+}
