@@ -2,9 +2,11 @@
 ///
 /// Decoding one token reads every weight exactly once, so these kernels are bound by memory
 /// bandwidth, not arithmetic; OpenBLAS's `sgemm` with m = 1 reaches only a fifth of that bound.
-/// Each kernel walks four rows at once (four independent accumulators, one shared load of `x`)
-/// and is single-threaded: callers split the rows over the cores (see `LinearWeight` and
-/// `Linear.gemv`).
+/// Each kernel finishes one row before starting the next, reading it front to back with four
+/// independent accumulators: one purely sequential stream per core is what the hardware
+/// prefetcher serves best (measured here: ≈ 21 GB/s on one core, against ≈ 11 GB/s when four
+/// rows are interleaved). Single-threaded: callers split the rows over the cores (see
+/// `LinearWeight` and `Linear.gemv`).
 ///
 /// Written as `acc += w * x` on `SIMD8<Float>` so that the default x86-64 target vectorises it
 /// without any libm `fma` call (see docs/performance.md).
@@ -16,37 +18,31 @@ public enum GEMV {
         x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>
     ) {
         let xr = UnsafeRawPointer(x)
-        let vecCols = cols & ~7
-        var r = rows.lowerBound
-        while r + 4 <= rows.upperBound {
-            let p0 = UnsafeRawPointer(w + r * ld), p1 = UnsafeRawPointer(w + (r + 1) * ld)
-            let p2 = UnsafeRawPointer(w + (r + 2) * ld), p3 = UnsafeRawPointer(w + (r + 3) * ld)
+        let blockCols = cols & ~31, vecCols = cols & ~7
+        for r in rows {
+            let row = w + r * ld
+            let p = UnsafeRawPointer(row)
             var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
             var j = 0
+            while j < blockCols {
+                let o = j &* 4
+                a0 += p.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self) * xr.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self)
+                a1 += p.loadUnaligned(fromByteOffset: o &+ 32, as: SIMD8<Float>.self) * xr.loadUnaligned(fromByteOffset: o &+ 32, as: SIMD8<Float>.self)
+                a2 += p.loadUnaligned(fromByteOffset: o &+ 64, as: SIMD8<Float>.self) * xr.loadUnaligned(fromByteOffset: o &+ 64, as: SIMD8<Float>.self)
+                a3 += p.loadUnaligned(fromByteOffset: o &+ 96, as: SIMD8<Float>.self) * xr.loadUnaligned(fromByteOffset: o &+ 96, as: SIMD8<Float>.self)
+                j &+= 32
+            }
             while j < vecCols {
                 let o = j &* 4
-                let xv = xr.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self)
-                a0 += p0.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self) * xv
-                a1 += p1.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self) * xv
-                a2 += p2.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self) * xv
-                a3 += p3.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self) * xv
+                a0 += p.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self) * xr.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self)
                 j &+= 8
             }
-            var s0 = a0.sum(), s1 = a1.sum(), s2 = a2.sum(), s3 = a3.sum()
+            var s = ((a0 + a1) + (a2 + a3)).sum()
             while j < cols {
-                let xj = x[j]
-                s0 += w[r * ld + j] * xj
-                s1 += w[(r + 1) * ld + j] * xj
-                s2 += w[(r + 2) * ld + j] * xj
-                s3 += w[(r + 3) * ld + j] * xj
-                j += 1
+                s += row[j] * x[j]
+                j &+= 1
             }
-            y[r] = s0; y[r + 1] = s1; y[r + 2] = s2; y[r + 3] = s3
-            r += 4
-        }
-        while r < rows.upperBound {
-            y[r] = Kernels.dot(w + r * ld, x, cols)
-            r += 1
+            y[r] = s
         }
     }
 
@@ -58,40 +54,30 @@ public enum GEMV {
         x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>
     ) {
         let xr = UnsafeRawPointer(x)
-        let vecCols = cols & ~7
-        var r = rows.lowerBound
-        while r + 4 <= rows.upperBound {
-            let p0 = UnsafeRawPointer(w + r * ld), p1 = UnsafeRawPointer(w + (r + 1) * ld)
-            let p2 = UnsafeRawPointer(w + (r + 2) * ld), p3 = UnsafeRawPointer(w + (r + 3) * ld)
+        let blockCols = cols & ~31, vecCols = cols & ~7
+        for r in rows {
+            let row = w + r * ld
+            let p = UnsafeRawPointer(row)
             var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
             var j = 0
+            while j < blockCols {
+                let o = j &* 4, h = j &* 2
+                a0 += widenBF16(p, h) * xr.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self)
+                a1 += widenBF16(p, h &+ 16) * xr.loadUnaligned(fromByteOffset: o &+ 32, as: SIMD8<Float>.self)
+                a2 += widenBF16(p, h &+ 32) * xr.loadUnaligned(fromByteOffset: o &+ 64, as: SIMD8<Float>.self)
+                a3 += widenBF16(p, h &+ 48) * xr.loadUnaligned(fromByteOffset: o &+ 96, as: SIMD8<Float>.self)
+                j &+= 32
+            }
             while j < vecCols {
-                let xv = xr.loadUnaligned(fromByteOffset: j &* 4, as: SIMD8<Float>.self)
-                let o = j &* 2
-                a0 += widenBF16(p0, o) * xv
-                a1 += widenBF16(p1, o) * xv
-                a2 += widenBF16(p2, o) * xv
-                a3 += widenBF16(p3, o) * xv
+                a0 += widenBF16(p, j &* 2) * xr.loadUnaligned(fromByteOffset: j &* 4, as: SIMD8<Float>.self)
                 j &+= 8
             }
-            var s0 = a0.sum(), s1 = a1.sum(), s2 = a2.sum(), s3 = a3.sum()
+            var s = ((a0 + a1) + (a2 + a3)).sum()
             while j < cols {
-                let xj = x[j]
-                s0 += NumberFormats.bf16ToFloat(w[r * ld + j]) * xj
-                s1 += NumberFormats.bf16ToFloat(w[(r + 1) * ld + j]) * xj
-                s2 += NumberFormats.bf16ToFloat(w[(r + 2) * ld + j]) * xj
-                s3 += NumberFormats.bf16ToFloat(w[(r + 3) * ld + j]) * xj
-                j += 1
+                s += NumberFormats.bf16ToFloat(row[j]) * x[j]
+                j &+= 1
             }
-            y[r] = s0; y[r + 1] = s1; y[r + 2] = s2; y[r + 3] = s3
-            r += 4
-        }
-        while r < rows.upperBound {
-            var s: Float = 0
-            let row = w + r * ld
-            for j in 0..<cols { s += NumberFormats.bf16ToFloat(row[j]) * x[j] }
             y[r] = s
-            r += 1
         }
     }
 

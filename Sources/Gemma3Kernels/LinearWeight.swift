@@ -66,11 +66,10 @@ public enum Linear {
         for p in products { total += p.weight.outFeatures }
         let items = UncheckedSendable(products)
         let xs = UncheckedSendable(x)
-        // Whole groups of 4 rows per worker keep the kernels on their 4-row fast path.
-        let groups = (total + 3) / 4
-        Parallel.chunks(groups, minimumPerChunk: 64) { g in
-            var lo = g.lowerBound * 4
-            let hi = min(total, g.upperBound * 4)
+        // Contiguous row ranges: each core streams its own part of the weights front to back.
+        Parallel.chunks(total, minimumPerChunk: 256) { g in
+            var lo = g.lowerBound
+            let hi = g.upperBound
             var base = 0
             for p in items.value {
                 let end = base + p.weight.outFeatures
