@@ -51,8 +51,9 @@ func hashBytes(_ p: UnsafePointer<UInt8>, _ length: Int, prefix: UInt64, end: Un
     @usableFromInline var keyOffset: Int32 = 0
 }
 
-/// Immutable open-addressing table from the bytes of every mergeable token to its id and rank.
-/// Owns its memory; never mutated after `init`, so it is shared by all encoding threads.
+/// Open-addressing table from the bytes of every byte-level token to its id and merge rank
+/// (`Int32.max` for tokens that BPE never produces). Owns its memory; filled while the tokenizer
+/// is built and never mutated afterwards, so all encoding threads share it without locks.
 @usableFromInline final class VocabularyTable: @unchecked Sendable {
     @usableFromInline let slots: UnsafeMutablePointer<VocabularySlot>
     @usableFromInline let mask: Int
@@ -60,31 +61,30 @@ func hashBytes(_ p: UnsafePointer<UInt8>, _ length: Int, prefix: UInt64, end: Un
     @usableFromInline let keys: UnsafeMutablePointer<UInt8>
     let keyCapacity: Int
 
-    /// `entries`: (bytes, id, rank). Keys must be distinct and non-empty.
-    init(entries: [(bytes: [UInt8], id: Int32, rank: Int32)]) {
+    /// A table of the keys `keyBytes[entry.offset ..< entry.offset + entry.length]` (non-empty),
+    /// all with rank `Int32.max` until `setRank`. A key that repeats keeps its first id.
+    init(keyBytes: [UInt8], entries: [(offset: Int32, length: Int32, id: Int32)]) {
         var capacity = 16
         while capacity < entries.count * 5 / 2 { capacity <<= 1 }
         mask = capacity - 1
         slots = .allocate(capacity: capacity)
         slots.initialize(repeating: VocabularySlot(), count: capacity)
-        let totalKeyBytes = entries.reduce(0) { $0 + $1.bytes.count }
-        keyCapacity = totalKeyBytes + 8
+        keyCapacity = keyBytes.count + 8
         keys = .allocate(capacity: keyCapacity)
         keys.initialize(repeating: 0, count: keyCapacity)
-        var offset = 0
+        keyBytes.withUnsafeBufferPointer { src in
+            if let base = src.baseAddress { keys.update(from: base, count: src.count) }
+        }
+        let end = UnsafePointer(keys + keyCapacity)
         for entry in entries {
-            entry.bytes.withUnsafeBufferPointer { src in
-                (keys + offset).update(from: src.baseAddress!, count: src.count)
-            }
-            let p = UnsafePointer(keys + offset)
-            let n = entry.bytes.count
-            let end = UnsafePointer(keys + keyCapacity)
+            let p = UnsafePointer(keys + Int(entry.offset))
+            let n = Int(entry.length)
+            if find(p, n, end: end) != nil { continue }
             let prefix = loadWord(p, min(n, 8), end: end)
             var index = Int(truncatingIfNeeded: hashBytes(p, n, prefix: prefix, end: end)) & mask
             while slots[index].length != 0 { index = (index + 1) & mask }
-            slots[index] = VocabularySlot(prefix: prefix, length: Int32(n), id: entry.id, rank: entry.rank,
-                                          keyOffset: Int32(offset))
-            offset += n
+            slots[index] = VocabularySlot(prefix: prefix, length: Int32(n), id: entry.id, rank: Int32.max,
+                                          keyOffset: entry.offset)
         }
     }
 

@@ -21,7 +21,7 @@ public final class GPT2Tokenizer: Sendable {
     /// Special tokens (not produced by BPE), recognised by `encode(_:allowSpecial: true)`.
     public let specialTokens: [String: Int32]
 
-    /// Mergeable tokens: bytes -> (id, rank).
+    /// Byte-level tokens: bytes -> (id, rank); rank Int32.max for tokens BPE never makes.
     let vocabulary: VocabularyTable
     /// Token id of each byte value.
     let byteIDs: ByteIDTable
@@ -37,105 +37,158 @@ public final class GPT2Tokenizer: Sendable {
     /// alphabet -> id) and merge rules in priority order. Vocabulary entries that are neither a
     /// single byte nor the result of a merge (such as `<|endoftext|>`) become special tokens, as do
     /// the `addedTokens` (written as plain text).
-    public init(vocabulary: [(token: String, id: Int)], merges: [(String, String)],
-                addedTokens: [(content: String, id: Int)] = [], source: String = "vocabulary") throws {
-        func malformed(_ reason: String) -> TokenizerError { .malformedFile(path: source, reason: reason) }
-        let decoder = ByteLevelAlphabet.decoder
-        var bytesOfID: [Int: [UInt8]] = [:]
-        var idOfBytes: [[UInt8]: Int32] = [:]
-        var specials: [String: Int32] = [:]
-        var maxID = -1
-        for (token, id) in vocabulary {
-            guard id >= 0 && id < Int(Int32.max) else { throw malformed("token id \(id) out of range") }
-            if bytesOfID[id] != nil { throw malformed("token id \(id) appears twice") }
-            maxID = max(maxID, id)
-            if let bytes = ByteLevelAlphabet.decode(token, decoder) {
-                bytesOfID[id] = bytes
-                if idOfBytes[bytes] == nil { idOfBytes[bytes] = Int32(id) }
-            } else {
-                bytesOfID[id] = Array(token.utf8)  // not byte-level text: a special token
-                specials[token] = Int32(id)
-            }
-        }
-        for (content, id) in addedTokens {
-            guard id >= 0 && id < Int(Int32.max) else { throw malformed("added token id \(id) out of range") }
-            if let existing = bytesOfID[id], existing != Array(content.utf8),
-               ByteLevelAlphabet.decode(content, decoder) != existing {
-                throw malformed("added token \(content) reuses id \(id)")
-            }
-            bytesOfID[id] = Array(content.utf8)
-            specials[content] = Int32(id)
-            maxID = max(maxID, id)
-        }
-
-        // Mergeable tokens: the 256 single bytes, then one per merge rule, ranked in file order.
-        var byteIDs = [Int32](repeating: -1, count: 256)
-        var rankOfID: [Int32: Int32] = [:]
-        for b in 0 ..< 256 {
-            guard let id = idOfBytes[[UInt8(b)]] else { throw malformed("no token for byte \(b)") }
-            byteIDs[b] = id
-            rankOfID[id] = id
-        }
-        for (index, merge) in merges.enumerated() {
-            guard let left = ByteLevelAlphabet.decode(merge.0, decoder),
-                  let right = ByteLevelAlphabet.decode(merge.1, decoder) else {
-                throw malformed("merge \(index + 1) (\(merge.0) \(merge.1)) is not byte-level text")
-            }
-            guard let id = idOfBytes[left + right] else {
-                throw malformed("merge \(index + 1) (\(merge.0) \(merge.1)) makes a token missing from the vocabulary")
-            }
-            rankOfID[id] = Int32(256 + index)
-        }
-        var entries: [(bytes: [UInt8], id: Int32, rank: Int32)] = []
-        entries.reserveCapacity(rankOfID.count)
-        for (id, rank) in rankOfID { entries.append((bytesOfID[Int(id)]!, id, rank)) }
-        // Byte-level vocabulary entries that no merge produces are not mergeable (as in tiktoken):
-        // they can be decoded but never come out of BPE.
-        for (id, bytes) in bytesOfID where rankOfID[Int32(id)] == nil && specials.values.contains(Int32(id)) == false {
-            specials[String(decoding: bytes, as: UTF8.self)] = Int32(id)
-        }
-
-        if specials[Self.endOfTextString] == nil && bytesOfID[Int(Self.endOfTextID)] == nil {
-            // encoder.json-style files without <|endoftext|>: tiktoken adds it as id 50256.
-            bytesOfID[Int(Self.endOfTextID)] = Array(Self.endOfTextString.utf8)
-            specials[Self.endOfTextString] = Self.endOfTextID
-            maxID = max(maxID, Int(Self.endOfTextID))
-        }
-
-        vocabularySize = maxID + 1
-        var arena: [UInt8] = []
-        var offsets = [Int32](repeating: 0, count: vocabularySize + 1)
-        var assigned = [Bool](repeating: false, count: vocabularySize)
-        for id in 0 ..< vocabularySize {
-            offsets[id] = Int32(arena.count)
-            if let bytes = bytesOfID[id] {
-                arena += bytes
-                assigned[id] = true
-            }
-        }
-        offsets[vocabularySize] = Int32(arena.count)
-        tokenBytesArena = arena
-        tokenOffsets = offsets
-        tokenAssigned = assigned
-        specialTokens = specials
-        endOfTextTokenID = specials[Self.endOfTextString] ?? Self.endOfTextID
-        self.vocabulary = VocabularyTable(entries: entries)
-        self.byteIDs = ByteIDTable(byteIDs)
+    public convenience init(vocabulary: [(token: String, id: Int)], merges: [(String, String)],
+                            addedTokens: [(content: String, id: Int)] = [], source: String = "vocabulary") throws {
+        var files = GPT2VocabularySource(path: source)
+        for (token, id) in vocabulary { files.appendToken(utf8: Array(token.utf8), id: id) }
+        for (left, right) in merges { files.appendMerge(utf8: Array(left.utf8) + Array(right.utf8)) }
+        files.addedTokens = addedTokens
+        try self.init(files)
     }
 
     /// Loads `vocab.json` + `merges.txt` (Hugging Face), `encoder.json` + `vocab.bpe` (OpenAI), or a
     /// GPT-2 style `tokenizer.json` (Hugging Face tokenizers), looked for in that order.
     public convenience init(directory: URL) throws {
-        let files = try Self.tokenizerFiles(in: directory)
-        switch files {
+        switch try Self.tokenizerFiles(in: directory) {
         case .vocabularyAndMerges(let vocabularyURL, let mergesURL):
-            let vocabulary = try Self.readVocabulary(vocabularyURL)
-            let merges = try Self.readMerges(mergesURL)
-            try self.init(vocabulary: vocabulary, merges: merges, source: vocabularyURL.path)
+            try self.init(try Self.readVocabularyAndMerges(vocabularyURL, mergesURL))
         case .tokenizerJSON(let url):
-            let (vocabulary, merges, added) = try Self.readTokenizerJSON(url)
-            try self.init(vocabulary: vocabulary, merges: merges, addedTokens: added, source: url.path)
+            try self.init(try Self.readTokenizerJSON(url))
         }
+    }
+
+    /// Builds the tables. Ranks follow tiktoken: a single byte ranks as its id, the token made by the
+    /// i-th merge rule ranks 256 + i, and byte-level tokens that no rule makes are not mergeable.
+    init(_ files: GPT2VocabularySource) throws {
+        func malformed(_ reason: String) -> TokenizerError { .malformedFile(path: files.path, reason: reason) }
+        let count = files.tokenIDs.count
+        guard count > 0 else { throw malformed("empty vocabulary") }
+        let largestID = max(files.tokenIDs.max()!, files.addedTokens.map(\.id).max() ?? 0, Int(Self.endOfTextID))
+        guard files.tokenIDs.min()! >= 0, files.addedTokens.allSatisfy({ $0.id >= 0 }), largestID < 1 << 24 else {
+            throw malformed("token ids must lie in 0..<16777216")
+        }
+
+        // Every entry's bytes in one arena: byte-level spellings decoded, special tokens as UTF-8.
+        var arena: [UInt8] = []
+        arena.reserveCapacity(files.tokenSpellings.count + 64)
+        var entryOffset: [Int32] = []
+        var entryLength: [Int32] = []
+        var entryID: [Int32] = []
+        var entryIsSpecial: [Bool] = []
+        var entryOfID = [Int32](repeating: -1, count: largestID + 1)
+        func addEntry(id: Int, special: Bool, start: Int) throws {
+            if entryOfID[id] >= 0 { throw malformed("token id \(id) appears twice") }
+            entryOfID[id] = Int32(entryID.count)
+            entryOffset.append(Int32(start))
+            entryLength.append(Int32(arena.count - start))
+            entryID.append(Int32(id))
+            entryIsSpecial.append(special)
+        }
+        func entryText(_ k: Int) -> String {
+            String(decoding: arena[Int(entryOffset[k]) ..< Int(entryOffset[k] + entryLength[k])], as: UTF8.self)
+        }
+        try files.tokenSpellings.withUnsafeBufferPointer { spellings in
+            var start = 0
+            for k in 0 ..< count {
+                let spelling = UnsafeBufferPointer(rebasing: spellings[start ..< files.tokenEnds[k]])
+                start = files.tokenEnds[k]
+                let before = arena.count
+                var special = false
+                if !ByteLevelAlphabet.decode(utf8: spelling, appendingTo: &arena) {
+                    arena.removeSubrange(before...)
+                    arena.append(contentsOf: spelling)  // not byte-level text: a special token
+                    special = true
+                }
+                try addEntry(id: files.tokenIDs[k], special: special, start: before)
+            }
+        }
+        for (content, id) in files.addedTokens {
+            let utf8 = Array(content.utf8)
+            let existing = Int(entryOfID[id])
+            if existing >= 0 {
+                guard entryText(existing) == content else { throw malformed("added token \(content) reuses id \(id)") }
+                entryIsSpecial[existing] = true
+            } else {
+                let start = arena.count
+                arena += utf8
+                try addEntry(id: id, special: true, start: start)
+            }
+        }
+        if entryOfID[Int(Self.endOfTextID)] < 0 && !entryID.indices.contains(where: { entryText($0) == Self.endOfTextString }) {
+            // encoder.json-style files without <|endoftext|>: tiktoken adds it as id 50256.
+            let start = arena.count
+            arena += Array(Self.endOfTextString.utf8)
+            try addEntry(id: Int(Self.endOfTextID), special: true, start: start)
+        }
+
+        // The byte-level tokens, keyed by their bytes.
+        var tableEntries: [(offset: Int32, length: Int32, id: Int32)] = []
+        tableEntries.reserveCapacity(entryID.count)
+        for k in entryID.indices where !entryIsSpecial[k] && entryLength[k] > 0 {
+            tableEntries.append((entryOffset[k], entryLength[k], entryID[k]))
+        }
+        let table = VocabularyTable(keyBytes: arena, entries: tableEntries)
+        func slot(_ bytes: UnsafeBufferPointer<UInt8>) -> UnsafeMutablePointer<VocabularySlot>? {
+            table.find(bytes.baseAddress!, bytes.count, end: bytes.baseAddress! + bytes.count)
+        }
+        var byteIDs = [Int32](repeating: -1, count: 256)
+        for b in 0 ..< 256 {
+            guard let s = [UInt8(b)].withUnsafeBufferPointer(slot) else { throw malformed("no token for byte \(b)") }
+            s.pointee.rank = s.pointee.id
+            byteIDs[b] = s.pointee.id
+        }
+        var merged: [UInt8] = []
+        try files.mergeSpellings.withUnsafeBufferPointer { spellings in
+            var start = 0
+            for (index, end) in files.mergeEnds.enumerated() {
+                let spelling = UnsafeBufferPointer(rebasing: spellings[start ..< end])
+                start = end
+                merged.removeAll(keepingCapacity: true)
+                guard ByteLevelAlphabet.decode(utf8: spelling, appendingTo: &merged), merged.count >= 2 else {
+                    throw malformed("merge \(index + 1) (\(String(decoding: spelling, as: UTF8.self))) is not byte-level text")
+                }
+                guard let s = merged.withUnsafeBufferPointer(slot) else {
+                    throw malformed("merge \(index + 1) (\(String(decoding: spelling, as: UTF8.self))) makes a token missing from the vocabulary")
+                }
+                s.pointee.rank = Int32(256 + index)  // a repeated rule re-ranks, as in tiktoken's dict
+            }
+        }
+
+        // Special tokens: the non-byte-level entries, and byte-level ones that BPE never makes.
+        var specials: [String: Int32] = [:]
+        arena.withUnsafeBufferPointer { arenaBytes in
+            for k in entryID.indices {
+                var special = entryIsSpecial[k]
+                if !special {
+                    let bytes = UnsafeBufferPointer(rebasing: arenaBytes[Int(entryOffset[k]) ..< Int(entryOffset[k] + entryLength[k])])
+                    special = bytes.isEmpty || slot(bytes).map { $0.pointee.rank == Int32.max } ?? true
+                }
+                if special { specials[entryText(k)] = entryID[k] }
+            }
+        }
+
+        // Bytes of each id, for decoding.
+        vocabularySize = Int(entryID.max()!) + 1
+        var decodeArena: [UInt8] = []
+        decodeArena.reserveCapacity(arena.count)
+        var offsets = [Int32](repeating: 0, count: vocabularySize + 1)
+        var assigned = [Bool](repeating: false, count: vocabularySize)
+        for id in 0 ..< vocabularySize {
+            offsets[id] = Int32(decodeArena.count)
+            let k = Int(entryOfID[id])
+            if k >= 0 {
+                decodeArena += arena[Int(entryOffset[k]) ..< Int(entryOffset[k] + entryLength[k])]
+                assigned[id] = true
+            }
+        }
+        offsets[vocabularySize] = Int32(decodeArena.count)
+        tokenBytesArena = decodeArena
+        tokenOffsets = offsets
+        tokenAssigned = assigned
+        specialTokens = specials
+        endOfTextTokenID = specials[Self.endOfTextString] ?? Self.endOfTextID
+        self.vocabulary = table
+        self.byteIDs = ByteIDTable(byteIDs)
     }
 
     /// Where `gemma3 download gpt2-tokenizer` puts `vocab.json` + `merges.txt`, and where every verb
@@ -175,21 +228,26 @@ public final class GPT2Tokenizer: Sendable {
     /// The text is cut only where the pre-tokenizer's pieces cannot change (a space or newline right
     /// after a non-space ASCII character), into pieces that the threads take in turn.
     public func encodeOrdinary(utf8: UnsafeBufferPointer<UInt8>, threads: Int) -> [Int32] {
-        guard let base = utf8.baseAddress, utf8.count > 0 else { return [] }
-        let n = utf8.count
         let minimumChunk = 1 << 16
-        let workers = max(1, min(threads, n / minimumChunk))
+        let workers = max(1, min(threads, utf8.count / minimumChunk))
         if workers == 1 {
             var out: [Int32] = []
             encodeOrdinary(utf8: utf8, into: &out)
             return out
         }
         // About 8 chunks per worker, so a worker slowed by other load does not hold the rest up.
-        let target = max(minimumChunk, n / (workers * 8))
+        return encodeOrdinary(utf8: utf8, threads: workers, chunkBytes: max(minimumChunk, utf8.count / (workers * 8)))
+    }
+
+    /// Parallel encoding with chunks of about `chunkBytes` (each ends at the first safe split at or
+    /// after that size). Internal so tests can force tiny chunks and so many split points.
+    func encodeOrdinary(utf8: UnsafeBufferPointer<UInt8>, threads workers: Int, chunkBytes target: Int) -> [Int32] {
+        guard let base = utf8.baseAddress, utf8.count > 0 else { return [] }
+        let n = utf8.count
         var bounds = [0]
         var position = 0
         while position < n {
-            var cut = position + target
+            var cut = position + max(1, target)
             if cut >= n {
                 cut = n
             } else {

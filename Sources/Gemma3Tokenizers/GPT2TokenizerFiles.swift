@@ -20,16 +20,59 @@ enum ByteLevelAlphabet {
         return table
     }()
 
-    /// The bytes a vocabulary string spells, or nil when it has a character outside the alphabet.
-    static func decode(_ token: String, _ table: [Int16]) -> [UInt8]? {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(token.utf8.count)
-        for scalar in token.unicodeScalars {
-            let v = Int(scalar.value)
-            guard v < table.count, table[v] >= 0 else { return nil }
-            bytes.append(UInt8(table[v]))
+    /// Appends the bytes that a UTF-8 vocabulary spelling stands for; false when the spelling is
+    /// empty or has a character outside the alphabet (then `out` holds a partial result).
+    static func decode(utf8: UnsafeBufferPointer<UInt8>, appendingTo out: inout [UInt8]) -> Bool {
+        if utf8.isEmpty { return false }
+        return decoder.withUnsafeBufferPointer { table in
+            var k = 0
+            while k < utf8.count {
+                let b0 = utf8[k]
+                var scalar: Int
+                if b0 < 0x80 {
+                    scalar = Int(b0)
+                    k += 1
+                } else if b0 >= 0xC2 && b0 <= 0xDF && k + 1 < utf8.count && utf8[k + 1] & 0xC0 == 0x80 {
+                    scalar = Int(b0 & 0x1F) << 6 | Int(utf8[k + 1] & 0x3F)
+                    k += 2
+                } else {
+                    return false  // the alphabet stops at U+0143: never 3- or 4-byte sequences
+                }
+                guard scalar < table.count, table[scalar] >= 0 else { return false }
+                out.append(UInt8(table[scalar]))
+            }
+            return true
         }
-        return bytes.isEmpty ? nil : bytes
+    }
+}
+
+/// Token spellings and merge rules as read from tokenizer files (UTF-8, in GPT-2's byte-to-unicode
+/// alphabet), before `GPT2Tokenizer` builds its tables from them.
+struct GPT2VocabularySource {
+    /// File named in error messages.
+    var path: String
+    /// The vocabulary: spelling k is `tokenSpellings[tokenEnds[k - 1] ..< tokenEnds[k]]`, id `tokenIDs[k]`.
+    var tokenSpellings: [UInt8] = []
+    var tokenEnds: [Int] = []
+    var tokenIDs: [Int] = []
+    /// The merge rules in priority order, each as its two spellings concatenated (only the bytes of
+    /// the token a rule makes matter for ranking).
+    var mergeSpellings: [UInt8] = []
+    var mergeEnds: [Int] = []
+    /// Special tokens of tokenizer.json's `added_tokens` (plain text).
+    var addedTokens: [(content: String, id: Int)] = []
+
+    init(path: String) { self.path = path }
+
+    mutating func appendToken<C: Collection>(utf8: C, id: Int) where C.Element == UInt8 {
+        tokenSpellings.append(contentsOf: utf8)
+        tokenEnds.append(tokenSpellings.count)
+        tokenIDs.append(id)
+    }
+
+    mutating func appendMerge<C: Collection>(utf8: C) where C.Element == UInt8 {
+        mergeSpellings.append(contentsOf: utf8)
+        mergeEnds.append(mergeSpellings.count)
     }
 }
 
@@ -69,98 +112,95 @@ extension GPT2Tokenizer {
         }
     }
 
-    /// Reads `token -> id` pairs from a JSON object.
-    static func vocabularyEntries(_ value: JSONValue?, path: String) throws -> [(token: String, id: Int)] {
-        guard case .object(let members)? = value else {
-            throw TokenizerError.malformedFile(path: path, reason: "the vocabulary is not a JSON object")
-        }
-        var entries: [(token: String, id: Int)] = []
-        entries.reserveCapacity(members.count)
-        for member in members {
-            let key = member.key, value = member.value
-            guard case .number(let number) = value, let id = Int(exactly: number) else {
-                throw TokenizerError.malformedFile(path: path, reason: "the id of \(key) is not an integer")
+    /// `vocab.json` + `merges.txt`, or `encoder.json` + `vocab.bpe` (same formats).
+    static func readVocabularyAndMerges(_ vocabularyURL: URL, _ mergesURL: URL) throws -> GPT2VocabularySource {
+        var source = GPT2VocabularySource(path: vocabularyURL.path)
+        let vocabulary = try readFile(vocabularyURL)
+        source.tokenSpellings.reserveCapacity(vocabulary.count / 2)
+        do {
+            try vocabulary.withUnsafeBufferPointer { bytes throws(JSONSyntaxError) in
+                try JSONReader.forEachIntegerMember(bytes) { key, id throws(JSONSyntaxError) in
+                    source.appendToken(utf8: key, id: id)
+                }
             }
-            entries.append((key, id))
+        } catch {
+            throw TokenizerError.malformedFile(path: vocabularyURL.path, reason: "JSON error at byte \(error.offset): \(error.reason)")
         }
-        if entries.isEmpty { throw TokenizerError.malformedFile(path: path, reason: "empty vocabulary") }
-        return entries
-    }
-
-    /// `vocab.json` / `encoder.json`.
-    static func readVocabulary(_ url: URL) throws -> [(token: String, id: Int)] {
-        try vocabularyEntries(try parseJSON(url), path: url.path)
+        if source.tokenIDs.isEmpty { throw TokenizerError.malformedFile(path: vocabularyURL.path, reason: "empty vocabulary") }
+        try readMerges(mergesURL, into: &source)
+        return source
     }
 
     /// `merges.txt` / `vocab.bpe`: an optional `#version` line, then one "left right" pair per line.
-    static func readMerges(_ url: URL) throws -> [(String, String)] {
+    static func readMerges(_ url: URL, into source: inout GPT2VocabularySource) throws {
         let bytes = try readFile(url)
-        if let offset = bytes.withUnsafeBufferPointer(firstInvalidUTF8Offset) {
-            throw TokenizerError.malformedFile(path: url.path, reason: "invalid UTF-8 at byte \(offset)")
-        }
-        var merges: [(String, String)] = []
-        merges.reserveCapacity(50_000)
+        source.mergeSpellings.reserveCapacity(bytes.count)
         var lineNumber = 0
-        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false) {
+        var lineStart = 0
+        while lineStart < bytes.count {
+            var lineEnd = lineStart
+            while lineEnd < bytes.count && bytes[lineEnd] != 0x0A { lineEnd += 1 }
             lineNumber += 1
-            var line = Substring(line)
-            if line.hasSuffix("\r") { line = line.dropLast() }
-            if line.isEmpty || (lineNumber == 1 && line.hasPrefix("#")) { continue }
-            let parts = line.split(separator: " ", omittingEmptySubsequences: false)
-            guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+            var end = lineEnd
+            if end > lineStart && bytes[end - 1] == 0x0D { end -= 1 }
+            defer { lineStart = lineEnd + 1 }
+            if end == lineStart || (lineNumber == 1 && bytes[lineStart] == UInt8(ascii: "#")) { continue }
+            var space = -1
+            for k in lineStart ..< end where bytes[k] == 0x20 {
+                if space >= 0 { space = -2; break }
+                space = k
+            }
+            guard space > lineStart && space < end - 1 else {
                 throw TokenizerError.malformedFile(path: url.path, reason: "line \(lineNumber) is not a merge \"left right\"")
             }
-            merges.append((String(parts[0]), String(parts[1])))
+            source.mergeSpellings.append(contentsOf: bytes[lineStart ..< space])
+            source.mergeSpellings.append(contentsOf: bytes[space + 1 ..< end])
+            source.mergeEnds.append(source.mergeSpellings.count)
         }
-        if merges.isEmpty { throw TokenizerError.malformedFile(path: url.path, reason: "no merges") }
-        return merges
+        if source.mergeEnds.isEmpty { throw TokenizerError.malformedFile(path: url.path, reason: "no merges") }
     }
 
     /// A Hugging Face `tokenizer.json` with a byte-level BPE model (merges as "a b" strings or
     /// ["a", "b"] pairs).
-    static func readTokenizerJSON(_ url: URL) throws
-        -> (vocabulary: [(token: String, id: Int)], merges: [(String, String)], added: [(content: String, id: Int)]) {
+    static func readTokenizerJSON(_ url: URL) throws -> GPT2VocabularySource {
+        func malformed(_ reason: String) -> TokenizerError { .malformedFile(path: url.path, reason: reason) }
         let root = try parseJSON(url)
-        guard let model = root["model"] else {
-            throw TokenizerError.malformedFile(path: url.path, reason: "no \"model\" object")
+        guard let model = root["model"] else { throw malformed("no \"model\" object") }
+        if case .string(let type)? = model["type"], type != "BPE" { throw malformed("model type is \(type), not BPE") }
+        var source = GPT2VocabularySource(path: url.path)
+        guard case .object(let members)? = model["vocab"] else { throw malformed("no \"vocab\" object") }
+        for member in members {
+            guard case .number(let number) = member.value, let id = Int(exactly: number) else {
+                throw malformed("the id of \(member.key) is not an integer")
+            }
+            source.appendToken(utf8: member.key.utf8, id: id)
         }
-        if case .string(let type)? = model["type"], type != "BPE" {
-            throw TokenizerError.malformedFile(path: url.path, reason: "model type is \(type), not BPE")
-        }
-        let vocabulary = try vocabularyEntries(model["vocab"], path: url.path)
-        guard case .array(let items)? = model["merges"] else {
-            throw TokenizerError.malformedFile(path: url.path, reason: "no \"merges\" array")
-        }
-        var merges: [(String, String)] = []
-        merges.reserveCapacity(items.count)
+        guard case .array(let items)? = model["merges"] else { throw malformed("no \"merges\" array") }
         for (index, item) in items.enumerated() {
             switch item {
             case .string(let s):
                 let parts = s.split(separator: " ", omittingEmptySubsequences: false)
-                guard parts.count == 2 else {
-                    throw TokenizerError.malformedFile(path: url.path, reason: "merge \(index) is not \"left right\"")
-                }
-                merges.append((String(parts[0]), String(parts[1])))
+                guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { throw malformed("merge \(index) is not \"left right\"") }
+                source.appendMerge(utf8: Array(parts[0].utf8) + Array(parts[1].utf8))
             case .array(let pair):
                 guard pair.count == 2, case .string(let a) = pair[0], case .string(let b) = pair[1] else {
-                    throw TokenizerError.malformedFile(path: url.path, reason: "merge \(index) is not a pair of strings")
+                    throw malformed("merge \(index) is not a pair of strings")
                 }
-                merges.append((a, b))
+                source.appendMerge(utf8: Array(a.utf8) + Array(b.utf8))
             default:
-                throw TokenizerError.malformedFile(path: url.path, reason: "merge \(index) is neither a string nor a pair")
+                throw malformed("merge \(index) is neither a string nor a pair")
             }
         }
-        var added: [(content: String, id: Int)] = []
         if case .array(let tokens)? = root["added_tokens"] {
             for token in tokens {
                 guard case .string(let content)? = token["content"], case .number(let number)? = token["id"],
                       let id = Int(exactly: number) else {
-                    throw TokenizerError.malformedFile(path: url.path, reason: "an added token lacks content or id")
+                    throw malformed("an added token lacks content or id")
                 }
-                added.append((content, id))
+                source.addedTokens.append((content, id))
             }
         }
-        return (vocabulary, merges, added)
+        return source
     }
 
     // MARK: - Checksums

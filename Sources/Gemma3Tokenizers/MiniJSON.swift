@@ -143,26 +143,31 @@ struct JSONReader {
     }
 
     private mutating func parseString() throws(JSONSyntaxError) -> String {
-        position += 1  // opening quote
-        let start = position
-        // Fast path: no escapes.
-        while position < bytes.count {
-            let b = bytes[position]
+        // Fast path: no escapes, the String is made straight from the input bytes.
+        let start = position + 1
+        var k = start
+        while k < bytes.count {
+            let b = bytes[k]
             if b == UInt8(ascii: "\"") {
-                let s = String(decoding: UnsafeBufferPointer(rebasing: bytes[start ..< position]), as: UTF8.self)
-                position += 1
-                return s
+                position = k + 1
+                return String(decoding: UnsafeBufferPointer(rebasing: bytes[start ..< k]), as: UTF8.self)
             }
-            if b == UInt8(ascii: "\\") { break }
-            if b < 0x20 { throw error("control character in a string") }
-            position += 1
+            if b == UInt8(ascii: "\\") || b < 0x20 { break }
+            k += 1
         }
-        var utf8 = Array(bytes[start ..< position])
+        var utf8: [UInt8] = []
+        try parseString(appendingTo: &utf8)
+        return String(decoding: utf8, as: UTF8.self)
+    }
+
+    /// Parses the string at `position` (its opening quote) and appends its UTF-8 bytes to `utf8`.
+    private mutating func parseString(appendingTo utf8: inout [UInt8]) throws(JSONSyntaxError) {
+        position += 1  // opening quote
         while position < bytes.count {
             let b = bytes[position]
             if b == UInt8(ascii: "\"") {
                 position += 1
-                return String(decoding: utf8, as: UTF8.self)
+                return
             }
             if b < 0x20 { throw error("control character in a string") }
             if b != UInt8(ascii: "\\") {
@@ -197,12 +202,57 @@ struct JSONReader {
                     }
                 }
                 // Lone surrogates become U+FFFD, as in most JSON readers.
-                utf8.append(contentsOf: Array(String(Unicode.Scalar(scalar).map(Character.init) ?? "\u{FFFD}").utf8))
+                appendUTF8(Unicode.Scalar(scalar) ?? "\u{FFFD}", to: &utf8)
             default:
                 throw error("invalid escape")
             }
         }
         throw error("unterminated string")
+    }
+
+    /// Reads a flat JSON object of integers (`{"key": 1, ...}`, as vocab.json), calling
+    /// `body(keyUTF8, value)` for each member without building the whole document.
+    static func forEachIntegerMember(_ bytes: UnsafeBufferPointer<UInt8>,
+                                     _ body: (UnsafeBufferPointer<UInt8>, Int) throws(JSONSyntaxError) -> Void) throws(JSONSyntaxError) {
+        var reader = JSONReader(bytes: bytes)
+        if bytes.count >= 3 && bytes[0] == 0xEF && bytes[1] == 0xBB && bytes[2] == 0xBF { reader.position = 3 }
+        reader.skipWhitespace()
+        guard reader.position < bytes.count, bytes[reader.position] == UInt8(ascii: "{") else {
+            throw reader.error("expected a JSON object")
+        }
+        reader.position += 1
+        reader.skipWhitespace()
+        var key: [UInt8] = []
+        if reader.position < bytes.count && bytes[reader.position] == UInt8(ascii: "}") {
+            reader.position += 1
+        } else {
+            while true {
+                reader.skipWhitespace()
+                guard reader.position < bytes.count, bytes[reader.position] == UInt8(ascii: "\"") else {
+                    throw reader.error("expected a string key")
+                }
+                key.removeAll(keepingCapacity: true)
+                try reader.parseString(appendingTo: &key)
+                reader.skipWhitespace()
+                guard reader.position < bytes.count, bytes[reader.position] == UInt8(ascii: ":") else { throw reader.error("expected ':'") }
+                reader.position += 1
+                reader.skipWhitespace()
+                let numberStart = reader.position
+                let number = try reader.parseNumber()
+                guard let value = Int(exactly: number) else {
+                    reader.position = numberStart
+                    throw reader.error("expected an integer")
+                }
+                try key.withUnsafeBufferPointer { (k) throws(JSONSyntaxError) in try body(k, value) }
+                reader.skipWhitespace()
+                guard reader.position < bytes.count else { throw reader.error("unexpected end of JSON in an object") }
+                if bytes[reader.position] == UInt8(ascii: ",") { reader.position += 1; continue }
+                if bytes[reader.position] == UInt8(ascii: "}") { reader.position += 1; break }
+                throw reader.error("expected ',' or '}'")
+            }
+        }
+        reader.skipWhitespace()
+        if reader.position != bytes.count { throw reader.error("unexpected data after the JSON value") }
     }
 
     private mutating func parseNumber() throws(JSONSyntaxError) -> Double {
@@ -223,5 +273,26 @@ struct JSONReader {
             throw error("invalid number")
         }
         return value
+    }
+}
+
+/// Appends the UTF-8 encoding of `scalar`.
+func appendUTF8(_ scalar: Unicode.Scalar, to out: inout [UInt8]) {
+    let v = scalar.value
+    switch v {
+    case 0 ..< 0x80:
+        out.append(UInt8(v))
+    case 0x80 ..< 0x800:
+        out.append(UInt8(0xC0 | (v >> 6)))
+        out.append(UInt8(0x80 | (v & 0x3F)))
+    case 0x800 ..< 0x10000:
+        out.append(UInt8(0xE0 | (v >> 12)))
+        out.append(UInt8(0x80 | ((v >> 6) & 0x3F)))
+        out.append(UInt8(0x80 | (v & 0x3F)))
+    default:
+        out.append(UInt8(0xF0 | (v >> 18)))
+        out.append(UInt8(0x80 | ((v >> 12) & 0x3F)))
+        out.append(UInt8(0x80 | ((v >> 6) & 0x3F)))
+        out.append(UInt8(0x80 | (v & 0x3F)))
     }
 }

@@ -138,24 +138,29 @@ struct GPT2TokenizerTests {
         }
     }
 
-    @Test("a long adversarial text encodes identically on 1, 2, 3 and 5 threads, and as tiktoken")
+    @Test("adversarial text encodes identically on 1, 2, 3 and 5 threads and when cut at every safe split point")
     func parallelSplittingIsExact() throws {
         let gpt2 = try loadShared()
-        // ~600 KB, so that every thread count really splits it.
+        // ~600 KB, so that every thread count really splits it with the default chunk size.
         var text = ""
         var round: UInt64 = 0
         while text.utf8.count < 600_000 {
             text += (adversarialTexts + randomAdversarialTexts(count: 500, seed: 77 + round)).joined(separator: round % 2 == 0 ? "" : " ")
             round += 1
         }
-        let reference = try Tiktoken.encode([TiktokenJob(text: text)])[0]
-        var bytes = Array(text.utf8)
-        bytes.withUnsafeBufferPointer { utf8 in
+        // A smaller text, cut into tiny chunks: every safe split point of it is used.
+        let small = (adversarialTexts + randomAdversarialTexts(count: 1500, seed: 5)).joined(separator: " ")
+        let reference = try Tiktoken.encode([TiktokenJob(text: text), TiktokenJob(text: small)])
+        Array(text.utf8).withUnsafeBufferPointer { utf8 in
             for threads in [1, 2, 3, 5] {
-                #expect(gpt2.encodeOrdinary(utf8: utf8, threads: threads) == reference, "\(threads) threads")
+                #expect(gpt2.encodeOrdinary(utf8: utf8, threads: threads) == reference[0], "\(threads) threads")
             }
         }
-        bytes.removeAll()
+        Array(small.utf8).withUnsafeBufferPointer { utf8 in
+            for chunkBytes in [1, 7, 100] {
+                #expect(gpt2.encodeOrdinary(utf8: utf8, threads: 2, chunkBytes: chunkBytes) == reference[1], "chunks of \(chunkBytes)")
+            }
+        }
     }
 
     @Test("decode inverts encode byte-exactly; bad ids throw; lossy string decoding")
