@@ -96,7 +96,7 @@ public struct TrainingReport {
         o += "| optimizer steps completed | \(done) |\n"
         if let r = run { o += "| tokens seen | \(done * r.tokensPerStep) |\n" }
         o += "| median throughput | \(f(tokensPerSecond, 0)) tokens/s |\n"
-        if let e = steps.last?.elapsed { o += "| wall time of the last (re)start | \(f(e / 60, 1)) min |\n" }
+        if let e = steps.last?.elapsed { o += "| training wall time (all sessions) | \(f(e / 60, 1)) min |\n" }
         if let last = evals.last {
             o += "| final train loss (step \(last.step)) | \(f(last.trainLoss)) nats/token, perplexity \(f(last.trainPerplexity, 2)), \(f(last.trainBitsPerByte)) bits/byte |\n"
             o += "| final val loss (step \(last.step)) | \(f(last.valLoss)) nats/token, perplexity \(f(last.valPerplexity, 2)), \(f(last.valBitsPerByte)) bits/byte |\n"
