@@ -229,6 +229,19 @@ public enum TrainingCheckpoint {
         public let state: TrainerState
     }
 
+    /// Reads only `latest/config.json` and `latest/trainer_state.json` (after `recover`), or nil
+    /// when the run has no `latest/` yet: what `--resume` needs to know before loading weights.
+    public static func latestSummary(runDirectory: URL) throws -> (config: Gemma3Config, state: TrainerState)? {
+        try recover(runDirectory: runDirectory, name: latest)
+        guard exists(runDirectory: runDirectory, name: latest) else { return nil }
+        let dir = runDirectory.appendingPathComponent(latest)
+        let config = try Gemma3Config.load(from: dir.appendingPathComponent("config.json"))
+        let stateURL = dir.appendingPathComponent("trainer_state.json")
+        do { return (config, try JSONDecoder().decode(TrainerState.self, from: Data(contentsOf: stateURL))) } catch {
+            throw TrainingError.checkpoint("cannot read \(stateURL.path): \(error)")
+        }
+    }
+
     /// Loads `latest/` with its optimizer moments and trainer state, after `recover`.
     public static func loadLatest(runDirectory: URL) throws -> Resumable {
         try recover(runDirectory: runDirectory, name: latest)

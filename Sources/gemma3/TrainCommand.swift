@@ -77,13 +77,7 @@ struct TrainCommand: ParsableCommand {
         let runDir = URL(fileURLWithPath: out, isDirectory: true)
         let dataDir = URL(fileURLWithPath: data, isDirectory: true)
         // With --resume and a checkpoint, the saved model and recipe are the defaults.
-        var saved: TrainingCheckpoint.Resumable?
-        if resume {
-            try? TrainingCheckpoint.recover(runDirectory: runDir, name: TrainingCheckpoint.latest)
-            if TrainingCheckpoint.exists(runDirectory: runDir, name: TrainingCheckpoint.latest) {
-                saved = try TrainingCheckpoint.loadLatest(runDirectory: runDir)
-            }
-        }
+        let saved = resume ? try TrainingCheckpoint.latestSummary(runDirectory: runDir) : nil
         let modelConfig: Gemma3Config
         let modelName: String
         if let preset {
