@@ -236,3 +236,36 @@ struct ByteTokenizer: GenerationTokenizer {
         #expect(f.push("D and more") == ("", true))
     }
 }
+
+@Suite struct EvaluationTests {
+    /// The windowed evaluation (training forward, batched, padded) against the engine's
+    /// independent per-window cross-entropy: same windows, same loss, every token once.
+    @Test func windowsPredictEveryTokenOnceWithTheTrainingNumerics() throws {
+        let config = smallConfig(window: 5)
+        let store = randomStore(config, seed: 41)
+        let engine = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: store), maxContext: 64, prefillChunk: 7)
+        for (count, T, B) in [(101, 16, 3), (97, 16, 2), (40, 64, 1), (2, 8, 4), (33, 1, 5)] {
+            let tokens = (0..<count).map { UInt16(($0 * 31 + 7) % config.vocabSize) }
+            let result = try tokens.withUnsafeBufferPointer {
+                try Evaluation.evaluate(config: config, parameters: store, tokens: $0, context: T, batchSize: B)
+            }
+            #expect(result.predictedTokens == count - 1)
+            let effectiveT = min(T, count - 1)
+            #expect(result.windows == (count - 1 + effectiveT - 1) / effectiveT)
+            var sum = 0.0
+            var start = 0
+            while start < count - 1 {
+                let window = tokens[start...min(start + effectiveT, count - 1)].map(Int.init)
+                sum += try engine.crossEntropySum(window).sum
+                start += effectiveT
+            }
+            #expect(abs(result.loss - sum / Double(count - 1)) < 1e-5, "count \(count), T \(T)")
+        }
+        #expect(throws: GenerationError.self) {
+            try [UInt16(1)].withUnsafeBufferPointer { try Evaluation.evaluate(config: config, parameters: store, tokens: $0, context: 8) }
+        }
+        #expect(throws: GenerationError.self) {
+            try [UInt16(1), UInt16(config.vocabSize)].withUnsafeBufferPointer { try Evaluation.evaluate(config: config, parameters: store, tokens: $0, context: 8) }
+        }
+    }
+}
