@@ -158,9 +158,20 @@ public enum Kernels {
         gate: UnsafePointer<Float>, up: UnsafePointer<Float>, ldIn: Int,
         out: UnsafeMutablePointer<Float>, ldOut: Int, dim: Int, rows: Range<Int>
     ) {
+        let kBeta: Float = 0.7978845608028654  // √(2/π)
+        let kKappa: Float = 0.044715
         for r in rows {
             let g = gate + r * ldIn, u = up + r * ldIn, o = out + r * ldOut
-            for i in 0..<dim { o[i] = geluTanh(g[i]) * u[i] }
+            let gr = UnsafeRawPointer(g), ur = UnsafeRawPointer(u), orw = UnsafeMutableRawPointer(o)
+            var i = 0
+            while i + 8 <= dim {
+                let x = gr.loadUnaligned(fromByteOffset: i &* 4, as: SIMD8<Float>.self)
+                let t = VectorMath.tanh(kBeta * (x + kKappa * x * x * x))
+                let h = 0.5 * x * (1 + t) * ur.loadUnaligned(fromByteOffset: i &* 4, as: SIMD8<Float>.self)
+                orw.storeBytes(of: h, toByteOffset: i &* 4, as: SIMD8<Float>.self)
+                i &+= 8
+            }
+            while i < dim { o[i] = geluTanh(g[i]) * u[i]; i &+= 1 }
         }
     }
 
@@ -177,17 +188,35 @@ public enum Kernels {
         for r in rows {
             let g = gate + r * ldIn, u = up + r * ldIn, dh = dOut + r * ldDOut
             let dg = dGate + r * ldDIn, du = dUp + r * ldDIn
-            for i in 0..<dim {
+            let gr = UnsafeRawPointer(g), ur = UnsafeRawPointer(u), dhr = UnsafeRawPointer(dh)
+            let dgr = UnsafeMutableRawPointer(dg), dur = UnsafeMutableRawPointer(du)
+            var i = 0
+            while i + 8 <= dim {
+                let o = i &* 4
+                let x = gr.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self)
+                let x2 = x * x
+                let t = VectorMath.tanh(kBeta * (x + kKappa * x2 * x))
+                let half = 0.5 * x
+                let onePlusT = 1 + t
+                let gelu = half * onePlusT
+                let slope: SIMD8<Float> = kBeta * (1 + (3 * kKappa) * x2)
+                let sech2: SIMD8<Float> = 1 - t * t
+                let dGelu: SIMD8<Float> = 0.5 * onePlusT + half * sech2 * slope
+                let d = dhr.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self)
+                dgr.storeBytes(of: d * ur.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self) * dGelu, toByteOffset: o, as: SIMD8<Float>.self)
+                dur.storeBytes(of: d * gelu, toByteOffset: o, as: SIMD8<Float>.self)
+                i &+= 8
+            }
+            while i < dim {
                 let x = g[i]
                 let x2 = x * x
-                let inner = kBeta * (x + kKappa * x2 * x)
-                let t = tanhf(inner)
+                let t = tanhf(kBeta * (x + kKappa * x2 * x))
                 let gelu = 0.5 * x * (1 + t)
-                let dInner = kBeta * (1 + 3 * kKappa * x2)
-                let dGelu = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * dInner
+                let dGelu = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * (kBeta * (1 + 3 * kKappa * x2))
                 let d = dh[i]
                 dg[i] = d * u[i] * dGelu
                 du[i] = d * gelu
+                i &+= 1
             }
         }
     }
@@ -198,36 +227,17 @@ public enum Kernels {
     @inlinable
     public static func softmax(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
         guard n > 0 else { return }
-        var m = x[0]
-        for i in 1..<n where x[i] > m { m = x[i] }
-        var s: Float = 0
-        for i in 0..<n { let e = expf(x[i] - m); x[i] = e; s += e }
-        let inv = 1 / s
-        for i in 0..<n { x[i] *= inv }
+        let m = VectorMath.maximum(x, n)
+        let s = VectorMath.sumExp(x, n, shift: m)
+        VectorMath.expShiftScale(x, n, shift: m, scale: Float(1 / s))
     }
 
-    /// log Σ exp(x[i]) over n values (max-subtracted; the sum in double for a 262k-wide vocabulary).
+    /// log Σ exp(x[i]) over n values (max-subtracted; partial sums in double for a 262k-wide vocabulary).
     @inlinable
     public static func logSumExp(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
         guard n > 0 else { return -.infinity }
-        var m0 = x[0], m1 = x[0], m2 = x[0], m3 = x[0]
-        var i = 0
-        while i + 4 <= n {
-            m0 = max(m0, x[i]); m1 = max(m1, x[i + 1]); m2 = max(m2, x[i + 2]); m3 = max(m3, x[i + 3])
-            i += 4
-        }
-        while i < n { m0 = max(m0, x[i]); i += 1 }
-        let m = max(max(m0, m1), max(m2, m3))
-        var total: Double = 0
-        var j = 0
-        while j < n {
-            let end = min(n, j + 1024)
-            var s: Float = 0
-            for k in j..<end { s += expf(x[k] - m) }
-            total += Double(s)
-            j = end
-        }
-        return m + Float(_logd(total))
+        let m = VectorMath.maximum(x, n)
+        return m + Float(_logd(VectorMath.sumExp(x, n, shift: m)))
     }
 
     /// Turns a row of logits into the cross-entropy gradient in place:
@@ -236,7 +246,7 @@ public enum Kernels {
     public static func crossEntropyBackward(
         _ x: UnsafeMutablePointer<Float>, _ n: Int, logSumExp lse: Float, target: Int, scale: Float
     ) {
-        for i in 0..<n { x[i] = expf(x[i] - lse) * scale }
+        VectorMath.expShiftScale(x, n, shift: lse, scale: scale)
         if target >= 0 && target < n { x[target] -= scale }
     }
 }

@@ -1,5 +1,8 @@
 import Foundation
 import Gemma3Kernels
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A usage error of the model API (wrong input length, token id out of range, …), one line.
 public struct Gemma3ModelError: Error, CustomStringConvertible, Equatable {
@@ -61,8 +64,11 @@ public final class Gemma3TrainingModel {
     public var ignoreIndex: Int32 = -100
     /// When true, `phaseSeconds` accumulates wall time per `StepPhase`.
     public var profiling = false
-    /// Seconds per `StepPhase` since the last `resetProfile()` (indexed by `StepPhase.rawValue`).
+    /// Wall seconds per `StepPhase` since the last `resetProfile()` (indexed by `StepPhase.rawValue`).
     public private(set) var phaseSeconds = [Double](repeating: 0, count: StepPhase.allCases.count)
+    /// Process CPU seconds (all threads) per `StepPhase`: on a shared machine, CPU / wall shows how many cores a phase got.
+    public private(set) var phaseCPUSeconds = [Double](repeating: 0, count: StepPhase.allCases.count)
+    private var cpuMark = 0.0
     /// The loss of the last forward with targets.
     public private(set) var lastLoss: Float = .nan
     /// Number of targets that counted in the last loss (not `ignoreIndex`).
@@ -206,7 +212,10 @@ public final class Gemma3TrainingModel {
     public func zeroGradients() { gradients?.zero() }
 
     /// Clears `phaseSeconds`.
-    public func resetProfile() { phaseSeconds = [Double](repeating: 0, count: StepPhase.allCases.count) }
+    public func resetProfile() {
+        phaseSeconds = [Double](repeating: 0, count: StepPhase.allCases.count)
+        phaseCPUSeconds = phaseSeconds
+    }
 
     /// Logits [batchSize, sequenceLength, vocab] of the last forward. `backward` overwrites them with their gradient.
     public var logits: UnsafeBufferPointer<Float> { UnsafeBufferPointer(start: logitsBuffer, count: N * V) }
@@ -234,11 +243,21 @@ public final class Gemma3TrainingModel {
     // MARK: Timing
 
     @inline(__always) private func now() -> UInt64 {
-        profiling ? DispatchTime.now().uptimeNanoseconds : 0
+        guard profiling else { return 0 }
+        cpuMark = Self.processCPUSeconds()
+        return DispatchTime.now().uptimeNanoseconds
     }
 
     @inline(__always) private func charge(_ phase: StepPhase, since start: UInt64) {
-        if profiling { phaseSeconds[phase.rawValue] += Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 }
+        guard profiling else { return }
+        phaseSeconds[phase.rawValue] += Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+        phaseCPUSeconds[phase.rawValue] += Self.processCPUSeconds() - cpuMark
+    }
+
+    private static func processCPUSeconds() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) * 1e-6
     }
 
     // MARK: Helpers

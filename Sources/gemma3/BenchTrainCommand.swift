@@ -1,0 +1,202 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Gemma3Kernels
+import Gemma3Model
+import Gemma3Training
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `gemma3 bench train`: training-step throughput of the Swift model on random weights and tokens.
+struct BenchTrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Measure training steps (forward + backward + clipping + AdamW): tokens/s, GFLOP/s, memory, time per layer type.",
+        discussion: """
+        Builds the preset with HF initialisation (seed 1234), draws random token windows, and runs \
+        --warmup untimed steps then --steps timed ones. Reports the median step time as tokens/s, \
+        achieved GFLOP/s (matmul FLOPs 6 · matmul-parameters · tokens, plus the attention score and \
+        value products as computed), peak resident memory (getrusage), and the share of time spent \
+        in attention, MLP, norms, LM head + cross-entropy, embedding and optimizer.
+        """
+    )
+
+    @Option(help: "Model preset (\(Gemma3Config.presetNames.joined(separator: ", "))).")
+    var preset = "tinystories-270m"
+
+    @Option(help: "Sequences per step.")
+    var batch = 4
+
+    @Option(help: "Tokens per sequence.")
+    var seq = 128
+
+    @Option(help: "Timed steps.")
+    var steps = 5
+
+    @Option(help: "Untimed warm-up steps.")
+    var warmup = 1
+
+    @Flag(help: "Print one JSON object.")
+    var json = false
+
+    func validate() throws {
+        guard Gemma3Config.preset(named: preset) != nil else {
+            throw ValidationError("unknown preset \(preset); choose one of \(Gemma3Config.presetNames.joined(separator: ", "))")
+        }
+        if batch < 1 || seq < 2 { throw ValidationError("--batch must be ≥ 1 and --seq ≥ 2") }
+        if steps < 1 || warmup < 0 { throw ValidationError("--steps must be ≥ 1 and --warmup ≥ 0") }
+    }
+
+    func run() throws {
+        let config = Gemma3Config.preset(named: preset)!
+        let model = try Gemma3TrainingModel(config: config, batchSize: batch, sequenceLength: seq)
+        model.parameters.initializeForTraining(config: config, seed: 1234)
+        let gradients = model.gradients!
+        let m = ParameterStore(layout: model.parameters.layout)
+        let v = ParameterStore(layout: model.parameters.layout)
+        let segments = ParameterSegment.from(shapes: model.parameters.layout.tensors.map(\.shape))
+        let hyper = AdamWHyperparameters()
+
+        let sgemmReference = Self.sgemmReferenceGFLOPs(hidden: config.hiddenSize, ffn: config.intermediateSize, rows: batch * seq)
+        let cpuStart = Self.processCPUSeconds()
+        var rng = SplitMix64(seed: 99)
+        let tokensPerStep = batch * seq
+        var stepTimes: [Double] = []
+        var optimizerSeconds = 0.0, otherSeconds = 0.0
+        var losses: [Float] = []
+        for step in 0..<(warmup + steps) {
+            let window = (0..<(tokensPerStep + batch)).map { _ in Int32(rng.next() % UInt64(config.vocabSize)) }
+            var inputs = [Int32](), targets = [Int32]()
+            inputs.reserveCapacity(tokensPerStep)
+            targets.reserveCapacity(tokensPerStep)
+            for b in 0..<batch {
+                let row = window[(b * (seq + 1))..<((b + 1) * (seq + 1))]
+                inputs += row.dropLast()
+                targets += row.dropFirst()
+            }
+            let timed = step >= warmup
+            if step == warmup { model.resetProfile() }
+            model.profiling = timed
+            let start = DispatchTime.now().uptimeNanoseconds
+            model.zeroGradients()
+            let afterZero = DispatchTime.now().uptimeNanoseconds
+            let loss = try model.forward(inputs: inputs, targets: targets)
+            model.backward()
+            let afterBackward = DispatchTime.now().uptimeNanoseconds
+            let norm = GradientClipping.globalNorm(UnsafeBufferPointer(gradients.buffer))
+            AdamW.update(parameters: model.parameters.buffer, gradients: UnsafeBufferPointer(gradients.buffer),
+                         m: m.buffer, v: v.buffer, segments: segments, step: step + 1, learningRate: 1e-4,
+                         gradScale: GradientClipping.scale(totalNorm: norm, maxNorm: 1.0), hyper: hyper)
+            let end = DispatchTime.now().uptimeNanoseconds
+            if timed {
+                stepTimes.append(Double(end - start) * 1e-9)
+                optimizerSeconds += Double(end - afterBackward) * 1e-9
+                otherSeconds += Double(afterZero - start) * 1e-9
+                losses.append(loss)
+            }
+        }
+
+        // FLOPs per step: every matmul weight (layers + LM head) does 2 FLOPs per token forward, 4 backward;
+        // attention computes full T×T score and value products (2 forward, 4 backward, each 2·T²·hd).
+        let layout = model.parameters.layout
+        let matmulParams = layout.tensors.filter { $0.isMatrix && $0.name != "model.embed_tokens.weight" }.map(\.count).reduce(0, +)
+            + config.vocabSize * config.hiddenSize * (config.tieWordEmbeddings ? 1 : 0)
+        let attentionFlops = 12.0 * Double(config.numHiddenLayers * batch * config.numAttentionHeads) * Double(seq * seq * config.headDim)
+        let flopsPerStep = 6.0 * Double(matmulParams) * Double(tokensPerStep) + attentionFlops
+
+        let cpuSeconds = Self.processCPUSeconds() - cpuStart
+        let sorted = stepTimes.sorted()
+        let median = sorted[sorted.count / 2]
+        let total = stepTimes.reduce(0, +)
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        let peakBytes = Int(usage.ru_maxrss) * 1024
+        var shares: [String: Double] = [:]
+        for phase in StepPhase.allCases { shares[phase.name] = model.phaseSeconds[phase.rawValue] / total }
+        shares["optimizer"] = optimizerSeconds / total
+        shares["other"] = max(0, 1 - shares.values.reduce(0, +))
+
+        struct Output: Encodable {
+            let preset: String
+            let batch: Int
+            let seq: Int
+            let steps: Int
+            let threads: Int
+            let parameters: Int
+            let tokens_per_second: Double
+            let median_step_seconds: Double
+            let gflop_per_step: Double
+            let gflops: Double
+            let sgemm_reference_gflops: Double
+            let fraction_of_sgemm: Double
+            let cpu_cores_used: Double
+            let peak_memory_bytes: Int
+            let time_share: [String: Double]
+            let losses: [Float]
+        }
+        let output = Output(preset: preset, batch: batch, seq: seq, steps: steps, threads: Parallel.threadCount,
+                            parameters: config.parameterCount, tokens_per_second: Double(tokensPerStep) / median,
+                            median_step_seconds: median, gflop_per_step: flopsPerStep / 1e9, gflops: flopsPerStep / median / 1e9,
+                            sgemm_reference_gflops: sgemmReference, fraction_of_sgemm: flopsPerStep / median / 1e9 / sgemmReference,
+                            cpu_cores_used: cpuSeconds / (stepTimes.reduce(0, +) + Double(warmup) * median),
+                            peak_memory_bytes: peakBytes, time_share: shares, losses: losses)
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(decoding: try encoder.encode(output), as: UTF8.self))
+        } else {
+            print("bench train: \(preset) (\(config.parameterCount) parameters), batch \(batch) × \(seq), \(steps) steps, \(Parallel.threadCount) threads")
+            print(String(format: "  %.1f tokens/s  (median step %.3f s, %.1f GFLOP/step, %.1f GFLOP/s)",
+                         output.tokens_per_second, median, output.gflop_per_step, output.gflops))
+            print(String(format: "  sgemm on this machine now: %.1f GFLOP/s ([%d×%d]·[%d×%d]ᵀ) → step at %.0f%% of it; %.2f cores busy on average",
+                         sgemmReference, batch * seq, config.hiddenSize, config.intermediateSize, config.hiddenSize,
+                         output.fraction_of_sgemm * 100, output.cpu_cores_used))
+            print(String(format: "  peak memory %.2f GiB", Double(peakBytes) / Double(1 << 30)))
+            print("  time share: " + shares.sorted { $0.value > $1.value }
+                .map { $0.key + " " + String(format: "%.1f%%", $0.value * 100) }.joined(separator: ", "))
+            print("  per phase (wall s / CPU s per step): " + StepPhase.allCases.map {
+                $0.name + String(format: " %.2f/%.2f", model.phaseSeconds[$0.rawValue] / Double(steps), model.phaseCPUSeconds[$0.rawValue] / Double(steps))
+            }.joined(separator: ", ") + String(format: ", optimizer %.2f", optimizerSeconds / Double(steps)))
+            _ = otherSeconds
+        }
+    }
+
+    /// User + system CPU seconds of this process so far.
+    static func processCPUSeconds() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) * 1e-6
+    }
+
+    /// GFLOP/s of a model-shaped product [rows × hidden]·[ffn × hidden]ᵀ through the same split sgemm the
+    /// model uses, measured now (the machine is shared: this is the yardstick for the step's GFLOP/s).
+    static func sgemmReferenceGFLOPs(hidden: Int, ffn: Int, rows: Int) -> Double {
+        BLAS.setThreads(1)
+        var rng = SplitMix64(seed: 5)
+        var a = [Float](repeating: 0, count: rows * hidden), b = [Float](repeating: 0, count: ffn * hidden)
+        var c = [Float](repeating: 0, count: rows * ffn)
+        a.withUnsafeMutableBufferPointer { rng.fillNormal($0, std: 1) }
+        b.withUnsafeMutableBufferPointer { rng.fillNormal($0, std: 1) }
+        var best = Double.infinity
+        let flops = 2.0 * Double(rows * hidden * ffn)
+        var elapsed = 0.0
+        var runs = 0
+        a.withUnsafeBufferPointer { ap in
+            b.withUnsafeBufferPointer { bp in
+                c.withUnsafeMutableBufferPointer { cp in
+                    while runs < 3 || (elapsed < 1.0 && runs < 200) {
+                        let start = DispatchTime.now().uptimeNanoseconds
+                        ParallelGEMM.sgemm(transB: true, m: rows, n: ffn, k: hidden, a: ap.baseAddress!, b: bp.baseAddress!, c: cp.baseAddress!)
+                        let t = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+                        best = min(best, t)
+                        elapsed += t
+                        runs += 1
+                    }
+                }
+            }
+        }
+        return flops / best / 1e9
+    }
+}
