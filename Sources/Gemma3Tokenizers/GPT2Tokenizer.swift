@@ -339,8 +339,8 @@ public final class GPT2Tokenizer: Sendable {
             let length = e - i
             if length == 1 {
                 out.append(byteIDs[Int(p[i])])
-            } else if let slot = vocabulary.find(p + i, length, end: end) {
-                out.append(slot.pointee.id)
+            } else if let slot = vocabulary.find(p + i, length, end: end), slot.pointee.rank != Int32.max {
+                out.append(slot.pointee.id)  // the whole piece is a token (not one BPE never makes)
             } else if !cache.lookup(p + i, length, end: end, into: &out) {
                 let before = out.count
                 merger.encode(p + i, length, bufferEnd: end, into: &out)

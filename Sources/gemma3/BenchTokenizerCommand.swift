@@ -81,7 +81,7 @@ struct BenchTokenizerCommand: ParsableCommand {
         let report = BenchReport(
             file: file, bytes: bytes.count, tokens: singleIDs.count, runs: runs, threads: threadCount,
             loadSeconds: loadSeconds, single: median(singleTimes), parallel: median(parallelTimes),
-            tiktoken: reference)
+            tiktoken: reference, tiktokenThreads: tiktokenThreads)
         print(json ? report.json() : report.text())
     }
 
@@ -153,6 +153,7 @@ private struct BenchReport {
     let single: Double
     let parallel: Double
     let tiktoken: TiktokenResult
+    let tiktokenThreads: Int
 
     func megabytesPerSecond(_ seconds: Double) -> Double { Double(bytes) / seconds / 1e6 }
     func tokensPerSecond(_ seconds: Double) -> Double { Double(tokens) / seconds }
@@ -166,7 +167,7 @@ private struct BenchReport {
         var ratios = "null"
         if let s = tiktoken.single, let b = tiktoken.batch {
             reference = "{\"version\":\(quoted(tiktoken.version ?? "unknown")),\"single\":\(measurement(s)),\"batch\":\(measurement(b)),"
-                + "\"batch_threads\":2,\"identical\":\(tiktoken.identical.map { "\($0)" } ?? "null"),"
+                + "\"batch_threads\":\(tiktokenThreads),\"identical\":\(tiktoken.identical.map { "\($0)" } ?? "null"),"
                 + "\"batch_identical\":\(tiktoken.batchIdentical.map { "\($0)" } ?? "null")}"
             ratios = "{\"single_thread\":\(fmt(s / single, 3)),\"all_cores_vs_batch\":\(fmt(b / parallel, 3)),"
                 + "\"all_cores_vs_single\":\(fmt(s / parallel, 3))}"
@@ -189,7 +190,7 @@ private struct BenchReport {
         ]
         if let s = tiktoken.single, let b = tiktoken.batch {
             lines.append(line("tiktoken \(tiktoken.version ?? ""), 1 thread", s))
-            lines.append(line("tiktoken batch, 2 threads", b))
+            lines.append(line("tiktoken batch, \(tiktokenThreads) threads", b))
             lines.append("  speed-up: \(fmt(s / single, 2))x single-threaded, \(fmt(b / parallel, 2))x on \(threads) threads vs tiktoken batch (\(fmt(s / parallel, 2))x vs its single call)")
             lines.append("  ids identical to tiktoken: \(tiktoken.identical.map { $0 ? "yes" : "NO" } ?? "unknown")")
         } else {

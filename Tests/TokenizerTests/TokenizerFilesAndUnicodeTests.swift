@@ -100,6 +100,31 @@ struct TokenizerFilesAndUnicodeTests {
         #expect(blocks.count > 60)
     }
 
+    @Test("vocabulary entries that no merge makes are never BPE output; <|endoftext|> is added when missing")
+    func unmergeableEntries() throws {
+        // "ab" is in the vocabulary but no rule makes it (like <|endoftext|> in GPT-2's files);
+        // "ac" and "acb" are made by rules.
+        var vocabulary: [(token: String, id: Int)] = (0 ..< 256).map { (byteLevelString([UInt8($0)]), $0) }
+        vocabulary += [("ab", 256), ("ac", 257), ("acb", 258)]
+        let custom = try GPT2Tokenizer(vocabulary: vocabulary, merges: [("a", "c"), ("ac", "b")])
+        let ranks: [[UInt8]: Int] = Dictionary(uniqueKeysWithValues: (0 ..< 256).map { ([UInt8($0)], $0) })
+            .merging([[0x61, 0x63]: 257, [0x61, 0x63, 0x62]: 258]) { a, _ in a }
+        let texts = ["ab", "ab ac abac acb", "cab acab", "aab", "b ab", String(repeating: "ab", count: 40) + "acb"]
+        let reference = try Tiktoken.encode(texts.map { TiktokenJob(text: $0) }, ranks: ranks)
+        for (text, expected) in zip(texts, reference) {
+            #expect(custom.encodeOrdinary(text) == expected, "\(text)")
+            #expect(!custom.encodeOrdinary(text).contains(256))
+        }
+        #expect(custom.specialTokens["ab"] == 256)
+        #expect(custom.tokenBytes(256) == Array("ab".utf8))
+        // No <|endoftext|> in the files: it is added as 50256, as tiktoken's gpt2 does.
+        #expect(custom.specialTokens[GPT2Tokenizer.endOfTextString] == GPT2Tokenizer.endOfTextID)
+        #expect(custom.vocabularySize == 50257)
+        #expect(custom.tokenBytes(1000) == nil)
+        #expect(throws: TokenizerError.self) { try custom.decode([1000]) }
+        #expect(custom.encode("x<|endoftext|>", allowSpecial: true).last == GPT2Tokenizer.endOfTextID)
+    }
+
     @Test("vocab.json+merges.txt, encoder.json+vocab.bpe and tokenizer.json load to identical tokenizers")
     func fileLayoutsAgree() throws {
         let fm = FileManager.default
