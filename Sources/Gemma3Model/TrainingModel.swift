@@ -444,7 +444,8 @@ public final class Gemma3TrainingModel {
             }
         }
 
-        // Scores, masked softmax and weighted values, one (sequence, head) per task.
+        // Scores, masked softmax and weighted values, one (sequence, head) per task, in blocks of query rows
+        // that only touch the keys the mask lets them see (causal, and the window on sliding layers).
         let probs = UncheckedSendable(lb.probs), out = UncheckedSendable(lb.attnOut)
         let window = config.slidingWindow, scale = attnScale
         Parallel.forEach(B * nh) { task in
@@ -452,20 +453,52 @@ public final class Gemma3TrainingModel {
             let q = rot.value + b * T * qkDim + h * hd
             let k = rot.value + b * T * qkDim + qDim + g * hd
             let v = qkv.value + b * T * qkvDim + qDim + kvDim + g * hd
+            let o = out.value + b * T * qDim + h * hd
             let s = probs.value + task * T * T
-            BLAS.sgemm(transB: true, m: T, n: T, k: hd, alpha: scale, a: q, lda: qkDim, b: k, ldb: qkDim, c: s, ldc: T)
-            for i in 0..<T {
-                let row = s + i * T
-                let lo = sliding ? max(0, i - window + 1) : 0
-                if lo > 0 { row.update(repeating: 0, count: lo) }
-                Kernels.softmax(row + lo, i - lo + 1)
-                if i + 1 < T { (row + i + 1).update(repeating: 0, count: T - i - 1) }
+            for block in Self.attentionBlocks(T: T, window: sliding ? window : nil) {
+                let (r0, r1, k0, k1) = (block.rows.lowerBound, block.rows.upperBound, block.keys.lowerBound, block.keys.upperBound)
+                BLAS.sgemm(transB: true, m: r1 - r0, n: k1 - k0, k: hd, alpha: scale, a: q + r0 * qkDim, lda: qkDim,
+                           b: k + k0 * qkDim, ldb: qkDim, c: s + r0 * T + k0, ldc: T)
+                for i in r0..<r1 {
+                    let row = s + i * T
+                    let lo = sliding ? max(0, i - window + 1) : 0
+                    if lo > k0 { (row + k0).update(repeating: 0, count: lo - k0) }
+                    Kernels.softmax(row + lo, i - lo + 1)
+                    if i + 1 < k1 { (row + i + 1).update(repeating: 0, count: k1 - i - 1) }
+                }
+                BLAS.sgemm(m: r1 - r0, n: hd, k: k1 - k0, a: s + r0 * T + k0, lda: T, b: v + k0 * qkvDim, ldb: qkvDim,
+                           c: o + r0 * qDim, ldc: qDim)
             }
-            BLAS.sgemm(m: T, n: hd, k: T, a: s, lda: T, b: v, ldb: qkvDim, c: out.value + b * T * qDim + h * hd, ldc: qDim)
         }
         _ = nkv
 
         gemm(transB: true, m: N, n: H, k: qDim, a: lb.attnOut, b: P + o.oProj, c: lb.attnProj)
+    }
+
+    /// Query-row blocks of one attention head and the key range each needs: keys [k0, k1) cover every
+    /// j with i − W < j ≤ i for the block's rows i (all j ≤ i without a window).
+    static func attentionBlocks(T: Int, window: Int?) -> [(rows: Range<Int>, keys: Range<Int>)] {
+        let size = 32
+        return stride(from: 0, to: T, by: size).map { r0 in
+            let r1 = min(T, r0 + size)
+            let k0 = window.map { max(0, r0 - $0 + 1) } ?? 0
+            return (r0..<r1, k0..<r1)
+        }
+    }
+
+    /// FLOPs of one forward + backward step as computed: 6 per matmul weight per token (2 forward, 4 backward)
+    /// for every projection and the LM head, plus 12 · rows · keys · head_dim per attention block and head.
+    public var flopsPerStep: Double {
+        let layout = parameters.layout
+        let projections = layout.tensors.filter { $0.isMatrix && $0.name != "model.embed_tokens.weight" }.map(\.count).reduce(0, +)
+        let head = config.tieWordEmbeddings ? V * H : 0  // untied: lm_head.weight is already in `projections`
+        var attention = 0.0
+        for l in 0..<L {
+            for block in Self.attentionBlocks(T: T, window: config.isSliding(layer: l) ? config.slidingWindow : nil) {
+                attention += 12 * Double(block.rows.count * block.keys.count * hd)
+            }
+        }
+        return 6 * Double((projections + head) * N) + attention * Double(B * nh)
     }
 
     private func mlpForward(_ lb: LayerBuffers, _ o: LayerOffsets) {
@@ -628,7 +661,8 @@ public final class Gemma3TrainingModel {
         gemm(m: N, n: qDim, k: H, a: dBranch, b: P + o.oProj, c: dAttnOut)
         gemm(transA: true, m: H, n: qDim, k: N, a: dBranch, lda: H, b: lb.attnOut, ldb: qDim, beta: 1, c: G + o.oProj)
 
-        // Per (sequence, head): dP = dO·Vᵀ, dV_h = Pᵀ·dO, dS = P ⊙ (dP − rowsum(P ⊙ dP)), dQ = s·dS·K, dK_h = s·dSᵀ·Q.
+        // Per (sequence, head) and query block: dP = dO·Vᵀ, dV_h += Pᵀ·dO, dS = P ⊙ (dP − rowsum(P ⊙ dP)),
+        // dQ = s·dS·K, dK_h += s·dSᵀ·Q, over the same blocks as the forward pass.
         let probs = UncheckedSendable(lb.probs), ds = UncheckedSendable(dScores), dout = UncheckedSendable(dAttnOut)
         let qkv = UncheckedSendable(lb.qkv), rot = UncheckedSendable(lb.qkRot), drot = UncheckedSendable(dQKRot)
         let dkh = UncheckedSendable(dKHeads), dvh = UncheckedSendable(dVHeads)
@@ -640,16 +674,29 @@ public final class Gemma3TrainingModel {
             let v = qkv.value + b * T * qkvDim + qDim + kvDim + g * hd
             let q = rot.value + b * T * qkDim + h * hd
             let k = rot.value + b * T * qkDim + qDim + g * hd
-            BLAS.sgemm(transB: true, m: T, n: T, k: hd, a: dO, lda: qDim, b: v, ldb: qkvDim, c: s, ldc: T)
-            BLAS.sgemm(transA: true, m: T, n: hd, k: T, a: p, lda: T, b: dO, ldb: qDim, c: dvh.value + task * T * hd, ldc: hd)
-            for i in 0..<T {
-                let pr = p + i * T, sr = s + i * T
-                let lo = sliding ? max(0, i - window + 1) : 0
-                let d = Kernels.dot(pr + lo, sr + lo, i - lo + 1)
-                for j in 0..<T { sr[j] = pr[j] * (sr[j] - d) }
+            let dq = drot.value + b * T * qkDim + h * hd
+            let dk = dkh.value + task * T * hd, dv = dvh.value + task * T * hd
+            dk.update(repeating: 0, count: T * hd)
+            dv.update(repeating: 0, count: T * hd)
+            for block in Self.attentionBlocks(T: T, window: sliding ? window : nil) {
+                let (r0, r1, k0, k1) = (block.rows.lowerBound, block.rows.upperBound, block.keys.lowerBound, block.keys.upperBound)
+                let (R, K) = (r1 - r0, k1 - k0)
+                BLAS.sgemm(transB: true, m: R, n: K, k: hd, a: dO + r0 * qDim, lda: qDim, b: v + k0 * qkvDim, ldb: qkvDim,
+                           c: s + r0 * T + k0, ldc: T)
+                BLAS.sgemm(transA: true, m: K, n: hd, k: R, a: p + r0 * T + k0, lda: T, b: dO + r0 * qDim, ldb: qDim,
+                           beta: 1, c: dv + k0 * hd, ldc: hd)
+                for i in r0..<r1 {
+                    let pr = p + i * T, sr = s + i * T
+                    let lo = sliding ? max(0, i - window + 1) : 0
+                    let d = Kernels.dot(pr + lo, sr + lo, i - lo + 1)
+                    // Masked entries of P are 0, so they give 0 here.
+                    for j in k0..<k1 { sr[j] = pr[j] * (sr[j] - d) }
+                }
+                BLAS.sgemm(m: R, n: hd, k: K, alpha: scale, a: s + r0 * T + k0, lda: T, b: k + k0 * qkDim, ldb: qkDim,
+                           c: dq + r0 * qkDim, ldc: qkDim)
+                BLAS.sgemm(transA: true, m: K, n: hd, k: R, alpha: scale, a: s + r0 * T + k0, lda: T, b: q + r0 * qkDim, ldb: qkDim,
+                           beta: 1, c: dk + k0 * hd, ldc: hd)
             }
-            BLAS.sgemm(m: T, n: hd, k: T, alpha: scale, a: s, lda: T, b: k, ldb: qkDim, c: drot.value + b * T * qkDim + h * hd, ldc: qkDim)
-            BLAS.sgemm(transA: true, m: T, n: hd, k: T, alpha: scale, a: s, lda: T, b: q, ldb: qkDim, c: dkh.value + task * T * hd, ldc: hd)
         }
 
         // Sum the per-query-head dK, dV over each KV head's group; then undo RoPE and QK-norm.

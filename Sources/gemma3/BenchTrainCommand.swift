@@ -98,13 +98,7 @@ struct BenchTrainCommand: ParsableCommand {
             }
         }
 
-        // FLOPs per step: every matmul weight (layers + LM head) does 2 FLOPs per token forward, 4 backward;
-        // attention computes full T×T score and value products (2 forward, 4 backward, each 2·T²·hd).
-        let layout = model.parameters.layout
-        let matmulParams = layout.tensors.filter { $0.isMatrix && $0.name != "model.embed_tokens.weight" }.map(\.count).reduce(0, +)
-            + config.vocabSize * config.hiddenSize * (config.tieWordEmbeddings ? 1 : 0)
-        let attentionFlops = 12.0 * Double(config.numHiddenLayers * batch * config.numAttentionHeads) * Double(seq * seq * config.headDim)
-        let flopsPerStep = 6.0 * Double(matmulParams) * Double(tokensPerStep) + attentionFlops
+        let flopsPerStep = model.flopsPerStep
 
         let cpuSeconds = Self.processCPUSeconds() - cpuStart
         let sorted = stepTimes.sorted()

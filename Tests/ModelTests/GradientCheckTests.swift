@@ -132,6 +132,8 @@ func randomParameters(_ config: Gemma3Config, seed: UInt64) -> ParameterStore {
 struct GradientCase: CustomStringConvertible, Sendable {
     let name: String
     let config: Gemma3Config
+    var batch = 2
+    var sequence = 7
     var description: String { name }
 }
 
@@ -142,6 +144,9 @@ struct GradientCase: CustomStringConvertible, Sendable {
         GradientCase(name: "untied LM head", config: tinyConfig(tied: false)),
         GradientCase(name: "query_pre_attn_scalar 7 != head_dim 4", config: tinyConfig(queryScalar: 7)),
         GradientCase(name: "MHA, head_dim 6, window 1", config: tinyConfig(heads: 2, kvHeads: 2, headDim: 6, layers: 2, window: 1)),
+        // Longer than one 32-row attention block: several query blocks, each with its own key range.
+        GradientCase(name: "sequence 70, window 37, GQA", config: tinyConfig(kvHeads: 2, hidden: 8, layers: 2, window: 37),
+                     batch: 1, sequence: 70),
     ]
 
     /// Forward matches the float64 reference; every parameter tensor's gradient matches central differences
@@ -149,7 +154,7 @@ struct GradientCase: CustomStringConvertible, Sendable {
     @Test(arguments: cases)
     func gradientsMatchFiniteDifferences(_ testCase: GradientCase) throws {
         let config = testCase.config
-        let B = 2, T = 7
+        let B = testCase.batch, T = testCase.sequence
         let params = randomParameters(config, seed: 7)
         var rng = SplitMix64(seed: 11)
         let ids = (0..<(B * T)).map { _ in Int32(rng.next() % UInt64(config.vocabSize)) }
