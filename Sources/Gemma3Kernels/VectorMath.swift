@@ -95,4 +95,41 @@ public enum VectorMath {
         }
         while i < n { x[i] = exp(x[i] - shift) * scale; i &+= 1 }
     }
+
+    /// x[i] ← e^(x[i] − shift) in place; returns Σ of the new values (partial sums in double).
+    @inlinable
+    public static func expShiftStoreSum(_ x: UnsafeMutablePointer<Float>, _ n: Int, shift: Float) -> Double {
+        let r = UnsafeMutableRawPointer(x)
+        let s = SIMD8<Float>(repeating: shift)
+        var total: Double = 0
+        var i = 0
+        while i < n {
+            let end = Swift.min(n, i + 4096)
+            var a0 = SIMD8<Float>()
+            while i + 8 <= end {
+                let e = exp(r.loadUnaligned(fromByteOffset: i &* 4, as: SIMD8<Float>.self) - s)
+                r.storeBytes(of: e, toByteOffset: i &* 4, as: SIMD8<Float>.self)
+                a0 += e
+                i &+= 8
+            }
+            var tail: Float = 0
+            while i < end { let e = exp(x[i] - shift); x[i] = e; tail += e; i &+= 1 }
+            total += Double(a0.sum()) + Double(tail)
+        }
+        return total
+    }
+
+    /// x[i] ← x[i] · k for i < n.
+    @inlinable
+    public static func scale(_ x: UnsafeMutablePointer<Float>, _ n: Int, by k: Float) {
+        let r = UnsafeMutableRawPointer(x)
+        let kv = SIMD8<Float>(repeating: k)
+        var i = 0
+        while i + 8 <= n {
+            let v = r.loadUnaligned(fromByteOffset: i &* 4, as: SIMD8<Float>.self)
+            r.storeBytes(of: v * kv, toByteOffset: i &* 4, as: SIMD8<Float>.self)
+            i &+= 8
+        }
+        while i < n { x[i] *= k; i &+= 1 }
+    }
 }

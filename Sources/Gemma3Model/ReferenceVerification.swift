@@ -101,6 +101,7 @@ public enum ReferenceVerifier {
         let params = ParameterStore(config: config)
         try params.load(from: file, allowUnexpected: true)
         let model = try Gemma3TrainingModel(config: config, batchSize: B, sequenceLength: T, parameters: params, training: true)
+        model.keepsLogits = true  // compare the logits, then backward from them
         let targets = Gemma3TrainingModel.nextTokenTargets(ids, batchSize: B, sequenceLength: T, ignoreIndex: model.ignoreIndex)
         let loss = try model.forward(inputs: ids, targets: targets)
 

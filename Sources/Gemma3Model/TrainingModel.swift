@@ -69,6 +69,12 @@ public final class Gemma3TrainingModel {
     /// Process CPU seconds (all threads) per `StepPhase`: on a shared machine, CPU / wall shows how many cores a phase got.
     public private(set) var phaseCPUSeconds = [Double](repeating: 0, count: StepPhase.allCases.count)
     private var cpuMark = 0.0
+    /// Whether a training model keeps the logits readable after a forward with targets. When false (the
+    /// default), that forward also turns each logits row into its cross-entropy gradient while the row is
+    /// in cache (one exp per logit, one pass less over the B·T·V buffer), and `logits` then holds that
+    /// gradient. Evaluation models and forwards without targets always keep the logits.
+    public var keepsLogits = false
+    private var gradientInLogits = false
     /// The loss of the last forward with targets.
     public private(set) var lastLoss: Float = .nan
     /// Number of targets that counted in the last loss (not `ignoreIndex`).
@@ -217,7 +223,8 @@ public final class Gemma3TrainingModel {
         phaseCPUSeconds = phaseSeconds
     }
 
-    /// Logits [batchSize, sequenceLength, vocab] of the last forward. `backward` overwrites them with their gradient.
+    /// Logits [batchSize, sequenceLength, vocab] of the last forward (see `keepsLogits`: a training forward with
+    /// targets leaves their gradient here instead). `backward` overwrites them with their gradient.
     public var logits: UnsafeBufferPointer<Float> { UnsafeBufferPointer(start: logitsBuffer, count: N * V) }
 
     /// Intermediate activations of the last forward (training models), named as in the golden files:
@@ -379,22 +386,44 @@ public final class Gemma3TrainingModel {
         t0 = now()
         gemm(transB: true, m: N, n: V, k: H, a: xnFinal, b: P + layout.outputProjection, c: logitsBuffer)
         var loss: Float = .nan
+        gradientInLogits = false
         if hasTargets {
+            var count = 0
+            for n in 0..<N where targets[n] != ignoreIndex { count += 1 }
+            // Fused classifier: while each row is in cache, turn it into d(mean loss)/d logits.
+            let fuse = isTraining && !keepsLogits && count > 0
             let lg = UncheckedSendable(logitsBuffer), ls = UncheckedSendable(lse), rl = UncheckedSendable(rowLoss)
             let tg = UncheckedSendable(targets), ignore = ignoreIndex, V = self.V
+            let invCount = 1 / Float(max(1, count))
             parallelRows(N) { _, rows in
                 for n in rows {
                     let target = tg.value[n]
-                    if target == ignore { ls.value[n] = 0; rl.value[n] = 0; continue }
                     let row = lg.value + n * V
-                    let m = Kernels.logSumExp(row, V)
-                    ls.value[n] = m
-                    rl.value[n] = m - row[Int(target)]
+                    if target == ignore {
+                        ls.value[n] = 0; rl.value[n] = 0
+                        if fuse { row.update(repeating: 0, count: V) }
+                        continue
+                    }
+                    if fuse {
+                        let targetLogit = row[Int(target)]
+                        let m = VectorMath.maximum(row, V)
+                        let sum = VectorMath.expShiftStoreSum(row, V, shift: m)
+                        let lse = m + Float(log(sum))
+                        ls.value[n] = lse
+                        rl.value[n] = lse - targetLogit
+                        let scale = invCount / Float(sum)
+                        VectorMath.scale(row, V, by: scale)
+                        row[Int(target)] -= invCount
+                    } else {
+                        let m = Kernels.logSumExp(row, V)
+                        ls.value[n] = m
+                        rl.value[n] = m - row[Int(target)]
+                    }
                 }
             }
+            gradientInLogits = fuse
             var sum: Double = 0
-            var count = 0
-            for n in 0..<N where targets[n] != ignoreIndex { sum += Double(rowLoss[n]); count += 1 }
+            for n in 0..<N where targets[n] != ignoreIndex { sum += Double(rowLoss[n]) }
             lastTargetCount = count
             loss = count > 0 ? Float(sum / Double(count)) : 0
             lastLoss = loss
@@ -550,9 +579,9 @@ public final class Gemma3TrainingModel {
         let layout = parameters.layout
         let (N, H, V) = (self.N, self.H, self.V)
 
-        // Cross-entropy gradient, in place over the logits.
+        // Cross-entropy gradient, in place over the logits (already there after a fused forward).
         var t0 = now()
-        do {
+        if !gradientInLogits {
             let lg = UncheckedSendable(logitsBuffer), ls = UncheckedSendable(lse), tg = UncheckedSendable(targets)
             let ignore = ignoreIndex, scale = lossScale / Float(lastTargetCount)
             parallelRows(N) { _, rows in
@@ -564,9 +593,12 @@ public final class Gemma3TrainingModel {
                 }
             }
         }
-        // LM head: dX = dlogits · W; dW += dlogitsᵀ · X.
-        gemm(m: N, n: H, k: V, a: logitsBuffer, b: P + layout.outputProjection, c: dXn)
-        gemm(transA: true, m: V, n: H, k: N, a: logitsBuffer, lda: V, b: xnFinal, ldb: H, beta: 1, c: G + layout.outputProjection)
+        // LM head: dX = dlogits · W; dW += dlogitsᵀ · X (the fused gradient is for lossScale 1).
+        let headScale: Float = gradientInLogits ? lossScale : 1
+        gradientInLogits = false
+        gemm(m: N, n: H, k: V, alpha: headScale, a: logitsBuffer, b: P + layout.outputProjection, c: dXn)
+        gemm(transA: true, m: V, n: H, k: N, alpha: headScale, a: logitsBuffer, lda: V, b: xnFinal, ldb: H, beta: 1,
+             c: G + layout.outputProjection)
         charge(.head, since: t0)
 
         dResid.update(repeating: 0, count: N * H)

@@ -30,4 +30,28 @@ let goldenRoot = URL(fileURLWithPath: #filePath)
             }
         }
     }
+
+    /// The training default (cross-entropy gradient fused into the forward pass) gives the same gradients.
+    @Test func fusedClassifierGradientsMatchTransformers() throws {
+        let dir = goldenRoot.appendingPathComponent("tiny")
+        let config = try Gemma3Config.load(from: dir.appendingPathComponent("config.json"))
+        let file = try SafeTensorsFile(url: dir.appendingPathComponent("golden.safetensors"))
+        let ids = try file.integers("input_ids").map { Int32($0) }
+        let params = ParameterStore(config: config)
+        try params.load(from: file, allowUnexpected: true)
+        let model = try Gemma3TrainingModel(config: config, batchSize: 2, sequenceLength: 24, parameters: params)
+        #expect(!model.keepsLogits)
+        let loss = try model.forward(inputs: ids, targets: Gemma3TrainingModel.nextTokenTargets(ids, batchSize: 2, sequenceLength: 24))
+        #expect(abs(Double(loss) - Double(try file.floats("loss")[0])) < 1e-5)
+        model.zeroGradients()
+        model.backward()
+        for t in params.layout.tensors {
+            let reference = try file.floats("grad." + t.name)
+            let ours = model.gradients!.view(t)
+            for i in 0..<t.count where abs(ours[i] - reference[i]) > 1e-5 + 1e-3 * abs(reference[i]) {
+                Issue.record("\(t.name)[\(i)]: \(ours[i]) vs \(reference[i])")
+                break
+            }
+        }
+    }
 }

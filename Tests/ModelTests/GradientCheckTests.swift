@@ -163,11 +163,22 @@ struct GradientCase: CustomStringConvertible, Sendable {
         targets[B * T - 1] = -100
 
         let model = try Gemma3TrainingModel(config: config, batchSize: B, sequenceLength: T, parameters: params)
+        // Unfused: logits kept, cross-entropy gradient formed in backward.
+        model.keepsLogits = true
         let loss = try model.forward(inputs: ids, targets: targets)
         let logits = Array(model.logits)
         model.zeroGradients()
         model.backward()
+        let unfused = Array(model.gradients!.buffer)
+        // Fused (the training default): the gradient is formed in the forward pass.
+        model.keepsLogits = false
+        let fusedLoss = try model.forward(inputs: ids, targets: targets)
+        #expect(fusedLoss == loss)
+        model.zeroGradients()
+        model.backward()
         let grads = model.gradients!
+        let fusedVsUnfused = zip(unfused, grads.buffer).map { abs($0 - $1) / (1e-5 + 1e-4 * abs($0)) }.max()!
+        #expect(fusedVsUnfused <= 1, "fused vs unfused gradients differ (ratio to 1e-5 + 1e-4·|g|: \(fusedVsUnfused))")
 
         let reference = Reference64(config)
         var p = params.buffer.map(Double.init)
@@ -202,6 +213,7 @@ struct GradientCase: CustomStringConvertible, Sendable {
         let params = randomParameters(config, seed: 3)
         let model = try Gemma3TrainingModel(config: config, batchSize: 1, sequenceLength: 5, parameters: params)
         model.ignoreIndex = 0
+        model.keepsLogits = true
         let loss = try model.forward(inputs: [1, 2, 3, 4, 5], targets: [0, 0, 0, 0, 0])
         #expect(loss == 0)
         model.zeroGradients()
@@ -213,6 +225,30 @@ struct GradientCase: CustomStringConvertible, Sendable {
         let m = row.max()!
         let expected = m + log(row.reduce(0) { $0 + exp($1 - m) }) - row[7]
         #expect(abs(Double(one) - expected) < 1e-5)
+    }
+
+    /// backward(lossScale:) scales every gradient (both classifier paths), and gradients accumulate across calls.
+    @Test(arguments: [false, true])
+    func lossScaleAndAccumulation(_ keepsLogits: Bool) throws {
+        let config = tinyConfig(kvHeads: 2)
+        let params = randomParameters(config, seed: 21)
+        let model = try Gemma3TrainingModel(config: config, batchSize: 2, sequenceLength: 5, parameters: params)
+        model.keepsLogits = keepsLogits
+        let ids: [Int32] = [1, 5, 9, 2, 7, 3, 3, 8, 4, 4]
+        let targets = Gemma3TrainingModel.nextTokenTargets(ids, batchSize: 2, sequenceLength: 5)
+        model.zeroGradients()
+        try model.forward(inputs: ids, targets: targets)
+        model.backward()
+        let full = Array(model.gradients!.buffer)
+        model.zeroGradients()
+        for _ in 0..<2 {
+            try model.forward(inputs: ids, targets: targets)
+            model.backward(lossScale: 0.25)
+        }
+        let accumulated = Array(model.gradients!.buffer)
+        let worst = zip(full, accumulated).map { abs($0 * 0.5 - $1) }.max()!
+        #expect(worst < 1e-7, "two backward(lossScale: 0.25) vs 0.5 × one backward: \(worst)")
+        #expect(full.contains { $0 != 0 })
     }
 
     @Test func badTokensAreRejected() throws {
@@ -229,6 +265,7 @@ struct GradientCase: CustomStringConvertible, Sendable {
         let ids: [Int32] = [1, 5, 9, 2, 7, 3, 3, 8]
         let targets = Gemma3TrainingModel.nextTokenTargets(ids, batchSize: 2, sequenceLength: 4)
         let train = try Gemma3TrainingModel(config: config, batchSize: 2, sequenceLength: 4, parameters: params)
+        train.keepsLogits = true
         let eval = try Gemma3TrainingModel(config: config, batchSize: 2, sequenceLength: 4, parameters: params, training: false)
         #expect(eval.gradients == nil)
         let a = try train.forward(inputs: ids, targets: targets)
