@@ -44,6 +44,9 @@ public final class InferenceEngine: @unchecked Sendable {
     /// Attention scores; grows with the context of full layers.
     private var scores: UnsafeMutablePointer<Float>
     private var scoresCapacity: Int
+    /// Partial softmax states of the decode attention: [worker][head][hd values, max, sum].
+    private let attentionPartials: UnsafeMutablePointer<Float>
+    private let maxAttentionWorkers: Int
     /// Logits of a block of rows during evaluation, allocated on first use.
     private var evalLogits: UnsafeMutablePointer<Float>?
     /// Rows of queries handled by one score matrix during prefill.
@@ -88,12 +91,14 @@ public final class InferenceEngine: @unchecked Sendable {
         logitsBuffer = buffer(V)
         let gatherRows = min(config.slidingWindow, context) - 1 + C
         gatherK = buffer(gatherRows * kvDim); gatherV = buffer(gatherRows * kvDim)
+        maxAttentionWorkers = max(2, Parallel.threadCount)  // ≥ 2 so the merge is always in use past 256 keys
+        attentionPartials = buffer(maxAttentionWorkers * nh * (hd + 2))
         scoresCapacity = nh * 1024
         scores = buffer(scoresCapacity)
     }
 
     deinit {
-        for p in [x, xn, tmp, q, k, v, att, gate, up, ropeTables, logitsBuffer, gatherK, gatherV, scores] { p.deallocate() }
+        for p in [x, xn, tmp, q, k, v, att, gate, up, ropeTables, logitsBuffer, gatherK, gatherV, scores, attentionPartials] { p.deallocate() }
         evalLogits?.deallocate()
     }
 
@@ -305,23 +310,64 @@ public final class InferenceEngine: @unchecked Sendable {
         let group = nh / nkv
         let (hd, qDim, kvDim, scale) = (hd, qDim, kvDim, queryScale)
         if n == 1 {
-            // One query: each head's dot products and weighted sum of values, heads split over cores.
+            // One query (decode): split the visible keys over the cores. Each worker reads its
+            // key/value rows once for all query heads of a KV group, keeps a partial softmax
+            // (running max, sum, weighted values), and the partials are merged exactly after.
+            // Reading each row once matters with few KV heads: the 270M model has 4 query heads
+            // on 1 KV head, so per-head passes would read the cache four times.
             let range = rowRange(0)
             let L = range.count
             ensureScores(nh * L)
-            let (qs, ks, vs, ss, out) = (UncheckedSendable(q), UncheckedSendable(keys), UncheckedSendable(values),
-                                         UncheckedSendable(scores), UncheckedSendable(att))
-            Parallel.forEach(nh) { h in
-                let qh = qs.value + h * hd
-                let g = h / group
-                let s = ss.value + h * L
-                let kBase = ks.value + range.lowerBound * kvDim + g * hd
-                for j in 0..<L { s[j] = Kernels.dot(qh, kBase + j * kvDim, hd) * scale }
-                Kernels.softmax(s, L)
-                let o = out.value + h * hd
+            let workers = min(max(1, L / 128), maxAttentionWorkers)
+            let stride = nh * (hd + 2)  // per worker: for each head [o(hd), max, sum]
+            let (qs, ks, vs, ss, ps) = (UncheckedSendable(q), UncheckedSendable(keys + range.lowerBound * kvDim),
+                                        UncheckedSendable(values + range.lowerBound * kvDim),
+                                        UncheckedSendable(scores), UncheckedSendable(attentionPartials))
+            let nkv = self.nkv
+            Parallel.forEach(workers) { w in
+                let lo = L * w / workers, hi = L * (w + 1) / workers
+                let part = ps.value + w * stride
+                for g in 0..<nkv {
+                    let heads = (g * group)..<((g + 1) * group)
+                    for j in lo..<hi {
+                        let krow = ks.value + j * kvDim + g * hd
+                        for h in heads { ss.value[h * L + j] = Kernels.dot(qs.value + h * hd, krow, hd) * scale }
+                    }
+                    for h in heads {
+                        let s = ss.value + h * L
+                        var m = -Float.infinity
+                        for j in lo..<hi where s[j] > m { m = s[j] }
+                        var sum: Float = 0
+                        for j in lo..<hi {
+                            let e = expf(s[j] - m)
+                            s[j] = e
+                            sum += e
+                        }
+                        let ph = part + h * (hd + 2)
+                        ph.update(repeating: 0, count: hd)
+                        ph[hd] = m
+                        ph[hd + 1] = sum
+                    }
+                    for j in lo..<hi {
+                        let vrow = vs.value + j * kvDim + g * hd
+                        for h in heads { GEMV.axpy(ss.value[h * L + j], vrow, part + h * (hd + 2), hd) }
+                    }
+                }
+            }
+            for h in 0..<nh {
+                var m = -Float.infinity
+                for w in 0..<workers { m = max(m, attentionPartials[w * stride + h * (hd + 2) + hd]) }
+                var total: Float = 0
+                let o = att + h * hd
                 o.update(repeating: 0, count: hd)
-                let vBase = vs.value + range.lowerBound * kvDim + g * hd
-                for j in 0..<L { GEMV.axpy(s[j], vBase + j * kvDim, o, hd) }
+                for w in 0..<workers {
+                    let ph = attentionPartials + w * stride + h * (hd + 2)
+                    let c = expf(ph[hd] - m)
+                    total += c * ph[hd + 1]
+                    GEMV.axpy(c, ph, o, hd)
+                }
+                let inv = 1 / total
+                for d in 0..<hd { o[d] *= inv }
             }
             return
         }

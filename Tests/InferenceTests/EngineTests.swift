@@ -51,7 +51,8 @@ import Gemma3Formats
     }
 
     @Test func promptLongerThanTheWindowInOnePass() throws {
-        try checkGreedyAgainstRecompute(config: smallConfig(window: 4), seed: 14, promptLength: 50, newTokens: 30, chunk: 512)
+        // 300 positions: decode attention over the full layer is split in parts and merged.
+        try checkGreedyAgainstRecompute(config: smallConfig(window: 4), seed: 14, promptLength: 270, newTokens: 30, chunk: 512)
     }
 
     @Test func evaluationLossMatchesTheTrainingForward() throws {
