@@ -46,6 +46,7 @@ let package = Package(
         ),
         .testTarget(name: "KernelsTests", dependencies: ["Gemma3Kernels"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Gemma3Tokenizers"]),
+        .testTarget(name: "DataTests", dependencies: ["Gemma3Training", "Gemma3Tokenizers"]),
         .testTarget(name: "TrainingTests", dependencies: ["Gemma3Training", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
         .testTarget(name: "ModelTests", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
         .testTarget(name: "InferenceTests", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers"]),

@@ -1,0 +1,79 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A read-only, memory-mapped token file as written by `gemma3 prepare` (`train.bin`, `val.bin`):
+/// raw little-endian `uint16` ids, nothing else. The file is mapped, not read, so a multi-GB split
+/// costs no RAM up front and can be shared by all threads.
+///
+///     let train = try TokenFile(url: dir.appendingPathComponent("train.bin"))
+///     let first = train[0]                                     // UInt16
+///     train.copyTokens(from: 1000, count: 129, into: int32Ptr) // batch construction
+public final class TokenFile: @unchecked Sendable {
+    public let url: URL
+    /// Number of tokens in the file.
+    public let count: Int
+    /// All tokens, valid for the lifetime of this object.
+    public let tokens: UnsafeBufferPointer<UInt16>
+    private let mapping: UnsafeMutableRawPointer?
+    private let mappedBytes: Int
+
+    /// Maps `url`. Throws a one-line error if it is missing, unreadable or has an odd byte count.
+    public init(url: URL) throws {
+        #if _endian(big)
+        #error("token files are little-endian; add byte swapping for big-endian hosts")
+        #endif
+        self.url = url
+        let fd = open(url.path, O_RDONLY)
+        guard fd >= 0 else {
+            if errno == ENOENT { throw FileIOError.notFound(url.path) }
+            throw FileIOError.cannotOpen(url.path, errno)
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw FileIOError.readFailed(url.path, errno) }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw FileIOError.notARegularFile(url.path) }
+        let size = Int(st.st_size)
+        guard size % 2 == 0 else {
+            throw FileIOError.malformed(url.path, "\(size) bytes is not a whole number of uint16 tokens (truncated?)")
+        }
+        mappedBytes = size
+        count = size / 2
+        if size == 0 {
+            mapping = nil
+            tokens = UnsafeBufferPointer(start: nil, count: 0)
+            return
+        }
+        guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
+            throw FileIOError.cannotOpen(url.path, errno)
+        }
+        mapping = p
+        tokens = UnsafeBufferPointer(start: p.assumingMemoryBound(to: UInt16.self), count: count)
+    }
+
+    deinit {
+        if let mapping { munmap(mapping, mappedBytes) }
+    }
+
+    /// Token `i` (bounds-checked).
+    @inlinable public subscript(i: Int) -> UInt16 { tokens[i] }
+
+    /// Copies `count` tokens starting at `start` into `destination`, widened to Int32
+    /// (the type the model's embedding lookup and loss take).
+    public func copyTokens(from start: Int, count n: Int, into destination: UnsafeMutablePointer<Int32>) {
+        precondition(start >= 0 && n >= 0 && start + n <= count, "token range \(start)..<\(start + n) outside 0..<\(count)")
+        let src = tokens.baseAddress! + start
+        for i in 0..<n { destination[i] = Int32(src[i]) }
+    }
+
+    /// Largest token id in the file (one pass; useful to check it against a model's vocabulary).
+    public func maximumToken() -> UInt16 {
+        var m: UInt16 = 0
+        for t in tokens where t > m { m = t }
+        return m
+    }
+}
