@@ -155,6 +155,9 @@ public struct TrainerOptions {
     public var maxConsecutiveNonFinite = 5
     /// Print the live progress line and log lines (to stderr).
     public var verbose = true
+    /// Without `resume`: replace a run already in `runDirectory` (its `best/` and `latest/` are
+    /// deleted) instead of refusing to start.
+    public var replaceExisting = false
     /// Behave as if interrupted once this many steps are complete (tests).
     public var stopAfterStep: Int?
 
@@ -258,8 +261,13 @@ public final class Trainer {
             optimizer = OptimizerState(layout: parameters.layout, hyper: AdamWHyperparameters(recipe: recipe), moments: r.moments, adamStep: state.adamStep)
             say("resuming \(run.path) at step \(state.step)/\(recipe.maxIters)")
         } else {
-            if hasLatest {
-                throw TrainingError.checkpoint("\(run.path) already holds a run (latest/); add --resume to continue it or choose another --out")
+            if hasLatest || TrainingCheckpoint.exists(runDirectory: run, name: TrainingCheckpoint.best) {
+                guard options.replaceExisting else {
+                    throw TrainingError.checkpoint("\(run.path) already holds a run; add --resume to continue it, --force to replace it, or choose another --out")
+                }
+                for name in [TrainingCheckpoint.latest, TrainingCheckpoint.best] {
+                    try? fm.removeItem(at: run.appendingPathComponent(name))
+                }
             }
             if options.resume { say("--resume: no checkpoint in \(run.path) yet; starting from scratch") }
             parameters = ParameterStore(config: config)

@@ -56,6 +56,9 @@ struct TrainCommand: ParsableCommand {
     @Flag(help: "Continue the run found in --out (starts from scratch if it has no checkpoint yet).")
     var resume = false
 
+    @Flag(help: "Replace a run already in --out (deletes its best/ and latest/) instead of refusing to start.")
+    var force = false
+
     @Option(help: ArgumentHelp("GPT-2 tokenizer files copied into checkpoints (default: the directory recorded in meta.json).", valueName: "dir"))
     var tokenizer: String?
 
@@ -70,6 +73,7 @@ struct TrainCommand: ParsableCommand {
         if let preset, Gemma3Config.preset(named: preset) == nil {
             throw ValidationError("unknown preset \"\(preset)\" (known: \(Gemma3Config.presetNames.joined(separator: ", ")))")
         }
+        if force && resume { throw ValidationError("--force starts afresh and --resume continues: give one of them") }
         if let dtype, TrainingDType(rawValue: dtype) == nil { throw ValidationError("--dtype must be f32 or bf16, got \"\(dtype)\"") }
     }
 
@@ -121,6 +125,7 @@ struct TrainCommand: ParsableCommand {
         var options = TrainerOptions(dataDirectory: dataDir, runDirectory: runDir, config: modelConfig, modelName: modelName,
                                      recipe: r, resume: resume, tokenizerDirectory: tokenizer.map { URL(fileURLWithPath: $0, isDirectory: true) })
         options.verbose = !quiet
+        options.replaceExisting = force
         let stop = StopFlag()
         stop.installSignalHandlers()
         let trainer = try Trainer(options: options, stopFlag: stop)

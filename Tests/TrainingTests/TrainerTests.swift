@@ -43,9 +43,11 @@ let tinyRecipe = TrainingRecipe(
 func fileBytes(_ url: URL) throws -> Data { try Data(contentsOf: url) }
 
 @Suite(.serialized) struct TrainerTests {
-    func train(data: URL, out: URL, recipe: TrainingRecipe = tinyRecipe, resume: Bool = false, stopAfter: Int? = nil) throws -> TrainingSummary {
+    func train(data: URL, out: URL, recipe: TrainingRecipe = tinyRecipe, resume: Bool = false, stopAfter: Int? = nil,
+               force: Bool = false) throws -> TrainingSummary {
         var o = TrainerOptions(dataDirectory: data, runDirectory: out, config: try tinyConfig(), modelName: "train-tiny", recipe: recipe, resume: resume)
         o.verbose = false
+        o.replaceExisting = force
         o.stopAfterStep = stopAfter
         return try Trainer(options: o).run()
     }
@@ -109,6 +111,9 @@ func fileBytes(_ url: URL) throws -> Data { try Data(contentsOf: url) }
         other.learningRate = 1e-3
         #expect(throws: TrainingError.self) { _ = try train(data: data, out: out, recipe: other, resume: true) }
         #expect(throws: TrainingError.self) { _ = try train(data: data, out: out) }
+        // --force replaces it: a fresh run from step 0.
+        let replaced = try train(data: data, out: out, stopAfter: 1, force: true)
+        #expect(replaced.step == 1)
         // --resume without a checkpoint starts from scratch.
         let fresh = tmp.url.appendingPathComponent("fresh")
         let s = try train(data: data, out: fresh, resume: true, stopAfter: 1)
