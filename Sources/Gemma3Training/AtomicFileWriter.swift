@@ -42,6 +42,7 @@ public enum TemporaryFiles {
     private final class Registry: @unchecked Sendable {
         let lock = NSLock()
         var paths = Set<String>()
+        var directories = Set<String>()
         var sources: [DispatchSourceSignal] = []
     }
     private static let registry = Registry()
@@ -52,6 +53,15 @@ public enum TemporaryFiles {
 
     static func unregister(_ path: String) {
         registry.lock.lock(); registry.paths.remove(path); registry.lock.unlock()
+    }
+
+    /// A directory created for outputs: removed on interrupt if it is empty by then.
+    static func registerDirectory(_ path: String) {
+        registry.lock.lock(); registry.directories.insert(path); registry.lock.unlock()
+    }
+
+    static func unregisterDirectory(_ path: String) {
+        registry.lock.lock(); registry.directories.remove(path); registry.lock.unlock()
     }
 
     /// Makes SIGINT and SIGTERM delete every registered temporary file, then exit with 128+signal.
@@ -66,6 +76,7 @@ public enum TemporaryFiles {
             source.setEventHandler {
                 registry.lock.lock()
                 for p in registry.paths { unlink(p) }
+                for d in registry.directories { rmdir(d) }  // fails, harmlessly, unless empty
                 registry.paths.removeAll()
                 registry.lock.unlock()
                 FileHandle.standardError.write("\ninterrupted; temporary files removed\n".data(using: .utf8)!)

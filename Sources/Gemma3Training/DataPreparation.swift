@@ -270,7 +270,9 @@ public enum DataPreparation {
         }
         // On failure: remove temporaries (the writers' deinit) and a directory we created, if still empty.
         var succeeded = false
+        if !existed { TemporaryFiles.registerDirectory(out.path) }
         defer {
+            if !existed { TemporaryFiles.unregisterDirectory(out.path) }
             if !succeeded && !existed, let left = try? fm.contentsOfDirectory(atPath: out.path), left.isEmpty {
                 try? fm.removeItem(at: out)
             }

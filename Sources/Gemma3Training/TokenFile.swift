@@ -17,7 +17,8 @@ public final class TokenFile: @unchecked Sendable {
     public let url: URL
     /// Number of tokens in the file.
     public let count: Int
-    /// All tokens, valid for the lifetime of this object.
+    /// All tokens. The memory is unmapped when this object is deallocated: keep a reference to the
+    /// `TokenFile` while using the buffer (or use `withTokens`).
     public let tokens: UnsafeBufferPointer<UInt16>
     private let mapping: UnsafeMutableRawPointer?
     private let mappedBytes: Int
@@ -59,6 +60,11 @@ public final class TokenFile: @unchecked Sendable {
         if let mapping { munmap(mapping, mappedBytes) }
     }
 
+    /// Calls `body` with all tokens, keeping the mapping alive meanwhile.
+    public func withTokens<R>(_ body: (UnsafeBufferPointer<UInt16>) throws -> R) rethrows -> R {
+        try withExtendedLifetime(self) { try body(tokens) }
+    }
+
     /// Token `i` (bounds-checked).
     @inlinable public subscript(i: Int) -> UInt16 { tokens[i] }
 
@@ -66,14 +72,19 @@ public final class TokenFile: @unchecked Sendable {
     /// (the type the model's embedding lookup and loss take).
     public func copyTokens(from start: Int, count n: Int, into destination: UnsafeMutablePointer<Int32>) {
         precondition(start >= 0 && n >= 0 && start + n <= count, "token range \(start)..<\(start + n) outside 0..<\(count)")
-        let src = tokens.baseAddress! + start
-        for i in 0..<n { destination[i] = Int32(src[i]) }
+        guard n > 0 else { return }
+        withTokens { t in
+            let src = t.baseAddress! + start
+            for i in 0..<n { destination[i] = Int32(src[i]) }
+        }
     }
 
     /// Largest token id in the file (one pass; useful to check it against a model's vocabulary).
     public func maximumToken() -> UInt16 {
-        var m: UInt16 = 0
-        for t in tokens where t > m { m = t }
-        return m
+        withTokens { t in
+            var m: UInt16 = 0
+            for x in t where x > m { m = x }
+            return m
+        }
     }
 }
