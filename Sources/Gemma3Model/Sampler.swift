@@ -150,9 +150,12 @@ public struct Sampler: Sendable {
             weights = [1]
             return 1
         }
-        // Total mass of the whole vocabulary (needed for top-p, which is relative to all tokens).
+        // Total mass of the whole vocabulary: top-p without top-k is relative to all tokens.
+        // (With top-k, top-p is relative to the k survivors and the total is not needed.)
         var z = 0.0
-        for v in logits { z += exp((Double(v) - m) * invT) }
+        if options.topP < 1 && options.topK == 0 {
+            for v in logits { z += exp((Double(v) - m) * invT) }
+        }
 
         let k = options.topK > 0 ? min(options.topK, logits.count) : logits.count
         // min-p keeps p ≥ minP · pmax  ⇔  (logit − max)/T ≥ ln(minP).
