@@ -1,0 +1,135 @@
+/// A weight matrix stored in a ggml block format (Q8_0, Q5_0, Q4_K, …, or F32/F16/BF16), used
+/// in place: typically borrowed from a memory-mapped GGUF file.
+///
+/// - Decode (`gemv`): fused kernels on the blocks (`GGMLDot`), activations quantized to 16 bits per
+///   block of 32 (`.int16`, the default), or, with `.float`, each row dequantized to float32 and
+///   multiplied in float (exact arithmetic on the dequantized weights; slower, for verification).
+/// - Prefill (`gemm`, from `LinearWeight`'s default): panels of rows are dequantized to float32 and
+///   multiplied with `sgemm`.
+public final class QuantizedLinear: LinearWeight, @unchecked Sendable {
+    /// How `gemv` treats the activations.
+    public enum ActivationPrecision: String, Sendable, CaseIterable {
+        /// Integer kernels with 16-bit activations (≈ 1e-5 relative to exact float arithmetic).
+        case int16
+        /// Dequantize each row to float32 and multiply in float32.
+        case float
+    }
+
+    public let type: GGMLType
+    public let outFeatures: Int
+    public let inFeatures: Int
+    /// Bytes of one row of blocks.
+    public let rowBytes: Int
+    /// First byte of row 0 (rows are contiguous, `rowBytes` apart).
+    public let data: UnsafeRawPointer
+    public let activations: ActivationPrecision
+    private let owner: AnyObject?
+    private let owned: UnsafeMutableRawPointer?
+
+    /// Borrows `outFeatures × rowBytes` bytes at `data`; `owner` (e.g. the mapped file) is retained.
+    /// Throws a one-line error for types without kernels or rows that are not whole blocks.
+    public init(type: GGMLType, borrowing data: UnsafeRawPointer, outFeatures: Int, inFeatures: Int,
+                owner: AnyObject?, activations: ActivationPrecision = .int16) throws {
+        self.rowBytes = try QuantizedLinear.checkShape(type, outFeatures, inFeatures)
+        self.type = type
+        self.data = data
+        self.outFeatures = outFeatures
+        self.inFeatures = inFeatures
+        self.owner = owner
+        self.owned = nil
+        self.activations = activations
+    }
+
+    /// Copies packed blocks (`outFeatures` rows of `type.byteCount(elements: inFeatures)` bytes).
+    public init(type: GGMLType, bytes: [UInt8], outFeatures: Int, inFeatures: Int, activations: ActivationPrecision = .int16) throws {
+        let rowBytes = try QuantizedLinear.checkShape(type, outFeatures, inFeatures)
+        guard bytes.count == rowBytes * outFeatures else {
+            throw GGMLBlocks.Unsupported("\(type.name) matrix \(outFeatures)×\(inFeatures) needs \(rowBytes * outFeatures) bytes, got \(bytes.count)")
+        }
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(1, bytes.count), alignment: 64)
+        bytes.withUnsafeBytes { if let base = $0.baseAddress { p.copyMemory(from: base, byteCount: $0.count) } }
+        self.rowBytes = rowBytes
+        self.type = type
+        self.data = UnsafeRawPointer(p)
+        self.outFeatures = outFeatures
+        self.inFeatures = inFeatures
+        self.owner = nil
+        self.owned = p
+        self.activations = activations
+    }
+
+    /// Quantizes a row-major float32 matrix.
+    public convenience init(quantizing values: UnsafeBufferPointer<Float>, type: GGMLType, outFeatures: Int, inFeatures: Int,
+                            activations: ActivationPrecision = .int16) throws {
+        let bytes = try GGMLBlocks.quantize(type, values, rows: outFeatures, cols: inFeatures)
+        try self.init(type: type, bytes: bytes, outFeatures: outFeatures, inFeatures: inFeatures, activations: activations)
+    }
+
+    /// The same weights with another activation precision (shares the storage).
+    public func with(activations: ActivationPrecision) -> QuantizedLinear {
+        // Both initialisers validated the shape already; `try!` cannot fail here.
+        try! QuantizedLinear(type: type, borrowing: data, outFeatures: outFeatures, inFeatures: inFeatures,
+                             owner: self, activations: activations)
+    }
+
+    deinit { owned?.deallocate() }
+
+    private static func checkShape(_ type: GGMLType, _ rows: Int, _ cols: Int) throws -> Int {
+        guard type.hasKernels else {
+            throw GGMLBlocks.Unsupported("tensor type \(type.name) is not supported (supported: F32, F16, BF16, Q4_0, Q5_0, Q8_0, Q4_K, Q6_K)")
+        }
+        guard rows >= 0, cols > 0, let rowBytes = type.byteCount(elements: cols) else {
+            throw GGMLBlocks.Unsupported("\(type.name) rows of \(cols) values are not a whole number of \(type.blockSize)-value blocks")
+        }
+        return rowBytes
+    }
+
+    public var storageBytes: Int { outFeatures * rowBytes }
+
+    public func gemv(rows: Range<Int>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        guard !rows.isEmpty else { return }
+        switch type {
+        case .f32:
+            GEMV.f32(data.assumingMemoryBound(to: Float.self), ld: inFeatures, cols: inFeatures, rows: rows, x: x, y: y)
+            return
+        case .bf16:
+            GEMV.bf16(data.assumingMemoryBound(to: UInt16.self), ld: inFeatures, cols: inFeatures, rows: rows, x: x, y: y)
+            return
+        case .f16:
+            GGMLDot.f16(data, rowBytes: rowBytes, cols: inFeatures, rows: rows, x: x, y: y)
+            return
+        default: break
+        }
+        if activations == .float {
+            gemvFloat(rows: rows, x: x, y: y)
+            return
+        }
+        GGMLDot.withQuantized(x, count: inFeatures) { xq in
+            switch type {
+            case .q8_0: GGMLDot.q8_0(data, rowBytes: rowBytes, rows: rows, x: xq, y: y)
+            case .q4_0: GGMLDot.q4_0(data, rowBytes: rowBytes, rows: rows, x: xq, y: y)
+            case .q5_0: GGMLDot.q5_0(data, rowBytes: rowBytes, rows: rows, x: xq, y: y)
+            case .q4_K: GGMLDot.q4_K(data, rowBytes: rowBytes, rows: rows, x: xq, y: y)
+            case .q6_K: GGMLDot.q6_K(data, rowBytes: rowBytes, rows: rows, x: xq, y: y)
+            default: break  // excluded by checkShape
+            }
+        }
+    }
+
+    /// Row by row: dequantize into a stack buffer, then a float32 dot product.
+    private func gemvFloat(rows: Range<Int>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: inFeatures) { buffer in
+            let row = buffer.baseAddress!
+            for r in rows {
+                GGMLBlocks.dequantizeRowUnchecked(type, data + r * rowBytes, row, count: inFeatures)
+                y[r] = Kernels.dot(row, x, inFeatures)
+            }
+        }
+    }
+
+    public func dequantize(rows: Range<Int>, into out: UnsafeMutablePointer<Float>) {
+        for (i, r) in rows.enumerated() {
+            GGMLBlocks.dequantizeRowUnchecked(type, data + r * rowBytes, out + i * inFeatures, count: inFeatures)
+        }
+    }
+}
