@@ -79,6 +79,10 @@ public enum HFCheckpoint {
     public static func save(config: Gemma3Config, parameters: ParameterStore, directory: URL, dtype: SafeTensorsDType = .f32) throws {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         try parameters.save(to: directory.appendingPathComponent("model.safetensors"), dtype: dtype)
-        try config.write(to: directory.appendingPathComponent("config.json"))
+        // config.json's "dtype" names the stored precision (transformers uses it for dtype="auto").
+        var object = try JSONSerialization.jsonObject(with: try config.jsonData()) as? [String: Any] ?? [:]
+        object["dtype"] = dtype == .bf16 ? "bfloat16" : dtype == .f16 ? "float16" : "float32"
+        let json = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+        try AtomicFile.write(json, to: directory.appendingPathComponent("config.json"))
     }
 }
