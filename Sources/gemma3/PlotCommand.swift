@@ -46,9 +46,9 @@ struct PlotCommand: ParsableCommand {
         try FileManager.default.createDirectory(at: outURL, withIntermediateDirectories: true)
         let report = try TrainingReport(runDirectory: runURL)
 
-        var temps: [Float] = []
+        var temps: [Double] = []
         for part in temperatures.split(separator: ",") {
-            guard let t = Float(part.trimmingCharacters(in: .whitespaces)), t >= 0, t.isFinite else {
+            guard let t = Double(part.trimmingCharacters(in: .whitespaces)), t >= 0, t.isFinite else {
                 throw ValidationError("--temperatures must be comma-separated numbers ≥ 0, got \"\(temperatures)\"")
             }
             temps.append(t)
@@ -73,10 +73,10 @@ struct PlotCommand: ParsableCommand {
                 if config.vocabSize > Int(gpt2.endOfTextTokenID) { stop.insert(Int(gpt2.endOfTextTokenID)) }
                 for (k, t) in temps.enumerated() {
                     let options = GenerationOptions(maxNewTokens: maxNewTokens,
-                                                    sampling: SamplingOptions(temperature: t, seed: seed + UInt64(k)),
+                                                    sampling: SamplingOptions(temperature: Float(t), seed: seed + UInt64(k)),
                                                     stopTokenIds: stop)
                     let r = try generator.generate(prompt: prompt, options: options)
-                    samples.append(ReportSample(temperature: Double(t), prompt: prompt, text: prompt + r.text))
+                    samples.append(ReportSample(temperature: t, prompt: prompt, text: prompt + r.text))
                 }
                 note = "From `\(name)/`, \(maxNewTokens) new tokens at most, seeds \(seed)…\(seed + UInt64(temps.count - 1)) "
                     + "(`gemma3 generate --model \(dir.path) --prompt \"\(prompt)\" --temperature T --seed S` reproduces them)."
