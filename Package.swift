@@ -50,5 +50,6 @@ let package = Package(
         .testTarget(name: "TrainingTests", dependencies: ["Gemma3Training", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
         .testTarget(name: "ModelTests", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
         .testTarget(name: "InferenceTests", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers"]),
+        .testTarget(name: "GGUFTests", dependencies: ["Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Model"]),
     ]
 )

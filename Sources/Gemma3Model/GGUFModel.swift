@@ -1,0 +1,299 @@
+import Foundation
+import Gemma3Formats
+import Gemma3Kernels
+import Gemma3Tokenizers
+
+/// Gemma 3 models in GGUF files (as written by llama.cpp's `convert_hf_to_gguf.py`, architecture
+/// `gemma3`): hyper-parameters, tensor names, weights and tokenizer.
+///
+/// Facts of that format this code relies on:
+/// - Norm weights are stored **with Gemma's +1 already added** (the converter adds 1 so that
+///   llama.cpp can multiply by the stored value). This project's model computes x·(1 + w), so 1 is
+///   subtracted on load and added back on export.
+/// - Q and K projections are *not* permuted for Gemma 3 (llama.cpp runs it with NeoX-style
+///   rotate-half RoPE, like Hugging Face), so they map one to one.
+/// - The local (sliding-window) RoPE base is not in the file unless `gemma3.rope.freq_base_swa` is
+///   present; llama.cpp then uses 10 000, as Gemma 3 does. Layer l is full attention when
+///   (l + 1) % 6 == 0 unless `gemma3.attention.sliding_window_pattern` says otherwise.
+/// - Attention scores are scaled by 1/√head_dim (llama.cpp: 1/√(hidden/heads) for the 27B model only).
+public enum GGUFGemma3 {
+    /// The architecture string of Gemma 3 GGUF files.
+    public static let architecture = "gemma3"
+
+    // MARK: Tensor names
+
+    /// GGUF tensor name → Hugging Face name (`model.layers.N.…`), or nil when unknown.
+    public static func huggingFaceName(forGGUF name: String) -> String? {
+        switch name {
+        case "token_embd.weight": return "model.embed_tokens.weight"
+        case "output_norm.weight": return "model.norm.weight"
+        case "output.weight": return "lm_head.weight"
+        default: break
+        }
+        let parts = name.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4, parts[0] == "blk", let layer = Int(parts[1]), layer >= 0, parts[3] == "weight",
+              let suffix = layerNames.first(where: { $0.gguf == parts[2] })?.hf else { return nil }
+        return "model.layers.\(layer).\(suffix).weight"
+    }
+
+    /// Hugging Face name → GGUF tensor name, or nil when unknown.
+    public static func ggufName(forHuggingFace name: String) -> String? {
+        switch name {
+        case "model.embed_tokens.weight": return "token_embd.weight"
+        case "model.norm.weight": return "output_norm.weight"
+        case "lm_head.weight": return "output.weight"
+        default: break
+        }
+        let prefix = "model.layers."
+        guard name.hasPrefix(prefix), name.hasSuffix(".weight") else { return nil }
+        let rest = name.dropFirst(prefix.count).dropLast(".weight".count)
+        guard let dot = rest.firstIndex(of: "."), let layer = Int(rest[..<dot]), layer >= 0 else { return nil }
+        let suffix = String(rest[rest.index(after: dot)...])
+        guard let gguf = layerNames.first(where: { $0.hf == suffix })?.gguf else { return nil }
+        return "blk.\(layer).\(gguf).weight"
+    }
+
+    /// Per-layer tensor names: GGUF short name and Hugging Face suffix.
+    public static let layerNames: [(gguf: String, hf: String)] = [
+        ("attn_norm", "input_layernorm"),
+        ("attn_q", "self_attn.q_proj"),
+        ("attn_k", "self_attn.k_proj"),
+        ("attn_v", "self_attn.v_proj"),
+        ("attn_q_norm", "self_attn.q_norm"),
+        ("attn_k_norm", "self_attn.k_norm"),
+        ("attn_output", "self_attn.o_proj"),
+        ("post_attention_norm", "post_attention_layernorm"),
+        ("ffn_norm", "pre_feedforward_layernorm"),
+        ("ffn_gate", "mlp.gate_proj"),
+        ("ffn_up", "mlp.up_proj"),
+        ("ffn_down", "mlp.down_proj"),
+        ("post_ffw_norm", "post_feedforward_layernorm"),
+    ]
+
+    /// Whether a Hugging Face parameter name is an RMSNorm weight (stored as 1 + w in GGUF).
+    public static func isNorm(huggingFaceName name: String) -> Bool {
+        name.hasSuffix("norm.weight")
+    }
+
+    // MARK: Configuration
+
+    /// The model hyper-parameters from the `gemma3.*` metadata (and the embedding's shape).
+    public static func config(from file: GGUFFile) throws -> Gemma3Config {
+        let arch = try file.string("general.architecture")
+        guard arch == architecture else {
+            throw FormatError("\(file.path): architecture \"\(arch)\" is not supported (only \(architecture))")
+        }
+        func key(_ k: String) -> String { "\(architecture).\(k)" }
+        func optionalInt(_ k: String) throws -> Int? { file[key(k)] == nil ? nil : try file.int(key(k)) }
+        let hidden = try file.int(key("embedding_length"))
+        let layers = try file.int(key("block_count"))
+        let heads = try file.int(key("attention.head_count"))
+        guard file[key("attention.head_count_kv")]?.arrayValue == nil else {
+            throw FormatError("\(file.path): per-layer head_count_kv arrays are not supported")
+        }
+        let kvHeads = try optionalInt("attention.head_count_kv") ?? heads
+        let headDim = try optionalInt("attention.key_length") ?? (heads > 0 ? hidden / heads : 0)
+        if let v = try optionalInt("attention.value_length"), v != headDim {
+            throw FormatError("\(file.path): value_length \(v) differs from key_length \(headDim), which Gemma 3 does not do")
+        }
+        guard let embedding = file.tensor(named: "token_embd.weight"), embedding.dimensions.count == 2 else {
+            throw FormatError("\(file.path): missing 2-D tensor token_embd.weight")
+        }
+        guard embedding.dimensions[0] == hidden else {
+            throw FormatError("\(file.path): token_embd.weight rows have \(embedding.dimensions[0]) values, embedding_length is \(hidden)")
+        }
+        let window = try optionalInt("attention.sliding_window") ?? 0
+        var layerTypes = Gemma3Config.layerTypes(count: layers, slidingWindowPattern: window > 0 ? 6 : 0)
+        if window <= 0 {
+            layerTypes = Array(repeating: .fullAttention, count: layers)
+        } else if let pattern = file[key("attention.sliding_window_pattern")] {
+            if let items = pattern.arrayValue {
+                guard items.count == layers else {
+                    throw FormatError("\(file.path): sliding_window_pattern has \(items.count) entries for \(layers) layers")
+                }
+                layerTypes = try items.map { item in
+                    if let b = item.boolValue { return b ? .slidingAttention : .fullAttention }
+                    if let i = item.intValue { return i != 0 ? .slidingAttention : .fullAttention }
+                    throw FormatError("\(file.path): sliding_window_pattern holds \(item.type) values")
+                }
+            } else if let n = pattern.intValue {
+                // llama.cpp: layer l slides when l % n < n − 1 (n = 0: all sliding).
+                layerTypes = (0..<layers).map { l in n == 0 || l % n < n - 1 ? .slidingAttention : .fullAttention }
+            }
+        }
+        if let cap = file[key("final_logit_softcapping")]?.doubleValue, cap > 0 {
+            throw FormatError("\(file.path): final logit softcapping (\(cap)) is not supported")
+        }
+        let ropeFull = file[key("rope.freq_base")]?.doubleValue ?? 10_000
+        let ropeLocal = file[key("rope.freq_base_swa")]?.doubleValue ?? 10_000
+        let eps = try file.double(key("attention.layer_norm_rms_epsilon"))
+        let bos = file["tokenizer.ggml.bos_token_id"]?.intValue
+        var eos: [Int] = []
+        if let e = file["tokenizer.ggml.eos_token_id"]?.intValue { eos.append(e) }
+        if let tokens = file["tokenizer.ggml.tokens"]?.arrayValue,
+           let endOfTurn = tokens.firstIndex(where: { $0.stringValue == "<end_of_turn>" }), !eos.contains(endOfTurn) {
+            eos.append(endOfTurn)
+        }
+        var config = Gemma3Config(
+            vocabSize: embedding.dimensions[1], hiddenSize: hidden,
+            intermediateSize: try file.int(key("feed_forward_length")),
+            numHiddenLayers: layers, numAttentionHeads: heads, numKeyValueHeads: kvHeads, headDim: headDim,
+            queryPreAttnScalar: layers == 62 ? Double(hidden / max(1, heads)) : Double(headDim),
+            slidingWindow: window > 0 ? window : (try optionalInt("context_length") ?? 8192),
+            layerTypes: layerTypes,
+            ropeThetaFull: ropeFull, ropeThetaSliding: ropeLocal,
+            rmsNormEps: Double(Float(eps)),
+            tieWordEmbeddings: file.tensor(named: "output.weight") == nil,
+            maxPositionEmbeddings: try optionalInt("context_length") ?? 32768,
+            bosTokenId: bos, eosTokenIds: eos,
+            padTokenId: file["tokenizer.ggml.padding_token_id"]?.intValue)
+        config.rmsNormEps = eps == Double(Float(1e-6)) ? 1e-6 : eps  // the float32-rounded 1e-6 is HF's 1e-6
+        do { try config.validate() } catch let e as Gemma3ConfigError {
+            throw FormatError("\(file.path): \(e.message)")
+        }
+        return config
+    }
+
+    /// llama.cpp's `general.file_type` names (the "mostly" type of a file).
+    public static func fileTypeName(_ v: Int) -> String? {
+        let names: [Int: String] = [
+            0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+            11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M",
+            18: "Q6_K", 32: "BF16",
+        ]
+        return names[v]
+    }
+
+    /// A short description of the file's weight format ("Q4_K_M", or the types used).
+    public static func formatName(of file: GGUFFile) -> String {
+        if let t = file["general.file_type"]?.intValue, let name = fileTypeName(t) { return name }
+        var types: [String] = []
+        for t in file.tensors where t.dimensions.count == 2 && !types.contains(t.typeName) { types.append(t.typeName) }
+        return types.joined(separator: "+")
+    }
+
+    // MARK: Weights
+
+    /// Inference weights that use the file's blocks in place (`QuantizedLinear` borrowing the
+    /// mapping). Norm weights are converted to the (1 + w) convention.
+    public static func inferenceWeights(from file: GGUFFile, config: Gemma3Config? = nil,
+                                        activations: QuantizedLinear.ActivationPrecision = .int16) throws -> InferenceWeights {
+        let config = try config ?? self.config(from: file)
+        func matrix(_ name: String) throws -> QuantizedLinear { try file.linear(named: name, activations: activations) }
+        func norm(_ name: String) throws -> [Float] { try file.floats(tensor: name).map { $0 - 1 } }
+        var layers: [LayerWeights] = []
+        for l in 0..<config.numHiddenLayers {
+            let p = "blk.\(l)."
+            layers.append(LayerWeights(
+                q: try matrix(p + "attn_q.weight"), k: try matrix(p + "attn_k.weight"), v: try matrix(p + "attn_v.weight"),
+                o: try matrix(p + "attn_output.weight"),
+                gate: try matrix(p + "ffn_gate.weight"), up: try matrix(p + "ffn_up.weight"), down: try matrix(p + "ffn_down.weight"),
+                inputNorm: try norm(p + "attn_norm.weight"), qNorm: try norm(p + "attn_q_norm.weight"),
+                kNorm: try norm(p + "attn_k_norm.weight"), postAttentionNorm: try norm(p + "post_attention_norm.weight"),
+                preFeedforwardNorm: try norm(p + "ffn_norm.weight"), postFeedforwardNorm: try norm(p + "post_ffw_norm.weight")))
+        }
+        let embedding = try matrix("token_embd.weight")
+        let head = file.tensor(named: "output.weight") == nil ? nil : try matrix("output.weight")
+        do {
+            return try InferenceWeights(config: config, embedding: embedding, lmHead: head, layers: layers,
+                                        finalNorm: try norm("output_norm.weight"), formatName: formatName(of: file))
+        } catch let e as GenerationError {
+            throw FormatError("\(file.path): \(e)")
+        }
+    }
+
+    /// Every parameter dequantized to float32 in a `ParameterStore` (Hugging Face layout and norm
+    /// convention): the "float path" on exactly the file's weights.
+    public static func parameters(from file: GGUFFile, config: Gemma3Config) throws -> ParameterStore {
+        let store = ParameterStore(config: config)
+        for t in store.layout.tensors {
+            guard let name = ggufName(forHuggingFace: t.name) else { throw FormatError("no GGUF name for \(t.name)") }
+            guard let info = file.tensor(named: name) else { throw FormatError("\(file.path): missing tensor \(name)") }
+            guard info.dimensions.reversed() == t.shape else {
+                throw FormatError("\(file.path): tensor \(name) has dimensions \(info.dimensions), the config needs \(Array(t.shape.reversed()))")
+            }
+            let values = try file.floats(tensor: name)
+            let shift: Float = isNorm(huggingFaceName: t.name) ? 1 : 0
+            let dst = store.view(t)
+            for i in 0..<values.count { dst[i] = values[i] - shift }
+        }
+        return store
+    }
+
+    // MARK: Tokenizer
+
+    /// The Gemma tokenizer stored in the file's `tokenizer.ggml.*` metadata.
+    public static func tokenizer(from file: GGUFFile) throws -> GemmaTokenizer {
+        let model = try file.string("tokenizer.ggml.model")
+        guard model == "llama" else {
+            throw FormatError("\(file.path): tokenizer model \"\(model)\" is not supported (Gemma files use \"llama\", SentencePiece)")
+        }
+        let pieces = try file.strings("tokenizer.ggml.tokens")
+        let scores = file["tokenizer.ggml.scores"] == nil ? [Float](repeating: 0, count: pieces.count) : try file.floats("tokenizer.ggml.scores")
+        let types = file["tokenizer.ggml.token_type"] == nil ? [Int](repeating: 1, count: pieces.count) : try file.ints("tokenizer.ggml.token_type")
+        do {
+            return try GemmaTokenizer(
+                pieces: pieces, scores: scores, types: types.map { Int32(truncatingIfNeeded: $0) },
+                bosTokenID: Int32(try file.int("tokenizer.ggml.bos_token_id")),
+                eosTokenID: Int32(try file.int("tokenizer.ggml.eos_token_id")),
+                addBOS: file["tokenizer.ggml.add_bos_token"]?.boolValue ?? true,
+                addSpacePrefix: file["tokenizer.ggml.add_space_prefix"]?.boolValue ?? false,
+                source: file.path)
+        } catch let e as TokenizerError {
+            throw FormatError(e.description)
+        }
+    }
+
+    // MARK: Export
+
+    /// A GGUF file (architecture `gemma3`) holding a model's parameters: matrices in `matrixType`
+    /// (F32, F16, BF16, Q8_0, Q4_0, Q5_0, …; the embedding too), norms in F32 with +1 added, and the
+    /// Gemma tokenizer when given. The result can be read back with `inferenceWeights(from:)`.
+    public static func writer(config: Gemma3Config, parameters store: ParameterStore, matrixType: GGMLType = .f32,
+                              tokenizer: GemmaTokenizer? = nil, name: String = "gemma3-swift") throws -> GGUFWriter {
+        var w = GGUFWriter()
+        w.set("general.architecture", .string(architecture))
+        w.set("general.name", .string(name))
+        w.set("general.file_type", .uint32(matrixType == .f32 ? 0 : matrixType == .f16 ? 1 : matrixType == .bf16 ? 32 :
+                                            matrixType == .q8_0 ? 7 : matrixType == .q4_0 ? 2 : matrixType == .q5_0 ? 8 : 1024))
+        func k(_ s: String) -> String { "\(architecture).\(s)" }
+        w.set(k("context_length"), .uint32(UInt32(config.maxPositionEmbeddings)))
+        w.set(k("embedding_length"), .uint32(UInt32(config.hiddenSize)))
+        w.set(k("block_count"), .uint32(UInt32(config.numHiddenLayers)))
+        w.set(k("feed_forward_length"), .uint32(UInt32(config.intermediateSize)))
+        w.set(k("attention.head_count"), .uint32(UInt32(config.numAttentionHeads)))
+        w.set(k("attention.head_count_kv"), .uint32(UInt32(config.numKeyValueHeads)))
+        w.set(k("attention.key_length"), .uint32(UInt32(config.headDim)))
+        w.set(k("attention.value_length"), .uint32(UInt32(config.headDim)))
+        w.set(k("attention.layer_norm_rms_epsilon"), .float32(Float(config.rmsNormEps)))
+        w.set(k("rope.freq_base"), .float32(Float(config.ropeThetaFull)))
+        w.set(k("rope.freq_base_swa"), .float32(Float(config.ropeThetaSliding)))
+        w.set(k("attention.sliding_window"), .uint32(UInt32(config.slidingWindow)))
+        w.set(k("attention.sliding_window_pattern"), .array(.bool, config.layerTypes.map { .bool($0 == .slidingAttention) }))
+        if let tokenizer {
+            w.set("tokenizer.ggml.model", .string("llama"))
+            w.set("tokenizer.ggml.pre", .string("default"))
+            w.set("tokenizer.ggml.tokens", .array(.string, tokenizer.pieces.map { .string(String(decoding: $0, as: UTF8.self)) }))
+            w.set("tokenizer.ggml.scores", .array(.float32, tokenizer.scores.map { .float32($0) }))
+            w.set("tokenizer.ggml.token_type", .array(.int32, tokenizer.types.map { .int32($0.rawValue) }))
+            w.set("tokenizer.ggml.bos_token_id", .uint32(UInt32(tokenizer.bosTokenID)))
+            w.set("tokenizer.ggml.eos_token_id", .uint32(UInt32(tokenizer.eosTokenID)))
+            w.set("tokenizer.ggml.add_bos_token", .bool(tokenizer.addBOS))
+            w.set("tokenizer.ggml.add_space_prefix", .bool(tokenizer.addSpacePrefix))
+        } else {
+            if let bos = config.bosTokenId { w.set("tokenizer.ggml.bos_token_id", .uint32(UInt32(bos))) }
+            if let eos = config.eosTokenIds.first { w.set("tokenizer.ggml.eos_token_id", .uint32(UInt32(eos))) }
+        }
+        for t in store.layout.tensors {
+            guard let name = ggufName(forHuggingFace: t.name) else { throw FormatError("no GGUF name for \(t.name)") }
+            let view = store.view(t)
+            let dims = Array(t.shape.reversed())
+            if isNorm(huggingFaceName: t.name) {
+                try w.addTensor(name, type: .f32, dimensions: dims, values: view.map { $0 + 1 })
+            } else {
+                try w.addTensor(name, type: matrixType, dimensions: dims, values: Array(view))
+            }
+        }
+        return w
+    }
+}
