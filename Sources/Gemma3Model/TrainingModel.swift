@@ -49,7 +49,8 @@ public enum StepPhase: Int, CaseIterable, Sendable {
 /// model.backward()                                       // accumulates d loss / d θ into model.gradients
 /// ```
 /// Threading: matrix products are split over `Parallel` workers with single-threaded OpenBLAS
-/// (`forward`/`backward` set `BLAS.setThreads(1)`); everything else is split over rows.
+/// (`forward`/`backward` set `BLAS.setThreads(1)`); everything else is split over rows, so only one thread
+/// pool is ever busy. `GEMMA3_GEMM=openblas` instead lets OpenBLAS thread each product itself (for A/B timing).
 public final class Gemma3TrainingModel {
     public let config: Gemma3Config
     public let batchSize: Int
@@ -274,9 +275,18 @@ public final class Gemma3TrainingModel {
     private func gemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
                       a: UnsafePointer<Float>, lda: Int? = nil, b: UnsafePointer<Float>, ldb: Int? = nil,
                       beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int? = nil) {
-        ParallelGEMM.sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
-                           a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        if Self.openBLASThreading {
+            BLAS.setThreads(workers)
+            BLAS.sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
+                       a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            BLAS.setThreads(1)
+        } else {
+            ParallelGEMM.sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
+                               a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        }
     }
+
+    static let openBLASThreading = ProcessInfo.processInfo.environment["GEMMA3_GEMM"] == "openblas"
 
     /// Runs `body(worker, rows)` over `count` rows split into `workers` contiguous parts.
     @inline(__always)
