@@ -36,6 +36,12 @@ struct BenchGenerateCommand: ParsableCommand {
     @Option(help: "Seed of the random weights and prompt.")
     var seed: UInt64 = 1234
 
+    @Option(help: ArgumentHelp("Also time Hugging Face transformers' generate() with this python (needs torch and transformers), same shape and lengths, in the same run.", valueName: "python"))
+    var transformers: String?
+
+    @Option(help: ArgumentHelp("The reference script run by --transformers.", valueName: "file"))
+    var transformersScript = "scripts/reference/hf_generate_bench.py"
+
     @Flag(help: "Print one JSON object.")
     var json = false
 
@@ -86,9 +92,10 @@ struct BenchGenerateCommand: ParsableCommand {
         let bytesPerToken = weights.decodeBytesPerToken
         let prefillGFLOPs = prefillFLOPs(config) / prefillSeconds / 1e9
         let sgemm = measureSGEMM(config)
+        let reference = transformers.map { runTransformers(python: $0) }
 
         if json {
-            let object: [String: Any] = [
+            var object: [String: Any] = [
                 "preset": preset, "dtype": dtype, "prompt_tokens": promptTokens, "new_tokens": newTokens, "runs": runs,
                 "threads": Parallel.threadCount,
                 "prefill_seconds": prefillSeconds, "prefill_tokens_per_second": prefillTPS,
@@ -101,6 +108,11 @@ struct BenchGenerateCommand: ParsableCommand {
                 "kv_cache_bytes_full_context": KVCache.bytes(config: config, context: config.maxPositionEmbeddings),
                 "full_context": config.maxPositionEmbeddings,
             ]
+            if let reference {
+                object["transformers"] = reference
+                if let theirs = reference["decode_tokens_per_second"] as? Double, theirs > 0 { object["decode_speedup_vs_transformers"] = decodeTPS / theirs }
+                if let theirs = reference["prefill_tokens_per_second"] as? Double, theirs > 0 { object["prefill_speedup_vs_transformers"] = prefillTPS / theirs }
+            }
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         } else {
@@ -110,8 +122,42 @@ struct BenchGenerateCommand: ParsableCommand {
                          promptTokens, prefillSeconds, prefillTPS, prefillGFLOPs, sgemm, 100 * prefillGFLOPs / sgemm))
             print(String(format: "  decode %d tokens: %.3f s, %.1f tokens/s, ", newTokens, decodeSeconds, decodeTPS)
                   + "\(mb(bytesPerToken)) read per token, " + String(format: "%.1f GB/s", Double(bytesPerToken) * decodeTPS / 1e9))
+            if let reference {
+                if let error = reference["error"] as? String {
+                    print("  transformers: not measured (\(error))")
+                } else if let p = reference["prefill_tokens_per_second"] as? Double, let d = reference["decode_tokens_per_second"] as? Double {
+                    print(String(format: "  transformers generate (same run): prefill %.1f tokens/s, decode %.1f tokens/s; ours: %.2fx prefill, %.2fx decode",
+                                 p, d, prefillTPS / p, decodeTPS / d))
+                }
+            }
             print("  KV cache: \(mb(engine.cache.bytes)) for \(context) positions; \(mb(KVCache.bytes(config: config, context: config.maxPositionEmbeddings))) at the full \(config.maxPositionEmbeddings)-token context")
         }
+    }
+
+    /// Runs the transformers reference script; its JSON object, or ["error": why].
+    func runTransformers(python: String) -> [String: Any] {
+        guard FileManager.default.fileExists(atPath: transformersScript) else {
+            return ["error": "\(transformersScript) not found (run from the repository root or pass --transformers-script)"]
+        }
+        guard preset == "tinystories-270m" else { return ["error": "the reference script builds tinystories-270m only"] }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = [python, transformersScript, "--prompt-tokens", String(promptTokens), "--new-tokens", String(newTokens),
+                       "--runs", String(runs), "--threads", String(Parallel.threadCount), "--dtype", dtype]
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        do { try p.run() } catch { return ["error": "cannot run \(python): \(error.localizedDescription)"] }
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        guard p.terminationStatus == 0,
+              let line = String(decoding: data, as: UTF8.self).split(separator: "\n").last,
+              let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+            let last = errors.split(separator: "\n").last.map(String.init) ?? "exit status \(p.terminationStatus)"
+            return ["error": "\(python) \(transformersScript) failed: \(last)"]
+        }
+        return object
     }
 
     /// Multiply-add FLOPs (×2) of prefilling the prompt: every layer matrix per token, attention
