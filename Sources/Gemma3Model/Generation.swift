@@ -54,7 +54,7 @@ public struct GenerationResult: Sendable {
     public var stopReason: StopReason
     /// Prompt processing until the first token's logits (time to first token, without sampling).
     public var prefillSeconds: Double
-    /// All single-token decode steps.
+    /// Wall time after the prefill: every decode step plus sampling and detokenization.
     public var decodeSeconds: Double
     /// Number of single-token decode steps (generated tokens after the first that needed a forward pass).
     public var decodeSteps: Int
@@ -107,7 +107,7 @@ public final class Generator: @unchecked Sendable {
         let t0 = clock.now
         var logits = try engine.prefill(promptIds)
         let prefillSeconds = Self.seconds(clock.now - t0)
-        var decodeSeconds = 0.0
+        let decodeStart = clock.now
         var steps = 0
 
         while generated.count < options.maxNewTokens {
@@ -132,11 +132,10 @@ public final class Generator: @unchecked Sendable {
                 reason = .contextFull
                 break
             }
-            let t = clock.now
             logits = try engine.decode(token)
-            decodeSeconds += Self.seconds(clock.now - t)
             steps += 1
         }
+        let decodeSeconds = steps > 0 ? Self.seconds(clock.now - decodeStart) : 0
         if reason != .stopString {
             let (safe, stopped) = stops.push(utf8.finish())
             emit(safe)
