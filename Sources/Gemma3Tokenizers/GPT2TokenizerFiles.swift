@@ -238,7 +238,7 @@ extension GPT2Tokenizer {
     public static func verifyChecksum(file: URL, expected: String) throws {
         let actual: String
         do {
-            actual = try SHA256.hexDigest(ofFile: file)
+            actual = try SHA256.hex(ofFile: file)
         } catch {
             throw TokenizerError.malformedFile(path: file.path, reason: "cannot read: \(error.localizedDescription)")
         }

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import Gemma3Tokenizers
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif

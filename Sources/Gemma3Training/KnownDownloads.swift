@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Tokenizers
 
 #if canImport(Glibc)
 import Glibc

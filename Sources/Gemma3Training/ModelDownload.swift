@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Tokenizers
 
 /// Google's Gemma 3 270M base model as a Q4_K_M GGUF file (llama.cpp's conversion of
 /// `google/gemma-3-270m`, 253,113,024 bytes).

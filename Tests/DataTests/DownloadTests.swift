@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Tokenizers
 import Testing
 @testable import Gemma3Training
 
