@@ -30,5 +30,5 @@ fi
 
 "$bin" prepare --train "$train" --val "$valid" --out data/tinystories --tokenizer "$tok" --force
 "$bin" train --data data/tinystories --preset tinystories-5m --recipe cpu-small --tokenizer "$tok" \
-    --out runs/quickstart --max-iters "${QUICKSTART_ITERS:-200}" --eval-interval 100 --eval-iters 10
+    --out runs/quickstart --force --max-iters "${QUICKSTART_ITERS:-200}" --eval-interval 100 --eval-iters 10
 "$bin" generate --model runs/quickstart/best --prompt "Once upon a time" --max-new-tokens 120 --seed 1
