@@ -20,7 +20,7 @@ struct GenerateCommand: ParsableCommand {
         """
     )
 
-    @Option(help: ArgumentHelp("Model directory (config.json, model.safetensors, GPT-2 tokenizer files), e.g. RUN/best.", valueName: "dir"))
+    @Option(help: ArgumentHelp("Model directory (config.json, model.safetensors, GPT-2 tokenizer files), e.g. RUN/best; or a Gemma 3 GGUF file.", valueName: "dir|file.gguf"))
     var model: String
 
     @Option(help: "The prompt text.")
@@ -86,16 +86,29 @@ struct GenerateCommand: ParsableCommand {
     }
 
     func run() throws {
-        let (config, store) = try loadModelDirectory(model)
-        let tokenizer = try loadGenerationTokenizer(modelDirectory: model, override: self.tokenizer)
-        guard tokenizer.vocabularySize <= config.vocabSize else {
-            throw ModelCommandError("the tokenizer has \(tokenizer.vocabularySize) tokens but the model only \(config.vocabSize)")
+        let config: Gemma3Config, weights: InferenceWeights, generator: Generator
+        var stopIds: Set<Int>
+        if isGGUFPath(model) {
+            // A GGUF file (e.g. the real Gemma 3 270M): quantized weights in place, its own tokenizer.
+            let gguf = try loadGGUFModel(model)
+            (config, weights) = (gguf.config, gguf.weights)
+            generator = Generator(engine: try InferenceEngine(weights: weights, maxContext: context ?? config.maxPositionEmbeddings),
+                                  tokenizer: gguf.tokenizer)
+            stopIds = Set(config.eosTokenIds).union([Int(gguf.tokenizer.eosTokenID)])
+        } else {
+            let (directoryConfig, store) = try loadModelDirectory(model)
+            config = directoryConfig
+            let tokenizer = try loadGenerationTokenizer(modelDirectory: model, override: self.tokenizer)
+            guard tokenizer.vocabularySize <= config.vocabSize else {
+                throw ModelCommandError("the tokenizer has \(tokenizer.vocabularySize) tokens but the model only \(config.vocabSize)")
+            }
+            weights = try InferenceWeights(config: config, parameters: store, dtype: WeightDType(rawValue: dtype)!)
+            generator = Generator(engine: try InferenceEngine(weights: weights, maxContext: context ?? config.maxPositionEmbeddings),
+                                  tokenizer: tokenizer)
+            stopIds = Set(config.eosTokenIds)
+            if config.vocabSize > Int(tokenizer.endOfTextTokenID) { stopIds.insert(Int(tokenizer.endOfTextTokenID)) }
         }
-        let weights = try InferenceWeights(config: config, parameters: store, dtype: WeightDType(rawValue: dtype)!)
-        let engine = try InferenceEngine(weights: weights, maxContext: context ?? config.maxPositionEmbeddings)
-        let generator = Generator(engine: engine, tokenizer: tokenizer)
-        var stopIds = Set(config.eosTokenIds)
-        if config.vocabSize > Int(tokenizer.endOfTextTokenID) { stopIds.insert(Int(tokenizer.endOfTextTokenID)) }
+        let engine = generator.engine
         if ignoreEos { stopIds = [] }
 
         var seed = self.seed ?? UInt64.random(in: 0...UInt64(UInt32.max))
@@ -106,7 +119,7 @@ struct GenerateCommand: ParsableCommand {
                 let r = try generator.generate(prompt: text, options: options)
                 print(try jsonLine([
                     "prompt": text, "prompt_ids": r.promptIds, "generated_ids": r.generatedIds, "text": r.text,
-                    "stop_reason": r.stopReason.rawValue, "seed": seed, "dtype": dtype,
+                    "stop_reason": r.stopReason.rawValue, "seed": seed, "dtype": isGGUFPath(model) ? weights.formatName : dtype,
                     "prefill_seconds": r.prefillSeconds, "decode_seconds": r.decodeSeconds, "decode_steps": r.decodeSteps,
                     "prefill_tokens_per_second": r.prefillTokensPerSecond,
                     "decode_tokens_per_second": r.decodeTokensPerSecond,

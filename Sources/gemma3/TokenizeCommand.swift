@@ -18,7 +18,10 @@ struct TokenizeCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Directory with the GPT-2 tokenizer files (default: \(GPT2Tokenizer.defaultDirectory.path)).", valueName: "dir"))
     var tokenizer: String?
 
-    @Flag(help: "Parse special tokens such as <|endoftext|>.")
+    @Option(help: ArgumentHelp("Use the Gemma tokenizer of this GGUF model (or Hugging Face tokenizer.json) instead of GPT-2; ids then include the BOS, as llama-tokenize prints them.", valueName: "file"))
+    var model: String?
+
+    @Flag(help: "Parse special tokens such as <|endoftext|> (Gemma: <start_of_turn>, <eos>, …).")
     var special = false
 
     @Option(help: ArgumentHelp("Read the text from this file instead of the argument.", valueName: "file"))
@@ -35,20 +38,23 @@ struct TokenizeCommand: ParsableCommand {
     }
 
     func run() throws {
-        let gpt2 = try loadGPT2Tokenizer(tokenizer)
+        if model != nil && tokenizer != nil { throw ValidationError("give --model or --tokenizer, not both") }
+        let gpt2 = model == nil ? try loadGPT2Tokenizer(tokenizer) : nil
         var bytes: [UInt8]
         if let file {
             bytes = try readTextFile(file)
         } else {
             bytes = Array(text!.utf8)
         }
+        let gemma = try model.map(loadGemmaTokenizer)
         let ids: [Int32] = bytes.withUnsafeBufferPointer { utf8 in
+            if let gemma { return gemma.encode(utf8: utf8, parseSpecial: special) }
             if special {
                 var out: [Int32] = []
-                gpt2.encode(utf8: utf8, allowSpecial: true, into: &out)
+                gpt2!.encode(utf8: utf8, allowSpecial: true, into: &out)
                 return out
             }
-            return gpt2.encodeOrdinary(utf8: utf8, threads: Parallel.threadCount)
+            return gpt2!.encodeOrdinary(utf8: utf8, threads: Parallel.threadCount)
         }
         var output = json ? "{\"ids\":[" : ""
         output.reserveCapacity(ids.count * 6 + 32)

