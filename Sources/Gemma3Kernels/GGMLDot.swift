@@ -126,7 +126,7 @@ public enum GGMLDot {
             var total = SIMD4<Float>()
             for b in 0..<nb {
                 let p = row + b &* 34
-                let d = Half.toFloat(p.loadUnaligned(as: UInt16.self)) * x.scale[b]
+                let d = Half.toFloatFinite(p.loadUnaligned(as: UInt16.self)) * x.scale[b]
                 let xo = b &* 64
                 var s = SIMD4<Int32>()
                 for k in 0..<4 { s &+= dotI8x8(p, 2 &+ 8 &* k, xq, xo &+ 16 &* k) }
@@ -147,7 +147,7 @@ public enum GGMLDot {
             var offset: Float = 0
             for b in 0..<nb {
                 let p = row + b &* 18
-                let d = Half.toFloat(p.loadUnaligned(as: UInt16.self)) * x.scale[b]
+                let d = Half.toFloatFinite(p.loadUnaligned(as: UInt16.self)) * x.scale[b]
                 let qs = p.loadUnaligned(fromByteOffset: 2, as: SIMD16<UInt8>.self)
                 let xo = b &* 64
                 var s = SIMD4<Int32>()
@@ -171,7 +171,7 @@ public enum GGMLDot {
                 var offset: Float = 0
                 for b in 0..<nb {
                     let p = row + b &* 22
-                    let d = Half.toFloat(p.loadUnaligned(as: UInt16.self)) * x.scale[b]
+                    let d = Half.toFloatFinite(p.loadUnaligned(as: UInt16.self)) * x.scale[b]
                     let qh = p.loadUnaligned(fromByteOffset: 2, as: UInt32.self)
                     let qs = p.loadUnaligned(fromByteOffset: 6, as: SIMD16<UInt8>.self)
                     let h0 = bytes(table[Int(qh & 0xff)], table[Int((qh >> 8) & 0xff)])
@@ -206,8 +206,8 @@ public enum GGMLDot {
     static func q4KSuperBlock(_ p: UnsafeRawPointer, _ sb: Int, _ x: QuantizedActivations,
                               _ total: inout SIMD4<Float>, _ offset: inout Float) {
         let xq = UnsafeRawPointer(x.q)
-        let d = Half.toFloat(p.loadUnaligned(as: UInt16.self))
-        let dmin = Half.toFloat(p.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
+        let d = Half.toFloatFinite(p.loadUnaligned(as: UInt16.self))
+        let dmin = Half.toFloatFinite(p.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
         // Sub-block j (0…7) holds values 32j…32j+31: the low nibbles of qs[32(j/2) ..< +32] for even j,
         // the high nibbles for odd j.
         for j in 0..<8 {
@@ -243,7 +243,7 @@ public enum GGMLDot {
     @usableFromInline @inline(never)
     static func q6KSuperBlock(_ p: UnsafeRawPointer, _ sb: Int, _ x: QuantizedActivations,
                               _ total: inout SIMD4<Float>, _ offset: inout Float) {
-        let d = Half.toFloat(p.loadUnaligned(fromByteOffset: 208, as: UInt16.self))
+        let d = Half.toFloatFinite(p.loadUnaligned(fromByteOffset: 208, as: UInt16.self))
         // Half n covers values 128n…128n+127 in four groups k of 32; value 128n + 32k + l takes its low
         // 4 bits from ql[64n + l (+32 for odd k)] (low nibble for k < 2, high for k ≥ 2) and its high
         // 2 bits from bits 2k…2k+1 of qh[32n + l]. Each group of 16 values has its own int8 scale.

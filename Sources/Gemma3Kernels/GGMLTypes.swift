@@ -111,6 +111,14 @@ public enum Half {
         return Float(bitPattern: f.bitPattern | (UInt32(h & 0x8000) << 16))
     }
 
+    /// Half bits → float32 for finite values (inf/NaN come out as large finite numbers): the scale
+    /// of every block in the dot-product kernels, where the branch of `toFloat` costs time.
+    @inlinable @inline(__always)
+    public static func toFloatFinite(_ h: UInt16) -> Float {
+        let f = Float(bitPattern: UInt32(h & 0x7fff) << 13) * 0x1p112
+        return Float(bitPattern: f.bitPattern | (UInt32(h & 0x8000) << 16))
+    }
+
     /// float32 → half bits with round-to-nearest-even (overflow gives ±inf), as ggml stores scales.
     @inlinable
     public static func fromFloat(_ f: Float) -> UInt16 {

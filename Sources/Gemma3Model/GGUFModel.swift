@@ -175,11 +175,17 @@ public enum GGUFGemma3 {
     // MARK: Weights
 
     /// Inference weights that use the file's blocks in place (`QuantizedLinear` borrowing the
-    /// mapping). Norm weights are converted to the (1 + w) convention.
+    /// mapping). Norm weights are converted to the (1 + w) convention. With `widenSmallBlocks`,
+    /// Q4_0/Q5_0 matrices are rewritten as Q8_0 with identical values (faster to decode here; see
+    /// `QuantizedLinear.widenedToQ8_0`).
     public static func inferenceWeights(from file: GGUFFile, config: Gemma3Config? = nil,
-                                        activations: QuantizedLinear.ActivationPrecision = .int16) throws -> InferenceWeights {
+                                        activations: QuantizedLinear.ActivationPrecision = .int16,
+                                        widenSmallBlocks: Bool = false) throws -> InferenceWeights {
         let config = try config ?? self.config(from: file)
-        func matrix(_ name: String) throws -> QuantizedLinear { try file.linear(named: name, activations: activations) }
+        func matrix(_ name: String) throws -> QuantizedLinear {
+            let m = try file.linear(named: name, activations: activations)
+            return widenSmallBlocks ? m.widenedToQ8_0() : m
+        }
         func norm(_ name: String) throws -> [Float] { try file.floats(tensor: name).map { $0 - 1 } }
         var layers: [LayerWeights] = []
         for l in 0..<config.numHiddenLayers {

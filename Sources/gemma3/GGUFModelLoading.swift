@@ -29,7 +29,9 @@ func loadGGUFModel(_ path: String, activations: QuantizedLinear.ActivationPrecis
     }
     let file = try GGUFFile(path: path)
     let config = try GGUFGemma3.config(from: file)
-    let weights = try GGUFGemma3.inferenceWeights(from: file, config: config, activations: activations)
+    // Q5_0/Q4_0 matrices are widened to Q8_0 (same values): ≈ 5–10% faster decoding here (bench gemv
+    // shows both kernels), for 24 MB more memory on Gemma 3 270M Q4_K_M.
+    let weights = try GGUFGemma3.inferenceWeights(from: file, config: config, activations: activations, widenSmallBlocks: true)
     let tokenizer = try GGUFGemma3.tokenizer(from: file)
     guard tokenizer.vocabularySize <= config.vocabSize else {
         throw ModelCommandError("\(path): the tokenizer has \(tokenizer.vocabularySize) tokens but the embedding only \(config.vocabSize) rows")
