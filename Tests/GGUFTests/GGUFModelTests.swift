@@ -1,0 +1,111 @@
+import Foundation
+import Testing
+import Gemma3Formats
+import Gemma3Kernels
+@testable import Gemma3Model
+import Gemma3Tokenizers
+
+/// A small Gemma 3 with every structural feature (GQA, sliding and full layers) over `vocab` tokens.
+func tinyConfig(vocab: Int) -> Gemma3Config {
+    var c = Gemma3Config(vocabSize: vocab, hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 3,
+                         numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 32, slidingWindow: 4,
+                         layerTypes: [.slidingAttention, .fullAttention, .slidingAttention], maxPositionEmbeddings: 128)
+    c.bosTokenId = 2
+    return c
+}
+
+/// Random parameters; norm weights small and non-zero so that a wrong ±1 shows.
+func tinyStore(_ config: Gemma3Config, seed: UInt64) -> ParameterStore {
+    let store = ParameterStore(config: config)
+    for (i, t) in store.layout.tensors.enumerated() {
+        let v = randomFloats(t.count, seed: seed &+ UInt64(i), scale: t.isMatrix ? 0.3 : 0.2)
+        let dst = store.view(t)
+        for k in 0..<t.count { dst[k] = v[k] }
+    }
+    return store
+}
+
+@Suite("Gemma 3 models in GGUF files")
+struct GGUFModelTests {
+    @Test("export → GGUF → load: F32 gives the same logits as the parameter store; Q8_0 close; the config round-trips")
+    func exportAndLoad() throws {
+        let config = tinyConfig(vocab: 96)
+        let store = tinyStore(config, seed: 42)
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let tokens = [2, 17, 5, 88, 40, 40, 3, 61, 9]
+        let reference = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: store), maxContext: 32)
+        _ = try reference.prefill(Array(tokens.dropLast()))
+        let expected = Array(try reference.decode(tokens.last!))
+        for (type, tolerance) in [(GGMLType.f32, Float(1e-5)), (.f16, 2e-2), (.q8_0, 5e-2)] {
+            let url = dir.appendingPathComponent("tiny-\(type.name).gguf")
+            try GGUFGemma3.writer(config: config, parameters: store, matrixType: type).write(to: url)
+            let file = try GGUFFile(url: url)
+            let loaded = try GGUFGemma3.config(from: file)
+            #expect(loaded.layerTypes == config.layerTypes && loaded.slidingWindow == 4 && loaded.numKeyValueHeads == 2)
+            #expect(loaded.ropeThetaSliding == 10_000 && loaded.ropeThetaFull == 1_000_000 && loaded.rmsNormEps == 1e-6)
+            // Norms are stored with Gemma's +1.
+            let stored = try file.floats(tensor: "blk.1.post_ffw_norm.weight")
+            let original = store["model.layers.1.post_feedforward_layernorm.weight"]!
+            #expect(zip(stored, original).allSatisfy { $0 == $1 + 1 })
+            // Round trip to the float store: exact for F32 matrices; norms only lose the rounding of (w + 1) − 1.
+            if type == .f32 {
+                let back = try GGUFGemma3.parameters(from: file, config: loaded)
+                for t in store.layout.tensors {
+                    let d = zip(back.view(t), store.view(t)).map { abs($0 - $1) }.max()!
+                    #expect(t.isMatrix ? d == 0 : d <= 1e-7, "\(t.name): \(d)")
+                }
+            }
+            for widen in [false, true] {
+                let engine = try InferenceEngine(weights: try GGUFGemma3.inferenceWeights(from: file, config: loaded, widenSmallBlocks: widen), maxContext: 32)
+                _ = try engine.prefill(Array(tokens.dropLast()))
+                let got = try engine.decode(tokens.last!)
+                let err = zip(got, expected).map { abs($0 - $1) }.max()!
+                #expect(err <= tolerance, "\(type.name): max |Δlogit| \(err)")
+            }
+        }
+    }
+
+    @Test("Q4_0/Q5_0 widened to Q8_0 hold exactly the same values")
+    func widening() throws {
+        for type in [GGMLType.q4_0, .q5_0, .q4_K] {
+            let rows = 9, cols = 256
+            let v = randomFloats(rows * cols, seed: 77, scale: 1)
+            let m = try v.withUnsafeBufferPointer { try QuantizedLinear(quantizing: $0, type: type, outFeatures: rows, inFeatures: cols) }
+            let w = m.widenedToQ8_0()
+            #expect(w.type == (type == .q4_K ? .q4_K : .q8_0))
+            var a = [Float](repeating: 0, count: rows * cols), b = a
+            a.withUnsafeMutableBufferPointer { m.dequantize(rows: 0..<rows, into: $0.baseAddress!) }
+            b.withUnsafeMutableBufferPointer { w.dequantize(rows: 0..<rows, into: $0.baseAddress!) }
+            #expect(a == b, "\(type.name)")
+        }
+    }
+
+    @Test("chat: Gemma's turn format, BOS once, the KV cache kept across turns")
+    func chatTurns() throws {
+        let vocabulary = SmallVocabulary()
+        let tokenizer = try vocabulary.tokenizer()
+        let config = tinyConfig(vocab: vocabulary.pieces.count)
+        let engine = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: tinyStore(config, seed: 3)), maxContext: 128)
+        let chat = try GemmaChatSession(engine: engine, tokenizer: tokenizer)
+        let sot = vocabulary["<start_of_turn>"], eot = vocabulary["<end_of_turn>"], nl = vocabulary["\n"]
+        let first = chat.turnTokens("ab")
+        let expectedFirst = [2, sot] + tokenizer.encode("user", addBOS: false) + [nl, vocabulary["ab"], eot, nl, sot]
+            + tokenizer.encode("model", addBOS: false) + [nl]
+        #expect(first == expectedFirst.map(Int.init))
+        let options = GenerationOptions(maxNewTokens: 3, sampling: .greedy)
+        let r1 = try chat.reply(to: "ab", options: options)
+        #expect(r1.promptIds == first)
+        // Each generated token that is not a stop token is in the cache.
+        let kept = r1.generatedIds.filter { $0 != Int(eot) && $0 != 1 }
+        #expect(engine.position == first.count + kept.count)
+        #expect(chat.history == first + kept)
+        // The next turn closes the previous one; no second BOS.
+        let second = chat.turnTokens("c")
+        #expect(second.first == Int(eot))
+        #expect(!second.contains(2))
+        let before = engine.position
+        _ = try chat.reply(to: "c", options: options)
+        #expect(engine.position > before + second.count - 1)
+    }
+}
