@@ -218,10 +218,18 @@ public enum GGUFGemma3 {
             guard info.dimensions.reversed() == t.shape else {
                 throw FormatError("\(file.path): tensor \(name) has dimensions \(info.dimensions), the config needs \(Array(t.shape.reversed()))")
             }
-            let values = try file.floats(tensor: name)
-            let shift: Float = isNorm(huggingFaceName: t.name) ? 1 : 0
-            let dst = store.view(t)
-            for i in 0..<values.count { dst[i] = values[i] - shift }
+            guard let type = info.type, type.hasKernels else {
+                throw FormatError("\(file.path): tensor \(name) has type \(info.typeName), which cannot be dequantized here")
+            }
+            let raw = try file.data(of: info)
+            let rowBytes = raw.count / info.rows
+            let dst = store.view(t).baseAddress!
+            for r in 0..<info.rows {
+                GGMLBlocks.dequantizeRowUnchecked(type, raw.baseAddress! + r * rowBytes, dst + r * info.columns, count: info.columns)
+            }
+            if isNorm(huggingFaceName: t.name) {
+                for i in 0..<t.count { dst[i] -= 1 }
+            }
         }
         return store
     }
