@@ -38,16 +38,19 @@ func gemma3Binary() throws -> URL {
         return p
     }
 
-    func setUp() throws -> (TemporaryDirectory, URL, URL) {
+    /// Makes the dataset and the uninterrupted reference run; returns its wall time too, so kill
+    /// moments can be drawn inside a run's lifetime on fast and slow machines alike.
+    func setUp() throws -> (TemporaryDirectory, URL, URL, TimeInterval) {
         let tmp = try TemporaryDirectory()
         let data = tmp.url.appendingPathComponent("data")
         try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
         try makeDataset(in: data)
         let reference = tmp.url.appendingPathComponent("reference")
+        let start = Date()
         let p = try launch(data: data, out: reference, resume: false)
         p.waitUntilExit()
         #expect(p.terminationStatus == 0)
-        return (tmp, data, reference)
+        return (tmp, data, reference, Date().timeIntervalSince(start))
     }
 
     func expectSameRun(_ a: URL, _ b: URL) throws {
@@ -61,13 +64,16 @@ func gemma3Binary() throws -> URL {
     }
 
     @Test func sigkillAtRandomMomentsThenResumeEqualsAnUninterruptedRun() throws {
-        let (tmp, data, reference) = try setUp()
+        let (tmp, data, reference, duration) = try setUp()
         let run = tmp.url.appendingPathComponent("killed")
+        // Each kill lands within the first 5–30% of a whole run's time, so several land before the
+        // resumed runs together reach the end.
+        let lo = UInt32(max(2_000, duration * 0.05 * 1e6)), hi = max(lo + 1, UInt32(duration * 0.30 * 1e6))
         var kills = 0
         var rng = SystemRandomNumberGenerator()
         for _ in 0..<25 where kills < 6 {
             let p = try launch(data: data, out: run, resume: true)
-            usleep(UInt32.random(in: 50_000...900_000, using: &rng))
+            usleep(UInt32.random(in: lo...hi, using: &rng))
             if p.isRunning {
                 kill(p.processIdentifier, SIGKILL)
                 kills += 1
@@ -89,7 +95,7 @@ func gemma3Binary() throws -> URL {
     }
 
     @Test func sigintSavesLatestAndExitsThenResumeEqualsAnUninterruptedRun() throws {
-        let (tmp, data, reference) = try setUp()
+        let (tmp, data, reference, _) = try setUp()
         let run = tmp.url.appendingPathComponent("interrupted")
         let p = try launch(data: data, out: run, resume: false)
         // Interrupt once a few steps are logged.
