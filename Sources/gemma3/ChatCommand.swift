@@ -2,12 +2,13 @@ import ArgumentParser
 import Foundation
 import Gemma3Kernels
 import Gemma3Model
+import Gemma3Tokenizers
 
 /// `gemma3 chat`: a multi-turn conversation with a Gemma GGUF model in Gemma's turn format.
 struct ChatCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "chat",
-        abstract: "Chat with a Gemma 3 GGUF model (Gemma's <start_of_turn> format, KV cache kept between turns).",
+        abstract: "Chat with a Gemma 3 model, GGUF file or Hugging Face directory (Gemma's <start_of_turn> format, KV cache kept between turns).",
         discussion: """
         Each user message becomes <start_of_turn>user\\n…<end_of_turn>\\n<start_of_turn>model\\n (special \
         tokens allowed in messages); the reply streams to stdout and ends at <end_of_turn> or <eos>. \
@@ -17,7 +18,7 @@ struct ChatCommand: ParsableCommand {
         """
     )
 
-    @Option(help: ArgumentHelp("Gemma 3 GGUF file (e.g. from `gemma3 download gemma3-270m`).", valueName: "file.gguf"))
+    @Option(help: ArgumentHelp("Gemma 3 GGUF file (e.g. from `gemma3 download gemma3-270m`), or a Hugging Face directory with Gemma's tokenizer.json.", valueName: "file.gguf|dir"))
     var model: String
 
     @Option(name: .customLong("message"), help: ArgumentHelp("A user message (repeatable: one turn each); default: read stdin lines.", valueName: "text"))
@@ -56,9 +57,17 @@ struct ChatCommand: ParsableCommand {
     }
 
     func run() throws {
-        let gguf = try loadGGUFModel(model)
-        let engine = try InferenceEngine(weights: gguf.weights, maxContext: min(context, gguf.config.maxPositionEmbeddings))
-        let session = try GemmaChatSession(engine: engine, tokenizer: gguf.tokenizer)
+        let config: Gemma3Config, weights: InferenceWeights, tokenizer: GemmaTokenizer
+        if isGGUFPath(model) {
+            let gguf = try loadGGUFModel(model)
+            (config, weights, tokenizer) = (gguf.config, gguf.weights, gguf.tokenizer)
+        } else if let directory = try loadDirectoryGemmaModel(model) {
+            (config, weights, tokenizer) = (directory.config, directory.weights, directory.tokenizer)
+        } else {
+            throw ModelCommandError("\(model): chat needs a Gemma 3 GGUF file or a model directory with Gemma's tokenizer.json")
+        }
+        let engine = try InferenceEngine(weights: weights, maxContext: min(context, config.maxPositionEmbeddings))
+        let session = try GemmaChatSession(engine: engine, tokenizer: tokenizer)
         let seed = self.seed ?? UInt64.random(in: 0...UInt64(UInt32.max))
         var turns: [[String: Any]] = []
         var turn = 0
@@ -82,7 +91,7 @@ struct ChatCommand: ParsableCommand {
             }
         }
         if messages.isEmpty {
-            if !json { writeStderr("[\(gguf.weights.formatName) \(URL(fileURLWithPath: model).lastPathComponent): one message per line; end with Ctrl-D]") }
+            if !json { writeStderr("[\(weights.formatName) \(URL(fileURLWithPath: model).lastPathComponent): one message per line; end with Ctrl-D]") }
             while let line = readLine(strippingNewline: true) {
                 if line.isEmpty { continue }
                 try answer(line)
@@ -91,7 +100,7 @@ struct ChatCommand: ParsableCommand {
             for m in messages { try answer(m) }
         }
         if json {
-            print(try jsonLine(["model": model, "format": gguf.weights.formatName, "seed": seed, "turns": turns,
+            print(try jsonLine(["model": model, "format": weights.formatName, "seed": seed, "turns": turns,
                                 "history_ids": session.history]))
         }
     }

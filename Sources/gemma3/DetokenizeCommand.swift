@@ -2,11 +2,11 @@ import ArgumentParser
 import Foundation
 import Gemma3Tokenizers
 
-/// `gemma3 detokenize`: GPT-2 token ids -> text.
+/// `gemma3 detokenize`: GPT-2 (or, with --model, Gemma) token ids -> text.
 struct DetokenizeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "detokenize",
-        abstract: "Print the text of GPT-2 token ids (the reverse of `gemma3 tokenize`).",
+        abstract: "Print the text of GPT-2 token ids, or of Gemma ids with --model (the reverse of `gemma3 tokenize`).",
         discussion: """
         Ids are separated by spaces or commas; a --file may also hold the JSON object that \
         `gemma3 tokenize --json` prints. The exact bytes are written (a newline is added only on \
@@ -16,6 +16,12 @@ struct DetokenizeCommand: ParsableCommand {
 
     @Option(help: ArgumentHelp("Directory with the GPT-2 tokenizer files (default: \(GPT2Tokenizer.defaultDirectory.path)).", valueName: "dir"))
     var tokenizer: String?
+
+    @Option(help: ArgumentHelp("Use the Gemma tokenizer of this GGUF model, Hugging Face model directory or tokenizer.json instead of GPT-2.", valueName: "file|dir"))
+    var model: String?
+
+    @Flag(help: "Gemma: write the text of control tokens such as <bos> and <end_of_turn> (hidden by default).")
+    var special = false
 
     @Option(help: ArgumentHelp("Read the ids from this file instead of the arguments.", valueName: "file"))
     var file: String?
@@ -31,7 +37,10 @@ struct DetokenizeCommand: ParsableCommand {
     }
 
     func run() throws {
-        let gpt2 = try loadGPT2Tokenizer(tokenizer)
+        if model != nil && tokenizer != nil { throw ValidationError("give --model or --tokenizer, not both") }
+        if special && model == nil { throw ValidationError("--special applies to Gemma tokenizers (--model)") }
+        let gemma = try model.map(loadGemmaTokenizer)
+        let gpt2 = gemma == nil ? try loadGPT2Tokenizer(tokenizer) : nil
         var text: String
         if let file {
             text = String(decoding: try readTextFile(file), as: UTF8.self)
@@ -52,7 +61,7 @@ struct DetokenizeCommand: ParsableCommand {
             guard let id = Int32(field) else { throw TokenizerCommandError("not a token id: \(field)") }
             tokens.append(id)
         }
-        let bytes = try gpt2.decode(tokens)
+        let bytes = try gemma?.decode(tokens, special: special) ?? gpt2!.decode(tokens)
         if json {
             let object: [String: Any] = ["text": String(decoding: bytes, as: UTF8.self), "bytes": bytes.count, "count": tokens.count]
             var data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])

@@ -39,9 +39,44 @@ func loadGGUFModel(_ path: String, activations: QuantizedLinear.ActivationPrecis
     return GGUFModel(file: file, config: config, weights: weights, tokenizer: tokenizer)
 }
 
-/// The Gemma tokenizer of a GGUF model file, or of a Hugging Face `tokenizer.json`.
+/// The Gemma tokenizer of a GGUF model file, of a Hugging Face `tokenizer.json`, or of a Hugging
+/// Face model directory (its tokenizer.json, which must be Gemma's SentencePiece kind).
 func loadGemmaTokenizer(_ path: String) throws -> GemmaTokenizer {
-    guard FileManager.default.fileExists(atPath: path) else { throw ModelCommandError("\(path) does not exist") }
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw ModelCommandError("\(path) does not exist") }
+    if isDirectory.boolValue {
+        let url = URL(fileURLWithPath: path, isDirectory: true)
+        guard FileManager.default.fileExists(atPath: url.appendingPathComponent("tokenizer.json").path) else {
+            throw ModelCommandError("\(path) has no tokenizer.json (for GPT-2 tokenizer files use --tokenizer DIR)")
+        }
+        guard let tokenizer = try GemmaConversion.gemmaTokenizer(inDirectory: url) else {
+            throw ModelCommandError("\(path)/tokenizer.json is a GPT-2 byte-level tokenizer, not Gemma's (use --tokenizer \(path))")
+        }
+        return tokenizer
+    }
     if path.hasSuffix(".json") { return try GemmaTokenizer(tokenizerJSON: URL(fileURLWithPath: path)) }
     return try GGUFGemma3.tokenizer(from: try GGUFFile(path: path))
+}
+
+/// A Gemma 3 model in a Hugging Face directory with Gemma's tokenizer.json: float weights (`dtype`
+/// in memory) and the SentencePiece tokenizer.
+struct DirectoryGemmaModel {
+    let config: Gemma3Config
+    let weights: InferenceWeights
+    let tokenizer: GemmaTokenizer
+}
+
+/// Loads a Hugging Face directory whose `tokenizer.json` is Gemma's (SentencePiece-style, byte
+/// fallback); nil when the directory's tokenizer is GPT-2's or absent (the caller then uses GPT-2).
+func loadDirectoryGemmaModel(_ path: String, dtype: WeightDType = .f32) throws -> DirectoryGemmaModel? {
+    let url = URL(fileURLWithPath: path, isDirectory: true)
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue,
+          let tokenizer = try GemmaConversion.gemmaTokenizer(inDirectory: url) else { return nil }
+    let (config, store) = try loadModelDirectory(path)
+    guard tokenizer.vocabularySize <= config.vocabSize else {
+        throw ModelCommandError("\(path): tokenizer.json has \(tokenizer.vocabularySize) tokens but the model only \(config.vocabSize)")
+    }
+    let weights = try InferenceWeights(config: config, parameters: store, dtype: dtype)
+    return DirectoryGemmaModel(config: config, weights: weights, tokenizer: tokenizer)
 }

@@ -5,6 +5,6 @@ struct Gemma3Command: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gemma3",
         abstract: "Gemma 3 (270M architecture) in Swift: prepare data, train, evaluate, generate, benchmark.",
-        subcommands: [DownloadCommand.self, PrepareCommand.self, TokenizeCommand.self, DetokenizeCommand.self, BenchCommand.self, TrainCommand.self, PlotCommand.self, GenerateCommand.self, ChatCommand.self, EvalCommand.self, VerifyReferenceCommand.self]
+        subcommands: [DownloadCommand.self, PrepareCommand.self, TokenizeCommand.self, DetokenizeCommand.self, BenchCommand.self, TrainCommand.self, PlotCommand.self, GenerateCommand.self, ChatCommand.self, EvalCommand.self, ConvertCommand.self, VerifyReferenceCommand.self]
     )
 }

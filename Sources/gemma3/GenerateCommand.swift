@@ -20,7 +20,7 @@ struct GenerateCommand: ParsableCommand {
         """
     )
 
-    @Option(help: ArgumentHelp("Model directory (config.json, model.safetensors, GPT-2 tokenizer files), e.g. RUN/best; or a Gemma 3 GGUF file.", valueName: "dir|file.gguf"))
+    @Option(help: ArgumentHelp("Model directory (config.json, model.safetensors, and GPT-2 tokenizer files or Gemma's tokenizer.json), e.g. RUN/best; or a Gemma 3 GGUF file.", valueName: "dir|file.gguf"))
     var model: String
 
     @Option(help: "The prompt text.")
@@ -95,6 +95,12 @@ struct GenerateCommand: ParsableCommand {
             generator = Generator(engine: try InferenceEngine(weights: weights, maxContext: context ?? config.maxPositionEmbeddings),
                                   tokenizer: gguf.tokenizer)
             stopIds = Set(config.eosTokenIds).union([Int(gguf.tokenizer.eosTokenID)])
+        } else if self.tokenizer == nil, let gemma = try loadDirectoryGemmaModel(model, dtype: WeightDType(rawValue: dtype)!) {
+            // A Hugging Face directory with Gemma's SentencePiece tokenizer.json (e.g. google/gemma-3-270m).
+            (config, weights) = (gemma.config, gemma.weights)
+            generator = Generator(engine: try InferenceEngine(weights: weights, maxContext: context ?? config.maxPositionEmbeddings),
+                                  tokenizer: gemma.tokenizer)
+            stopIds = Set(config.eosTokenIds).union([Int(gemma.tokenizer.eosTokenID)])
         } else {
             let (directoryConfig, store) = try loadModelDirectory(model)
             config = directoryConfig

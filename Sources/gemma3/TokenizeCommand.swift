@@ -18,7 +18,7 @@ struct TokenizeCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Directory with the GPT-2 tokenizer files (default: \(GPT2Tokenizer.defaultDirectory.path)).", valueName: "dir"))
     var tokenizer: String?
 
-    @Option(help: ArgumentHelp("Use the Gemma tokenizer of this GGUF model (or Hugging Face tokenizer.json) instead of GPT-2; ids then include the BOS, as llama-tokenize prints them.", valueName: "file"))
+    @Option(help: ArgumentHelp("Use the Gemma tokenizer of this GGUF model, Hugging Face model directory or tokenizer.json instead of GPT-2; ids then include the BOS, as llama-tokenize prints them.", valueName: "file|dir"))
     var model: String?
 
     @Flag(help: "Parse special tokens such as <|endoftext|> (Gemma: <start_of_turn>, <eos>, …).")
