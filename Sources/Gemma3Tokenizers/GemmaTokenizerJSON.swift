@@ -16,7 +16,7 @@ extension GemmaTokenizer {
     /// (which ranks pieces by id) encodes every text exactly as this tokenizer does.
     public var scoresDecreaseWithID: Bool {
         var previous = Float.infinity
-        for (id, type) in types.enumerated() where type == .normal && pieces[id].count > 1 {
+        for (id, type) in types.enumerated() where type == .normal && pieces[id].dropFirst().contains(where: { $0 & 0xC0 != 0x80 }) {
             // Single-character pieces never result from a merge, so their scores never matter.
             guard scores[id] < previous else { return false }
             previous = scores[id]
