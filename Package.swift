@@ -6,7 +6,7 @@ import PackageDescription
 // the libraries stay consumable as ordinary SwiftPM dependencies (no unsafe flags).
 let package = Package(
     name: "Gemma3Swift",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "gemma3", targets: ["gemma3"]),
         .library(name: "Gemma3Kernels", targets: ["Gemma3Kernels"]),
