@@ -1,0 +1,113 @@
+import Foundation
+import Testing
+import Gemma3Formats
+import Gemma3Kernels
+@testable import Gemma3Model
+import Gemma3Tokenizers
+
+/// The `gemma3` executable built beside the test bundle, or `$GEMMA3_BINARY`.
+private func gemma3Executable() throws -> URL {
+    if let p = ProcessInfo.processInfo.environment["GEMMA3_BINARY"] { return URL(fileURLWithPath: p) }
+    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+    for _ in 0..<5 {
+        let candidate = dir.appendingPathComponent("gemma3")
+        if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+        dir = dir.deletingLastPathComponent()
+    }
+    throw TestFailure("cannot find the gemma3 executable next to \(CommandLine.arguments[0]); set GEMMA3_BINARY")
+}
+
+/// Runs `gemma3 args…`; returns (exit status, stdout, stderr).
+private func gemma3(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+    let r = try run(try gemma3Executable().path, args)
+    return (r.status, String(decoding: r.stdout, as: UTF8.self), String(decoding: r.stderr, as: UTF8.self))
+}
+
+private func jsonObject(_ text: String) throws -> [String: Any] {
+    let lines = text.split(separator: "\n")
+    #expect(lines.count == 1, "expected one JSON line, got \(lines.count)")
+    return try #require(try JSONSerialization.jsonObject(with: Data((lines.first ?? "").utf8)) as? [String: Any])
+}
+
+@Suite("gemma3 convert and Gemma Hugging Face directories on the command line", .serialized)
+struct ConvertCommandTests {
+    @Test("convert GGUF → directory → GGUF; tokenize, detokenize, generate and chat use the directory's Gemma tokenizer")
+    func commandLine() throws {
+        let vocabulary = OrderedGemmaVocabulary()
+        let tokenizer = try vocabulary.tokenizer()
+        let config = tinyConfig(vocab: vocabulary.pieces.count)
+        let store = tinyStore(config, seed: 5)
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let gguf = dir.appendingPathComponent("tiny.gguf").path
+        try GGUFGemma3.writer(config: config, parameters: store, matrixType: .f32, tokenizer: tokenizer).write(to: URL(fileURLWithPath: gguf))
+        let hf = dir.appendingPathComponent("hf").path
+
+        var r = try gemma3(["convert", gguf, hf, "--type", "f32", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let summary = try jsonObject(r.stdout)
+        #expect(summary["direction"] as? String == "gguf-to-hf" && summary["tokenizer"] as? Bool == true)
+        for name in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+            #expect(FileManager.default.fileExists(atPath: hf + "/" + name), "\(name)")
+        }
+
+        // tokenize / detokenize --model DIR: Gemma ids with the BOS, as for the GGUF file.
+        let text = "The café at the\n\nhello <b>world</b>"
+        r = try gemma3(["tokenize", "--model", hf, "--json", text])
+        #expect(r.status == 0, "\(r.stderr)")
+        let ids = try #require(try jsonObject(r.stdout)["ids"] as? [Int])
+        #expect(ids == tokenizer.encode(text).map(Int.init) && ids.first == 2)
+        r = try gemma3(["tokenize", "--model", gguf, "--json", text])
+        #expect(try jsonObject(r.stdout)["ids"] as? [Int] == ids)
+        r = try gemma3(["detokenize", "--model", hf] + ids.map(String.init))
+        #expect(r.status == 0 && r.stdout == text, "\(r.stdout.debugDescription) \(r.stderr)")
+        r = try gemma3(["detokenize", "--model", gguf, "--special", "2", "4"])
+        #expect(r.stdout == "<bos><start_of_turn>")
+
+        // generate --model DIR: the Gemma tokenizer (BOS first) and the engine's greedy tokens.
+        r = try gemma3(["generate", "--model", hf, "--prompt", "the hello", "--temperature", "0", "--max-new-tokens", "6",
+                        "--ignore-eos", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let generated = try jsonObject(r.stdout)
+        let promptIds = try #require(generated["prompt_ids"] as? [Int])
+        #expect(promptIds == tokenizer.encode("the hello").map(Int.init))
+        let engine = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: store), maxContext: 64)
+        let expected = try Generator(engine: engine, tokenizer: tokenizer).generate(promptIds: promptIds, options: GenerationOptions(maxNewTokens: 6))
+        #expect(generated["generated_ids"] as? [Int] == expected.generatedIds)
+
+        // chat --model DIR: Gemma's turn format.
+        r = try gemma3(["chat", "--model", hf, "--message", "hello", "--temperature", "0", "--max-new-tokens", "2", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let turns = try #require(try jsonObject(r.stdout)["turns"] as? [[String: Any]])
+        let start = tokenizer.id(of: "<start_of_turn>")!
+        #expect((turns.first?["prompt_ids"] as? [Int])?.prefix(2) == [2, Int(start)])
+
+        // Back to GGUF (Q8_0), with the tokenizer.
+        let back = dir.appendingPathComponent("back.gguf").path
+        r = try gemma3(["convert", hf, back, "--type", "q8_0", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(try jsonObject(r.stdout)["direction"] as? String == "hf-to-gguf")
+        let file = try GGUFFile(path: back)
+        #expect(file.tensor(named: "blk.0.ffn_up.weight")?.type == .q8_0)
+        #expect(try GGUFGemma3.tokenizer(from: file).pieces == tokenizer.pieces)
+
+        // Bad input: one-line errors, non-zero exit, nothing overwritten.
+        for args in [["convert", gguf, hf],                                     // non-empty directory without --force
+                     ["convert", hf, back],                                     // existing file without --force
+                     ["convert", gguf, dir.appendingPathComponent("x").path, "--type", "q4_k"],
+                     ["convert", hf, dir.appendingPathComponent("y.gguf").path, "--type", "q4_k"],
+                     ["convert", dir.appendingPathComponent("missing.gguf").path, dir.appendingPathComponent("z").path],
+                     ["convert", dir.appendingPathComponent("hf/config.json").path, dir.appendingPathComponent("w").path],
+                     ["tokenize", "--model", dir.path, "x"],                    // a directory without tokenizer.json
+                     ["detokenize", "--model", hf, "999999"]] {
+            let e = try gemma3(args)
+            #expect(e.status != 0, "\(args) should fail")
+            // ArgumentParser prints "Error: …"; flag errors (--type) add the usage lines after it.
+            let message = e.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(message.hasPrefix("Error: "), "\(args): \(message)")
+            if !args.contains("--type") { #expect(!message.contains("\n"), "\(args): \(message)") }
+        }
+        #expect(try GGUFFile(path: back).tensor(named: "blk.0.ffn_up.weight")?.type == .q8_0)
+        #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("x").path))
+    }
+}
