@@ -48,7 +48,7 @@ struct ConvertCommand: ParsableCommand {
             case "f16": matrixType = .f16
             case "bf16": matrixType = .bf16
             case "q8_0": matrixType = .q8_0
-            default: throw ValidationError("--type for a GGUF output must be f32, f16, bf16 or q8_0, got \"\(type!)\"")
+            default: throw ModelCommandError("--type for a GGUF output must be f32, f16, bf16 or q8_0, got \"\(type!)\"")
             }
             guard !output.hasSuffix("/"), !fm.fileExists(atPath: output, isDirectory: &isDirectory) || !isDirectory.boolValue else {
                 throw ModelCommandError("\(output) is a directory; give the .gguf file to write")
@@ -70,7 +70,7 @@ struct ConvertCommand: ParsableCommand {
             case "bf16": dtype = .bf16
             case "f16": dtype = .f16
             case "f32": dtype = .f32
-            default: throw ValidationError("--type for a Hugging Face output must be bf16, f16 or f32, got \"\(type!)\"")
+            default: throw ModelCommandError("--type for a Hugging Face output must be bf16, f16 or f32, got \"\(type!)\"")
             }
             let url = URL(fileURLWithPath: output, isDirectory: true)
             if fm.fileExists(atPath: output, isDirectory: &isDirectory) {
