@@ -17,6 +17,8 @@ public protocol LinearWeight: AnyObject, Sendable {
     var inFeatures: Int { get }
     /// Bytes of weight data one full matrix-vector product reads (for bandwidth reports).
     var storageBytes: Int { get }
+    /// The storage format, as GGUF names it (`F32`, `BF16`, `Q8_0`, …), for reports.
+    var formatName: String { get }
     /// y[r] = Σ_j W[r, j] · x[j] for r in `rows` (single-threaded; `x` has `inFeatures` values).
     func gemv(rows: Range<Int>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>)
     /// Writes rows `rows` of W as float32 into `out`, `inFeatures` values per row.
@@ -127,6 +129,7 @@ public final class F32Linear: LinearWeight, @unchecked Sendable {
     deinit { owned?.deallocate() }
 
     public var storageBytes: Int { outFeatures * inFeatures * 4 }
+    public var formatName: String { "F32" }
 
     public func gemv(rows: Range<Int>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         GEMV.f32(data, ld: ld, cols: inFeatures, rows: rows, x: x, y: y)
@@ -177,6 +180,7 @@ public final class BF16Linear: LinearWeight, @unchecked Sendable {
     deinit { bits.deallocate() }
 
     public var storageBytes: Int { outFeatures * inFeatures * 2 }
+    public var formatName: String { "BF16" }
 
     public func gemv(rows: Range<Int>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         GEMV.bf16(bits, ld: inFeatures, cols: inFeatures, rows: rows, x: x, y: y)

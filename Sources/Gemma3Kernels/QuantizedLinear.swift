@@ -126,6 +126,7 @@ public final class QuantizedLinear: LinearWeight, @unchecked Sendable {
     }
 
     public var storageBytes: Int { outFeatures * rowBytes }
+    public var formatName: String { type.name }
 
     public func gemv(rows: Range<Int>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         guard !rows.isEmpty else { return }

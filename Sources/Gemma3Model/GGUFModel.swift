@@ -176,15 +176,15 @@ public enum GGUFGemma3 {
 
     /// Inference weights that use the file's blocks in place (`QuantizedLinear` borrowing the
     /// mapping). Norm weights are converted to the (1 + w) convention. With `widenSmallBlocks`,
-    /// Q4_0/Q5_0 matrices are rewritten as Q8_0 with identical values (faster to decode here; see
-    /// `QuantizedLinear.widenedToQ8_0`).
+    /// Q4_0/Q5_0 matrices are rewritten as Q8_0 and Q4_K/Q6_K unpacked to bytes, with identical
+    /// values (faster to decode here; see `QuantizedLinear.widenedForDecode`).
     public static func inferenceWeights(from file: GGUFFile, config: Gemma3Config? = nil,
                                         activations: QuantizedLinear.ActivationPrecision = .int16,
                                         widenSmallBlocks: Bool = false) throws -> InferenceWeights {
         let config = try config ?? self.config(from: file)
-        func matrix(_ name: String) throws -> QuantizedLinear {
+        func matrix(_ name: String) throws -> any LinearWeight {
             let m = try file.linear(named: name, activations: activations)
-            return widenSmallBlocks ? m.widenedToQ8_0() : m
+            return widenSmallBlocks ? m.widenedForDecode() : m
         }
         func norm(_ name: String) throws -> [Float] { try file.floats(tensor: name).map { $0 - 1 } }
         var layers: [LayerWeights] = []

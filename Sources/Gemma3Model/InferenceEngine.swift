@@ -52,6 +52,9 @@ public final class InferenceEngine: @unchecked Sendable {
     /// Rows of queries handled by one score matrix during prefill.
     private let queryBlock = 64
 
+    /// When set, every forward pass adds the wall time of its stages here (see `EngineProfile`).
+    public var profile: EngineProfile?
+
     /// - Parameters:
     ///   - maxContext: the longest sequence to serve (default and upper bound: `max_position_embeddings`).
     ///   - prefillChunk: tokens per batched prefill pass.
@@ -193,6 +196,14 @@ public final class InferenceEngine: @unchecked Sendable {
         let n = tokens.count
         let p0 = cache.count
         cache.reserve(positions: p0 + n)
+        var clock = profile == nil ? 0 : DispatchTime.now().uptimeNanoseconds
+        // Charges the time since the previous mark to `stage` (no-op unless profiling).
+        func mark(_ stage: EngineProfile.Stage) {
+            guard let profile else { return }
+            let t = DispatchTime.now().uptimeNanoseconds
+            profile.add(stage, nanoseconds: t - clock)
+            clock = t
+        }
 
         // Embedding lookup, scaled by √H (float32, as HF).
         let (xp, emb, scale, H) = (UncheckedSendable(x), weights.embedding, embedScale, H)
@@ -204,11 +215,13 @@ public final class InferenceEngine: @unchecked Sendable {
             }
         }
         fillRopeTables(start: p0, count: n)
+        mark(.other)
 
         for l in 0..<config.numHiddenLayers {
             let w = weights.layers[l]
             // Attention block: x += post_attention_norm(o_proj(attention(input_norm(x)))).
             rmsNorm(x, into: xn, rows: n, width: H, weight: w.inputNorm)
+            mark(.other)
             if n == 1 {
                 Linear.gemv([(w.q, q), (w.k, k), (w.v, v)], x: xn)
             } else {
@@ -216,26 +229,34 @@ public final class InferenceEngine: @unchecked Sendable {
                 w.k.gemm(n: n, x: xn, ldx: H, y: k, ldy: kvDim)
                 w.v.gemm(n: n, x: xn, ldx: H, y: v, ldy: kvDim)
             }
+            mark(.qkv)
             // QK-norm per head, then RoPE (rotate-half) with this layer's base.
             rmsNorm(q, into: q, rows: n * nh, width: hd, weight: w.qNorm)
             rmsNorm(k, into: k, rows: n * nkv, width: hd, weight: w.kNorm)
             let table = ropeTables + (config.isSliding(layer: l) ? 0 : prefillChunk * hd)
             applyRope(q, rows: n, heads: nh, table: table)
             applyRope(k, rows: n, heads: nkv, table: table)
+            mark(.other)
             attention(layer: l, rows: n, start: p0)
+            mark(.attention)
             project(w.o, att, n, ldx: qDim, into: tmp, ldy: H)
+            mark(.output)
             addNormed(tmp, into: x, rows: n, weight: w.postAttentionNorm)
 
             // MLP block: x += post_ffw_norm(down(gelu_tanh(gate(h)) · up(h))), h = pre_ffw_norm(x).
             rmsNorm(x, into: xn, rows: n, width: H, weight: w.preFeedforwardNorm)
+            mark(.other)
             if n == 1 {
                 Linear.gemv([(w.gate, gate), (w.up, up)], x: xn)
             } else {
                 w.gate.gemm(n: n, x: xn, ldx: H, y: gate, ldy: I)
                 w.up.gemm(n: n, x: xn, ldx: H, y: up, ldy: I)
             }
+            mark(.gateUp)
             gegluInPlace(rows: n)
+            mark(.other)
             project(w.down, gate, n, ldx: I, into: tmp, ldy: H)
+            mark(.down)
             addNormed(tmp, into: x, rows: n, weight: w.postFeedforwardNorm)
         }
         cache.count = p0 + n
@@ -244,6 +265,7 @@ public final class InferenceEngine: @unchecked Sendable {
         if !finalRows.isEmpty {
             rmsNorm(x + finalRows.lowerBound * H, into: xn, rows: finalRows.count, width: H, weight: weights.finalNorm)
         }
+        mark(.other)
     }
 
     /// y = W·x for one row (parallel GEMV) or many (batched GEMM).
@@ -258,7 +280,9 @@ public final class InferenceEngine: @unchecked Sendable {
 
     /// Logits of row `row` of `xn` into `logitsBuffer`.
     private func computeLogits(rowOfXn row: Int) {
+        let start = profile == nil ? 0 : DispatchTime.now().uptimeNanoseconds
         Linear.gemv(weights.lmHead, x: xn + row * H, y: logitsBuffer)
+        profile?.add(.lmHead, nanoseconds: DispatchTime.now().uptimeNanoseconds - start)
     }
 
     // MARK: - Attention
@@ -474,4 +498,29 @@ public final class InferenceEngine: @unchecked Sendable {
             Kernels.geglu(gate: g.value, up: u.value, ldIn: I, out: g.value, ldOut: I, dim: I, rows: rs)
         }
     }
+}
+
+/// Wall time of an engine's forward passes by stage: the weight products (q/k/v, output, gate/up,
+/// down, LM head: one per tensor role, hence per tensor type of a GGUF file), attention over the
+/// cache, and everything else (embedding, norms, RoPE, GELU). Attach it to `InferenceEngine.profile`.
+public final class EngineProfile: @unchecked Sendable {
+    public enum Stage: Int, CaseIterable, Sendable {
+        case qkv, attention, output, gateUp, down, lmHead, other
+        public var name: String {
+            switch self {
+            case .qkv: "q/k/v projections"
+            case .attention: "attention (KV cache)"
+            case .output: "output projection"
+            case .gateUp: "gate/up projections"
+            case .down: "down projection"
+            case .lmHead: "LM head"
+            case .other: "embedding, norms, RoPE, GELU"
+            }
+        }
+    }
+    public private(set) var nanoseconds = [UInt64](repeating: 0, count: Stage.allCases.count)
+    public init() {}
+    public func add(_ stage: Stage, nanoseconds ns: UInt64) { nanoseconds[stage.rawValue] += ns }
+    public func seconds(_ stage: Stage) -> Double { Double(nanoseconds[stage.rawValue]) * 1e-9 }
+    public func reset() { nanoseconds = [UInt64](repeating: 0, count: Stage.allCases.count) }
 }

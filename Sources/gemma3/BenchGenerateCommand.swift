@@ -8,13 +8,17 @@ import Gemma3Model
 struct BenchGenerateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "generate",
-        abstract: "Measure prefill and decode tokens/s of the KV-cache engine (random weights).",
+        abstract: "Measure prefill and decode tokens/s of the KV-cache engine (a preset with random weights, or a GGUF model).",
         discussion: """
         Each run resets the cache, prefills --prompt-tokens random tokens in one batched pass \
         (chunked like generation), then decodes --new-tokens tokens greedily, one at a time, LM head \
         included. Reports medians over --runs runs after one warm-up run, the weight bytes one \
-        decode step reads and the bandwidth that implies, the KV-cache bytes, and the GFLOP/s of \
-        the prefill next to an sgemm of the model's MLP shape measured in the same run.
+        decode step reads and the bandwidth that implies, the KV-cache bytes, the GFLOP/s of \
+        the prefill next to an sgemm of the model's MLP shape measured in the same run, and where \
+        the decode time goes (per tensor role and storage type, from one extra profiled run).
+        With --model FILE.gguf the real model's weights are used in place (quantized kernels); \
+        --llama-bench PATH then also runs llama.cpp's llama-bench on the same file with the same \
+        thread count (pp = --prompt-tokens, tg = --new-tokens) and prints the ratios.
         """
     )
 
@@ -36,6 +40,12 @@ struct BenchGenerateCommand: ParsableCommand {
     @Option(help: "Seed of the random weights and prompt.")
     var seed: UInt64 = 1234
 
+    @Option(help: ArgumentHelp("A GGUF model file to measure instead of a preset (e.g. ~/.cache/gemma3/gemma-3-270m-q4_k_m.gguf).", valueName: "file.gguf"))
+    var model: String?
+
+    @Option(help: ArgumentHelp("Also run llama.cpp's llama-bench (this executable) on --model in the same run.", valueName: "path"))
+    var llamaBench: String?
+
     @Option(help: ArgumentHelp("Also time Hugging Face transformers' generate() with this python (needs torch and transformers), same shape and lengths, in the same run.", valueName: "python"))
     var transformers: String?
 
@@ -53,20 +63,32 @@ struct BenchGenerateCommand: ParsableCommand {
         if promptTokens < 1 { throw ValidationError("--prompt-tokens must be at least 1") }
         if newTokens < 1 { throw ValidationError("--new-tokens must be at least 1") }
         if runs < 1 { throw ValidationError("--runs must be at least 1") }
+        if llamaBench != nil && model == nil { throw ValidationError("--llama-bench needs --model FILE.gguf") }
+        if model != nil && transformers != nil { throw ValidationError("--transformers compares the tinystories-270m preset; it cannot be used with --model") }
     }
 
     func run() throws {
-        let config = Gemma3Config.preset(named: preset)!
+        let weights: InferenceWeights
+        let label: String
+        var rng = SplitMix64(seed: seed ^ 0x5EED)
+        if let model {
+            let loaded = try loadGGUFModel(model)
+            weights = loaded.weights
+            label = "\(URL(fileURLWithPath: model).lastPathComponent) (\(GGUFGemma3.formatName(of: loaded.file)))"
+        } else {
+            let config = Gemma3Config.preset(named: preset)!
+            let store = ParameterStore(config: config)
+            store.initializeForTraining(config: config, seed: seed)
+            // Random norm weights too, so the activations are not degenerate.
+            for t in store.layout.tensors where !t.isMatrix { rng.fillNormal(store.view(t), std: 0.1) }
+            weights = try InferenceWeights(config: config, parameters: store, dtype: WeightDType(rawValue: dtype)!)
+            label = "\(preset), \(dtype) weights"
+        }
+        let config = weights.config
         let context = promptTokens + newTokens
         guard context <= config.maxPositionEmbeddings else {
-            throw ValidationError("--prompt-tokens + --new-tokens = \(context) exceeds the preset's context \(config.maxPositionEmbeddings)")
+            throw ValidationError("--prompt-tokens + --new-tokens = \(context) exceeds the model's context \(config.maxPositionEmbeddings)")
         }
-        let store = ParameterStore(config: config)
-        store.initializeForTraining(config: config, seed: seed)
-        // Random norm weights too, so the activations are not degenerate.
-        var rng = SplitMix64(seed: seed ^ 0x5EED)
-        for t in store.layout.tensors where !t.isMatrix { rng.fillNormal(store.view(t), std: 0.1) }
-        let weights = try InferenceWeights(config: config, parameters: store, dtype: WeightDType(rawValue: dtype)!)
         let engine = try InferenceEngine(weights: weights, maxContext: context)
         let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(config.vocabSize)) }
 
@@ -86,6 +108,16 @@ struct BenchGenerateCommand: ParsableCommand {
                 decodeTimes.append(decode)
             }
         }
+        // One extra run with the stage profile attached (kept out of the timed runs).
+        let profile = EngineProfile()
+        engine.reset()
+        var logits = try engine.prefill(prompt)
+        engine.profile = profile
+        for _ in 0..<newTokens { logits = try engine.decode(Sampler.argmax(UnsafeBufferPointer(logits))) }
+        engine.profile = nil
+        let stages = decodeStages(weights: weights, profile: profile)
+        let llama = llamaBench.map { runLlamaBench($0, model: model!) }
+
         let prefillSeconds = median(prefillTimes), decodeSeconds = median(decodeTimes)
         let prefillTPS = Double(promptTokens) / prefillSeconds
         let decodeTPS = Double(newTokens) / decodeSeconds
@@ -96,7 +128,7 @@ struct BenchGenerateCommand: ParsableCommand {
 
         if json {
             var object: [String: Any] = [
-                "preset": preset, "dtype": dtype, "prompt_tokens": promptTokens, "new_tokens": newTokens, "runs": runs,
+                "model": model ?? preset, "dtype": model == nil ? dtype : label, "prompt_tokens": promptTokens, "new_tokens": newTokens, "runs": runs,
                 "threads": Parallel.threadCount,
                 "prefill_seconds": prefillSeconds, "prefill_tokens_per_second": prefillTPS,
                 "prefill_gflops_per_second": prefillGFLOPs, "sgemm_gflops_per_second": sgemm,
@@ -108,6 +140,16 @@ struct BenchGenerateCommand: ParsableCommand {
                 "kv_cache_bytes_full_context": KVCache.bytes(config: config, context: config.maxPositionEmbeddings),
                 "full_context": config.maxPositionEmbeddings,
             ]
+            object["decode_stages"] = stages.map { st -> [String: Any] in
+                ["stage": st.stage, "formats": st.formats, "bytes_per_token": st.bytes,
+                 "seconds_per_token": st.seconds, "share": st.share,
+                 "gb_per_second": st.bytes > 0 && st.seconds > 0 ? Double(st.bytes) / st.seconds / 1e9 : 0]
+            }
+            if let llama {
+                object["llama_bench"] = llama
+                if let theirs = llama["pp_tokens_per_second"] as? Double, theirs > 0 { object["prefill_speedup_vs_llama_cpp"] = prefillTPS / theirs }
+                if let theirs = llama["tg_tokens_per_second"] as? Double, theirs > 0 { object["decode_speedup_vs_llama_cpp"] = decodeTPS / theirs }
+            }
             if let reference {
                 object["transformers"] = reference
                 if let theirs = reference["decode_tokens_per_second"] as? Double, theirs > 0 { object["decode_speedup_vs_transformers"] = decodeTPS / theirs }
@@ -117,11 +159,25 @@ struct BenchGenerateCommand: ParsableCommand {
             print(String(decoding: data, as: UTF8.self))
         } else {
             func mb(_ b: Int) -> String { String(format: "%.1f MB", Double(b) / 1e6) }
-            print("bench generate: \(preset), \(dtype) weights (\(mb(weights.totalBytes))), \(Parallel.threadCount) threads, median of \(runs) runs")
+            print("bench generate: \(label) (\(mb(weights.totalBytes))), \(Parallel.threadCount) threads, median of \(runs) runs")
             print(String(format: "  prefill %d tokens: %.3f s, %.1f tokens/s, %.1f GFLOP/s (sgemm of the MLP shape here: %.1f GFLOP/s, %.0f%%)",
                          promptTokens, prefillSeconds, prefillTPS, prefillGFLOPs, sgemm, 100 * prefillGFLOPs / sgemm))
             print(String(format: "  decode %d tokens: %.3f s, %.1f tokens/s, ", newTokens, decodeSeconds, decodeTPS)
                   + "\(mb(bytesPerToken)) read per token, " + String(format: "%.1f GB/s", Double(bytesPerToken) * decodeTPS / 1e9))
+            print("  decode time per token by stage (one profiled run):")
+            for st in stages {
+                let bw = st.bytes > 0 && st.seconds > 0 ? String(format: ", %5.1f GB/s", Double(st.bytes) / st.seconds / 1e9) : ""
+                print(String(format: "    %-30@ %-18@ %7.2f ms %5.1f%%", st.stage as NSString, st.formats as NSString, st.seconds * 1e3, st.share * 100)
+                      + (st.bytes > 0 ? "  \(mb(st.bytes))\(bw)" : ""))
+            }
+            if let llama {
+                if let error = llama["error"] as? String {
+                    print("  llama-bench: not measured (\(error))")
+                } else if let pp = llama["pp_tokens_per_second"] as? Double, let tg = llama["tg_tokens_per_second"] as? Double {
+                    print(String(format: "  llama-bench (same file, same run, %d threads): pp%d %.1f tokens/s, tg%d %.1f tokens/s; ours: %.2fx prefill, %.2fx decode",
+                                 Parallel.threadCount, promptTokens, pp, newTokens, tg, prefillTPS / pp, decodeTPS / tg))
+                }
+            }
             if let reference {
                 if let error = reference["error"] as? String {
                     print("  transformers: not measured (\(error))")
@@ -132,6 +188,59 @@ struct BenchGenerateCommand: ParsableCommand {
             }
             print("  KV cache: \(mb(engine.cache.bytes)) for \(context) positions; \(mb(KVCache.bytes(config: config, context: config.maxPositionEmbeddings))) at the full \(config.maxPositionEmbeddings)-token context")
         }
+    }
+
+    struct Stage { let stage: String; let formats: String; let bytes: Int; let seconds: Double; let share: Double }
+
+    /// Decode time per token by engine stage, with the storage formats and bytes of the weights each reads.
+    func decodeStages(weights: InferenceWeights, profile: EngineProfile) -> [Stage] {
+        let total = EngineProfile.Stage.allCases.reduce(0.0) { $0 + profile.seconds($1) }
+        func matrices(_ stage: EngineProfile.Stage) -> [any LinearWeight] {
+            switch stage {
+            case .qkv: weights.layers.flatMap { [$0.q, $0.k, $0.v] }
+            case .output: weights.layers.map(\.o)
+            case .gateUp: weights.layers.flatMap { [$0.gate, $0.up] }
+            case .down: weights.layers.map(\.down)
+            case .lmHead: [weights.lmHead]
+            case .attention, .other: []
+            }
+        }
+        return EngineProfile.Stage.allCases.map { stage in
+            let ms = matrices(stage)
+            var counts: [String: Int] = [:]
+            for m in ms { counts[m.formatName, default: 0] += 1 }
+            let formats = counts.sorted { $0.value > $1.value }.map { counts.count > 1 ? "\($0.key)×\($0.value)" : $0.key }.joined(separator: " ")
+            let seconds = profile.seconds(stage) / Double(newTokens)
+            return Stage(stage: stage.name, formats: formats, bytes: ms.reduce(0) { $0 + $1.storageBytes },
+                         seconds: seconds, share: total > 0 ? profile.seconds(stage) / total : 0)
+        }
+    }
+
+    /// Runs `llama-bench -m model -t threads -p promptTokens -n newTokens -o json`; pp/tg tokens/s, or ["error": why].
+    func runLlamaBench(_ path: String, model: String) -> [String: Any] {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = ["-m", model, "-t", String(Parallel.threadCount), "-p", String(promptTokens), "-n", String(newTokens),
+                       "-r", String(max(3, runs)), "-o", "json"]
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        do { try p.run() } catch { return ["error": "cannot run \(path): \(error.localizedDescription)"] }
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        _ = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0, let rows = try? JSONSerialization.jsonObject(with: data) as? [[String: Any]] else {
+            return ["error": "\(path) failed (exit status \(p.terminationStatus))"]
+        }
+        var result: [String: Any] = ["threads": Parallel.threadCount]
+        for row in rows {
+            let np = row["n_prompt"] as? Int ?? 0, ng = row["n_gen"] as? Int ?? 0
+            guard let ts = row["avg_ts"] as? Double else { continue }
+            if np > 0 && ng == 0 { result["pp_tokens_per_second"] = ts; result["pp_stddev"] = row["stddev_ts"] }
+            if ng > 0 && np == 0 { result["tg_tokens_per_second"] = ts; result["tg_stddev"] = row["stddev_ts"] }
+            if let b = row["build_commit"] as? String { result["build_commit"] = b }
+        }
+        return result
     }
 
     /// Runs the transformers reference script; its JSON object, or ["error": why].

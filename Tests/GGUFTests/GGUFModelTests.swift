@@ -81,6 +81,36 @@ struct GGUFModelTests {
         }
     }
 
+    @Test("Q4_K/Q6_K unpacked for decoding hold exactly the packed values and give the same products")
+    func unpackedKQuants() throws {
+        for type in [GGMLType.q4_K, .q6_K] {
+            let rows = 7, cols = 512
+            let v = randomFloats(rows * cols, seed: 91, scale: 2)
+            let m = try v.withUnsafeBufferPointer { try QuantizedLinear(quantizing: $0, type: type, outFeatures: rows, inFeatures: cols) }
+            let u = try #require(UnpackedKQuantLinear(m))
+            #expect(m.widenedForDecode() is UnpackedKQuantLinear)
+            var packedRow = [Float](repeating: 0, count: cols), unpackedRow = packedRow
+            for r in 0..<rows {
+                packedRow.withUnsafeMutableBufferPointer { m.dequantize(rows: r..<(r + 1), into: $0.baseAddress!) }
+                unpackedRow.withUnsafeMutableBufferPointer { u.unpackedRow(r, into: $0.baseAddress!) }
+                #expect(packedRow == unpackedRow, "\(type.name) row \(r)")
+            }
+            let x = randomFloats(cols, seed: 5, scale: 1)
+            var exact = [Float](repeating: 0, count: rows), fused = exact, packedFused = exact
+            x.withUnsafeBufferPointer { xb in
+                m.with(activations: .float).gemv(rows: 0..<rows, x: xb.baseAddress!, y: &exact)
+                u.gemv(rows: 0..<rows, x: xb.baseAddress!, y: &fused)
+                m.gemv(rows: 0..<rows, x: xb.baseAddress!, y: &packedFused)
+            }
+            let scale = exact.map(abs).max()!
+            for r in 0..<rows {
+                #expect(abs(fused[r] - exact[r]) <= 1e-4 * scale, "\(type.name) row \(r): \(fused[r]) vs \(exact[r])")
+                #expect(abs(fused[r] - packedFused[r]) <= 1e-4 * scale, "\(type.name) row \(r): unpacked \(fused[r]) vs packed kernel \(packedFused[r])")
+            }
+        }
+        #expect(UnpackedKQuantLinear(try QuantizedLinear(type: .q8_0, bytes: [UInt8](repeating: 0, count: 34), outFeatures: 1, inFeatures: 32)) == nil)
+    }
+
     @Test("chat: Gemma's turn format, BOS once, the KV cache kept across turns")
     func chatTurns() throws {
         let vocabulary = SmallVocabulary()
