@@ -281,10 +281,21 @@ public final class Gemma3TrainingModel {
                        a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
             BLAS.setThreads(1)
         } else {
+            let t0 = gemmProfile == nil ? 0 : DispatchTime.now().uptimeNanoseconds
             ParallelGEMM.sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
                                a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            if gemmProfile != nil {
+                let key = "\(transA ? "Aᵀ" : "A")[\(m)×\(k)]·\(transB ? "Bᵀ" : "B")[\(k)×\(n)]\(beta != 0 ? " + C" : "")"
+                let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+                gemmProfile![key, default: (0, 0)].seconds += seconds
+                gemmProfile![key, default: (0, 0)].flops += 2 * Double(m) * Double(n) * Double(k)
+            }
         }
     }
+
+    /// When non-nil, every matrix product adds its wall time and FLOPs here, keyed by shape
+    /// (for `gemma3 bench train --gemms`: how close each product runs to the sgemm peak).
+    public var gemmProfile: [String: (seconds: Double, flops: Double)]?
 
     static let openBLASThreading = ProcessInfo.processInfo.environment["GEMMA3_GEMM"] == "openblas"
 

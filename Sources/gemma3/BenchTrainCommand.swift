@@ -38,6 +38,9 @@ struct BenchTrainCommand: ParsableCommand {
     @Option(help: "Untimed warm-up steps.")
     var warmup = 1
 
+    @Flag(help: "Also time every matrix product by shape (GFLOP/s of each against the sgemm reference).")
+    var gemms = false
+
     @Flag(help: "Print one JSON object.")
     var json = false
 
@@ -77,7 +80,7 @@ struct BenchTrainCommand: ParsableCommand {
                 targets += row.dropFirst()
             }
             let timed = step >= warmup
-            if step == warmup { model.resetProfile() }
+            if step == warmup { model.resetProfile(); if gemms { model.gemmProfile = [:] } }
             model.profiling = timed
             let start = DispatchTime.now().uptimeNanoseconds
             model.zeroGradients()
@@ -129,13 +132,15 @@ struct BenchTrainCommand: ParsableCommand {
             let peak_memory_bytes: Int
             let time_share: [String: Double]
             let losses: [Float]
+            let gemms: [String: [String: Double]]?
         }
         let output = Output(preset: preset, batch: batch, seq: seq, steps: steps, threads: Parallel.threadCount,
                             parameters: config.parameterCount, tokens_per_second: Double(tokensPerStep) / median,
                             median_step_seconds: median, gflop_per_step: flopsPerStep / 1e9, gflops: flopsPerStep / median / 1e9,
                             sgemm_reference_gflops: sgemmReference, fraction_of_sgemm: flopsPerStep / median / 1e9 / sgemmReference,
                             cpu_cores_used: cpuSeconds / (stepTimes.reduce(0, +) + Double(warmup) * median),
-                            peak_memory_bytes: peakBytes, time_share: shares, losses: losses)
+                            peak_memory_bytes: peakBytes, time_share: shares, losses: losses,
+                            gemms: model.gemmProfile.map { $0.mapValues { ["seconds_per_step": $0.seconds / Double(steps), "gflops": $0.flops / $0.seconds / 1e9] } })
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
@@ -154,6 +159,14 @@ struct BenchTrainCommand: ParsableCommand {
                 $0.name + String(format: " %.2f/%.2f", model.phaseSeconds[$0.rawValue] / Double(steps), model.phaseCPUSeconds[$0.rawValue] / Double(steps))
             }.joined(separator: ", ") + String(format: ", optimizer %.2f", optimizerSeconds / Double(steps)))
             _ = otherSeconds
+            if let profile = model.gemmProfile {
+                let total = profile.values.reduce(0) { $0 + $1.seconds } / Double(steps)
+                print(String(format: "  matrix products: %.3f s per step of %.3f (%.0f%%); by shape:", total, median, 100 * total / median))
+                for (shape, t) in profile.sorted(by: { $0.value.seconds > $1.value.seconds }) {
+                    print(String(format: "    %7.3f s  %6.1f GFLOP/s  %3.0f%% of sgemm  ", t.seconds / Double(steps), t.flops / t.seconds / 1e9,
+                                 100 * t.flops / t.seconds / 1e9 / sgemmReference) + shape)
+                }
+            }
         }
     }
 
