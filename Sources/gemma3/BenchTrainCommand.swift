@@ -20,6 +20,9 @@ struct BenchTrainCommand: ParsableCommand {
         achieved GFLOP/s (matmul FLOPs 6 · matmul-parameters · tokens, plus the attention score and \
         value products as computed), peak resident memory (getrusage), and the share of time spent \
         in attention, MLP, norms, LM head + cross-entropy, embedding and optimizer.
+        With --pytorch PYTHON, the same model (HF Gemma3ForCausalLM, float32, same thread count, \
+        AdamW, clipping) is then trained by PyTorch eager and torch.compile in the same run \
+        (scripts/reference/torch_train_bench.py; needs torch and transformers) and the ratios printed.
         """
     )
 
@@ -40,6 +43,12 @@ struct BenchTrainCommand: ParsableCommand {
 
     @Flag(help: "Also time every matrix product by shape (GFLOP/s of each against the sgemm reference).")
     var gemms = false
+
+    @Option(help: ArgumentHelp("Also train the same model with PyTorch (eager and torch.compile) using this python, in the same run.", valueName: "python"))
+    var pytorch: String?
+
+    @Option(help: ArgumentHelp("The reference script run by --pytorch.", valueName: "file"))
+    var pytorchScript = "scripts/reference/torch_train_bench.py"
 
     @Flag(help: "Print one JSON object.")
     var json = false
@@ -132,7 +141,18 @@ struct BenchTrainCommand: ParsableCommand {
             let peak_memory_bytes: Int
             let time_share: [String: Double]
             let losses: [Float]
+            let pytorch: [String: [String: Double]]?
             let gemms: [String: [String: Double]]?
+        }
+        // PyTorch after our steps, so neither measurement overlaps the other.
+        var references: [String: [String: Double]]? = nil
+        if let pytorch {
+            references = [:]
+            for compile in [false, true] {
+                let r = runPyTorch(python: pytorch, config: config, compile: compile)
+                references![compile ? "compile" : "eager"] = r.values
+                if let error = r.error { writeStderr("bench train: PyTorch \(compile ? "compile" : "eager") not measured: \(error)") }
+            }
         }
         let output = Output(preset: preset, batch: batch, seq: seq, steps: steps, threads: Parallel.threadCount,
                             parameters: config.parameterCount, tokens_per_second: Double(tokensPerStep) / median,
@@ -140,6 +160,7 @@ struct BenchTrainCommand: ParsableCommand {
                             sgemm_reference_gflops: sgemmReference, fraction_of_sgemm: flopsPerStep / median / 1e9 / sgemmReference,
                             cpu_cores_used: cpuSeconds / (stepTimes.reduce(0, +) + Double(warmup) * median),
                             peak_memory_bytes: peakBytes, time_share: shares, losses: losses,
+                            pytorch: references,
                             gemms: model.gemmProfile.map { $0.mapValues { ["seconds_per_step": $0.seconds / Double(steps), "gflops": $0.flops / $0.seconds / 1e9] } })
         if json {
             let encoder = JSONEncoder()
@@ -159,6 +180,11 @@ struct BenchTrainCommand: ParsableCommand {
                 $0.name + String(format: " %.2f/%.2f", model.phaseSeconds[$0.rawValue] / Double(steps), model.phaseCPUSeconds[$0.rawValue] / Double(steps))
             }.joined(separator: ", ") + String(format: ", optimizer %.2f", optimizerSeconds / Double(steps)))
             _ = otherSeconds
+            for name in ["eager", "compile"] {
+                guard let r = references?[name], let tps = r["tokens_per_second"] else { continue }
+                print(String(format: "  PyTorch %@ (same run): %.1f tokens/s, peak %.2f GiB → ours %.2fx", name, tps,
+                             (r["peak_rss_bytes"] ?? 0) / Double(1 << 30), output.tokens_per_second / tps))
+            }
             if let profile = model.gemmProfile {
                 let total = profile.values.reduce(0) { $0 + $1.seconds } / Double(steps)
                 print(String(format: "  matrix products: %.3f s per step of %.3f (%.0f%%); by shape:", total, median, 100 * total / median))
@@ -168,6 +194,34 @@ struct BenchTrainCommand: ParsableCommand {
                 }
             }
         }
+    }
+
+    /// Runs the PyTorch reference for `config`; its numeric fields, or an error.
+    func runPyTorch(python: String, config: Gemma3Config, compile: Bool) -> (values: [String: Double], error: String?) {
+        guard FileManager.default.fileExists(atPath: pytorchScript) else {
+            return ([:], "\(pytorchScript) not found (run from the repository root or pass --pytorch-script)")
+        }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = [python, pytorchScript, "--hidden", "\(config.hiddenSize)", "--layers", "\(config.numHiddenLayers)",
+                       "--heads", "\(config.numAttentionHeads)", "--kv-heads", "\(config.numKeyValueHeads)",
+                       "--head-dim", "\(config.headDim)", "--ffn", "\(config.intermediateSize)", "--vocab", "\(config.vocabSize)",
+                       "--window", "\(config.slidingWindow)", "--batch", "\(batch)", "--seq", "\(seq)", "--steps", "\(max(3, steps))",
+                       "--threads", "\(Parallel.threadCount)"] + (compile ? ["--compile"] : [])
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        do { try p.run() } catch { return ([:], "cannot run \(python): \(error.localizedDescription)") }
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        guard p.terminationStatus == 0, let line = String(decoding: data, as: UTF8.self).split(separator: "\n").last,
+              let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+            return ([:], errors.split(separator: "\n").last.map(String.init) ?? "exit status \(p.terminationStatus)")
+        }
+        var values: [String: Double] = [:]
+        for (k, v) in object { if let d = v as? Double { values[k] = d } else if let i = v as? Int { values[k] = Double(i) } }
+        return (values, nil)
     }
 
     /// User + system CPU seconds of this process so far.
