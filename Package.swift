@@ -4,6 +4,13 @@ import PackageDescription
 
 // Release builds are what every benchmark and the README use; `-Ounchecked` is not used so that
 // the libraries stay consumable as ordinary SwiftPM dependencies (no unsafe flags).
+// Optional: `GEMMA3_TARGET_CPU=haswell swift build -c release` (or znver3, skylake, …) compiles every
+// module for that CPU, so the SIMD kernels use AVX2/FMA (≈ 15% faster decoding on this project's
+// machine). Off by default: the binary then runs on any x86-64, and the libraries stay ordinary
+// SwiftPM dependencies (unsafe flags are refused in versioned dependencies).
+let targetCPU = Context.environment["GEMMA3_TARGET_CPU"].flatMap { $0.isEmpty ? nil : $0 }
+let cpuSettings: [SwiftSetting] = targetCPU.map { [.unsafeFlags(["-target-cpu", $0]), .define("GEMMA3_TARGET_CPU")] } ?? []
+
 let package = Package(
     name: "Gemma3Swift",
     platforms: [.macOS(.v15)],
@@ -27,22 +34,23 @@ let package = Package(
         ),
         // Compute layer: BLAS wrapper, parallel loops, element-wise kernels, number formats.
         // Everything that touches raw floats lives here so a GPU backend can replace it later.
-        .target(name: "Gemma3Kernels", dependencies: ["COpenBLAS"]),
+        .target(name: "Gemma3Kernels", dependencies: ["COpenBLAS"], swiftSettings: cpuSettings),
         // GPT-2 byte-level BPE and Gemma's SentencePiece-style tokenizer.
-        .target(name: "Gemma3Tokenizers"),
+        .target(name: "Gemma3Tokenizers", swiftSettings: cpuSettings),
         // safetensors and GGUF readers/writers, quantized block formats.
-        .target(name: "Gemma3Formats", dependencies: ["Gemma3Kernels"]),
+        .target(name: "Gemma3Formats", dependencies: ["Gemma3Kernels"], swiftSettings: cpuSettings),
         // Gemma3Config, parameters, forward/backward, KV-cache inference, sampling.
-        .target(name: "Gemma3Model", dependencies: ["Gemma3Kernels", "Gemma3Formats", "Gemma3Tokenizers"]),
+        .target(name: "Gemma3Model", dependencies: ["Gemma3Kernels", "Gemma3Formats", "Gemma3Tokenizers"], swiftSettings: cpuSettings),
         // Data preparation, batches, AdamW, schedules, the training loop, checkpoints.
-        .target(name: "Gemma3Training", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Tokenizers", "Gemma3Kernels"]),
+        .target(name: "Gemma3Training", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Tokenizers", "Gemma3Kernels"], swiftSettings: cpuSettings),
         // The command-line tool: a thin layer over the libraries.
         .executableTarget(
             name: "gemma3",
             dependencies: [
                 "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Formats", "Gemma3Model", "Gemma3Training",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]
+            ],
+            swiftSettings: cpuSettings
         ),
         .testTarget(name: "KernelsTests", dependencies: ["Gemma3Kernels"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Gemma3Tokenizers"]),

@@ -173,3 +173,23 @@ public struct UncheckedSendable<T>: @unchecked Sendable {
     public let value: T
     @inlinable public init(_ value: T) { self.value = value }
 }
+
+/// How this build was compiled, for benchmark reports.
+public enum BuildInfo {
+    /// True when built with `GEMMA3_TARGET_CPU=…` (kernels compiled for that CPU, e.g. AVX2/FMA).
+    public static let compiledForTargetCPU: Bool = {
+        #if GEMMA3_TARGET_CPU
+        return true
+        #else
+        return false
+        #endif
+    }()
+    /// "target CPU build" or "baseline x86-64 build" (or the architecture elsewhere).
+    public static var description: String {
+        #if arch(x86_64)
+        return compiledForTargetCPU ? "built for GEMMA3_TARGET_CPU" : "baseline x86-64 build"
+        #else
+        return compiledForTargetCPU ? "built for GEMMA3_TARGET_CPU" : "generic build"
+        #endif
+    }
+}

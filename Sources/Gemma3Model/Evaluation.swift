@@ -83,3 +83,43 @@ public enum Evaluation {
                                 seconds: Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
     }
 }
+
+extension Evaluation {
+    /// Evaluates `tokens` with an inference engine: any weights it holds (float32, bfloat16, GGUF
+    /// blocks), batched prefill numerics, no sampling. The engine's `maxContext` must be ≥ T + 1.
+    ///
+    /// - With `bos` (models trained to see it first, like Gemma): window w is `[bos]` followed by
+    ///   tokens w·T ..< (w+1)·T, and all of those are predicted, so every token of `tokens` is
+    ///   predicted exactly once, the first of each window from BOS alone.
+    /// - Without: windows of T + 1 tokens starting at 0, T, 2T, … as `evaluate(config:…)`, so every
+    ///   token but the first is predicted once.
+    public static func evaluate(
+        engine: InferenceEngine, tokens: [Int], context T: Int, bos: Int? = nil,
+        progress: ((Int, Double) -> Void)? = nil
+    ) throws -> EvaluationResult {
+        guard T >= 1, T + 1 <= engine.maxContext else {
+            throw GenerationError("context \(T) must be between 1 and the engine's context − 1 (\(engine.maxContext - 1))")
+        }
+        let needed = bos == nil ? 2 : 1
+        guard tokens.count >= needed else { throw GenerationError("evaluation needs at least \(needed) tokens, got \(tokens.count)") }
+        let start = DispatchTime.now().uptimeNanoseconds
+        var lossSum = 0.0, predicted = 0, windows = 0
+        var first = 0
+        while bos == nil ? first < tokens.count - 1 : first < tokens.count {
+            let window: [Int]
+            if let bos {
+                window = [bos] + tokens[first..<min(first + T, tokens.count)]
+            } else {
+                window = Array(tokens[first...min(first + T, tokens.count - 1)])
+            }
+            let (sum, count) = try engine.crossEntropySum(window)
+            lossSum += sum
+            predicted += count
+            windows += 1
+            first += T
+            progress?(predicted, lossSum / Double(max(1, predicted)))
+        }
+        return EvaluationResult(lossSum: lossSum, predictedTokens: predicted, windows: windows,
+                                seconds: Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+    }
+}

@@ -47,8 +47,11 @@ public final class InferenceEngine: @unchecked Sendable {
     /// Partial softmax states of the decode attention: [worker][head][hd values, max, sum].
     private let attentionPartials: UnsafeMutablePointer<Float>
     private let maxAttentionWorkers: Int
-    /// Logits of a block of rows during evaluation, allocated on first use.
+    /// Evaluation scratch, allocated on first use: a panel of LM-head rows as float32
+    /// [evalPanel × H] and their logits for a chunk [prefillChunk × evalPanel].
+    private var evalPanel: UnsafeMutablePointer<Float>?
     private var evalLogits: UnsafeMutablePointer<Float>?
+    private let evalPanelRows = 4096
     /// Rows of queries handled by one score matrix during prefill.
     private let queryBlock = 64
 
@@ -103,6 +106,7 @@ public final class InferenceEngine: @unchecked Sendable {
     deinit {
         for p in [x, xn, tmp, q, k, v, att, gate, up, ropeTables, logitsBuffer, gatherK, gatherV, scores, attentionPartials] { p.deallocate() }
         evalLogits?.deallocate()
+        evalPanel?.deallocate()
     }
 
     /// Positions already in the cache (the next token's position).
@@ -149,33 +153,62 @@ public final class InferenceEngine: @unchecked Sendable {
             tokens[start..<(start + n)].withContiguousStorageIfAvailable { chunk in
                 forward(chunk, finalRows: 0..<n)
             }!
-            // LM head over blocks of rows (one sgemm each), then log-softmax at the targets.
-            let block = 32
-            if evalLogits == nil { evalLogits = .allocate(capacity: block * V) }
-            let logits = UncheckedSendable(evalLogits!)
-            var i = 0
-            while i < n {
-                let nb = min(block, n - i)
-                weights.lmHead.gemm(n: nb, x: xn + i * H, ldx: H, y: logits.value, ldy: V)
-                var losses = [Double](repeating: 0, count: nb)
-                let (V, first) = (V, start + i + 1)
-                losses.withUnsafeMutableBufferPointer { lb in
-                    let out = UncheckedSendable(lb)
-                    tokens.withUnsafeBufferPointer { tb in
-                        let targets = UncheckedSendable(tb)
-                        Parallel.forEach(nb) { r in
-                            let row = logits.value + r * V
-                            out.value[r] = Double(Kernels.logSumExp(row, V)) - Double(row[targets.value[first + r]])
-                        }
-                    }
-                }
-                total += losses.reduce(0, +)
-                i += nb
-            }
+            total += headCrossEntropy(rows: n, targets: tokens, firstTarget: start + 1)
             start += n
         }
         reset()
         return (total, tokens.count - 1)
+    }
+
+    /// Σ over rows r < n of −log softmax(LM head · xn[r])[targets[firstTarget + r]].
+    ///
+    /// The LM head is walked in panels of `evalPanelRows` vocabulary rows: each panel is decoded to
+    /// float32 once for the whole chunk and multiplied with one sgemm, and every row keeps an online
+    /// log-sum-exp (running maximum and rescaled sum) — so a quantized 262144-row head is decoded
+    /// once per chunk rather than once per handful of rows, and no [n × vocabulary] buffer is needed.
+    private func headCrossEntropy(rows n: Int, targets: [Int], firstTarget: Int) -> Double {
+        let P = evalPanelRows, C = prefillChunk
+        if evalPanel == nil { evalPanel = .allocate(capacity: P * H); evalLogits = .allocate(capacity: C * P) }
+        let (panel, logits) = (UncheckedSendable(evalPanel!), UncheckedSendable(evalLogits!))
+        let head = weights.lmHead
+        var runningMax = [Float](repeating: -.infinity, count: n)
+        var runningSum = [Double](repeating: 0, count: n)
+        var targetLogit = [Float](repeating: 0, count: n)
+        let H = self.H
+        var v0 = 0
+        while v0 < V {
+            let count = min(P, V - v0)
+            let base = v0
+            Parallel.chunks(count, minimumPerChunk: 64) { r in
+                head.dequantize(rows: (base + r.lowerBound)..<(base + r.upperBound), into: panel.value + r.lowerBound * H)
+            }
+            ParallelGEMM.sgemm(transB: true, m: n, n: count, k: H, a: xn, lda: H, b: panel.value, ldb: H, c: logits.value, ldc: count)
+            runningMax.withUnsafeMutableBufferPointer { mb in
+                runningSum.withUnsafeMutableBufferPointer { sb in
+                    targetLogit.withUnsafeMutableBufferPointer { tb in
+                        targets.withUnsafeBufferPointer { targetIds in
+                            let (m, s, t, ids) = (UncheckedSendable(mb), UncheckedSendable(sb), UncheckedSendable(tb), UncheckedSendable(targetIds))
+                            Parallel.chunks(n) { rows in
+                                for r in rows {
+                                    let row = logits.value + r * count
+                                    let panelMax = VectorMath.maximum(row, count)
+                                    let newMax = max(m.value[r], panelMax)
+                                    let rescale = m.value[r] == -.infinity ? 0 : Double(expf(m.value[r] - newMax))
+                                    s.value[r] = s.value[r] * rescale + Double(VectorMath.sumExp(row, count, shift: newMax))
+                                    m.value[r] = newMax
+                                    let target = ids.value[firstTarget + r]
+                                    if target >= base && target < base + count { t.value[r] = row[target - base] }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            v0 += count
+        }
+        var total = 0.0
+        for r in 0..<n { total += Double(runningMax[r]) + log(runningSum[r]) - Double(targetLogit[r]) }
+        return total
     }
 
     private func checkTokens(_ tokens: [Int]) throws {

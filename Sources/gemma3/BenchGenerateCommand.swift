@@ -129,7 +129,7 @@ struct BenchGenerateCommand: ParsableCommand {
         if json {
             var object: [String: Any] = [
                 "model": model ?? preset, "dtype": model == nil ? dtype : label, "prompt_tokens": promptTokens, "new_tokens": newTokens, "runs": runs,
-                "threads": Parallel.threadCount,
+                "threads": Parallel.threadCount, "build": BuildInfo.description,
                 "prefill_seconds": prefillSeconds, "prefill_tokens_per_second": prefillTPS,
                 "prefill_gflops_per_second": prefillGFLOPs, "sgemm_gflops_per_second": sgemm,
                 "decode_seconds": decodeSeconds, "decode_tokens_per_second": decodeTPS,
@@ -159,7 +159,7 @@ struct BenchGenerateCommand: ParsableCommand {
             print(String(decoding: data, as: UTF8.self))
         } else {
             func mb(_ b: Int) -> String { String(format: "%.1f MB", Double(b) / 1e6) }
-            print("bench generate: \(label) (\(mb(weights.totalBytes))), \(Parallel.threadCount) threads, median of \(runs) runs")
+            print("bench generate: \(label) (\(mb(weights.totalBytes))), \(Parallel.threadCount) threads, median of \(runs) runs, \(BuildInfo.description)")
             print(String(format: "  prefill %d tokens: %.3f s, %.1f tokens/s, %.1f GFLOP/s (sgemm of the MLP shape here: %.1f GFLOP/s, %.0f%%)",
                          promptTokens, prefillSeconds, prefillTPS, prefillGFLOPs, sgemm, 100 * prefillGFLOPs / sgemm))
             print(String(format: "  decode %d tokens: %.3f s, %.1f tokens/s, ", newTokens, decodeSeconds, decodeTPS)

@@ -3,27 +3,37 @@ import Dispatch
 import Foundation
 import Gemma3Kernels
 import Gemma3Model
+import Gemma3Tokenizers
 import Gemma3Training
 
 /// `gemma3 eval`: loss, perplexity and bits per byte of a model over a whole token file.
 struct EvalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "eval",
-        abstract: "Loss, perplexity and bits per byte of a model over a whole token file.",
+        abstract: "Loss, perplexity and bits per byte of a model over a whole token file or text file.",
         discussion: """
-        The file is cut into windows of T+1 tokens starting at 0, T, 2T, … (the last one shorter), \
-        so every token but the first is predicted exactly once, each from at most T tokens of \
-        context; the loss is the mean natural-log cross-entropy over all predicted tokens. The \
-        forward pass is the training model's (float32, batched matrix products, no KV cache). \
-        Bits per byte use bytes_per_token of the matching split in the meta.json beside the file.
+        --data FILE.bin (from `gemma3 prepare`) is cut into windows of T+1 tokens starting at 0, T, \
+        2T, … (the last one shorter), so every token but the first is predicted exactly once, each \
+        from at most T tokens of context; the loss is the mean natural-log cross-entropy over all \
+        predicted tokens. The forward pass is the training model's (float32, batched matrix \
+        products, no KV cache). Bits per byte use bytes_per_token of the matching split in the \
+        meta.json beside the file.
+        --text FILE (UTF-8) is tokenized with the model's own tokenizer: GPT-2 models as above (\
+        `<|endoftext|>` read as the special token); Gemma models (a GGUF file, or a Hugging Face \
+        directory with Gemma's tokenizer.json) see each window as <bos> followed by T tokens, all \
+        of which are predicted, with the inference engine (quantized weights used as stored). Bits \
+        per byte use the text's bytes per token.
         """
     )
 
-    @Option(help: ArgumentHelp("Model directory (config.json + model.safetensors), e.g. RUN/best.", valueName: "dir"))
+    @Option(help: ArgumentHelp("Model directory (config.json + model.safetensors), e.g. RUN/best; or a Gemma 3 GGUF file.", valueName: "dir|file.gguf"))
     var model: String
 
     @Option(help: ArgumentHelp("Token file written by `gemma3 prepare`, e.g. DATA/val.bin.", valueName: "file"))
-    var data: String
+    var data: String?
+
+    @Option(help: ArgumentHelp("A UTF-8 text file, tokenized with the model's tokenizer.", valueName: "file"))
+    var text: String?
 
     @Option(help: "Context T: tokens of history per window (default: min(512, max_position_embeddings)).")
     var context: Int?
@@ -38,12 +48,19 @@ struct EvalCommand: ParsableCommand {
     var json = false
 
     func validate() throws {
+        if (data == nil) == (text == nil) { throw ValidationError("give either --data FILE.bin or --text FILE") }
         if let context, context < 1 { throw ValidationError("--context must be positive") }
         if let maxTokens, maxTokens < 2 { throw ValidationError("--max-tokens must be at least 2") }
         if let batchSize, batchSize < 1 { throw ValidationError("--batch-size must be positive") }
     }
 
     func run() throws {
+        if let text { return try runText(text) }
+        let data = self.data!
+        let isGemma = try isGGUFPath(model) || loadDirectoryGemmaModel(model) != nil
+        if isGemma {
+            throw ModelCommandError("\(data) holds GPT-2 token ids; evaluate a Gemma model on text with --text FILE")
+        }
         let (config, store) = try loadModelDirectory(model)
         let dataURL = URL(fileURLWithPath: data)
         let file = try TokenFile(url: dataURL)
@@ -82,6 +99,76 @@ struct EvalCommand: ParsableCommand {
             print(line)
             writeStderr(String(format: "[%d tokens predicted in %d windows of ≤ %d, %.1f s, %.0f tokens/s]",
                                predicted, windows, T + 1, seconds, Double(predicted) / seconds))
+        }
+    }
+
+    /// --text: tokenizes with the model's tokenizer and evaluates (see the discussion).
+    func runText(_ path: String) throws {
+        let bytes = try readTextFile(path)
+        let result: EvaluationResult
+        let tokenCount: Int, T: Int
+        var lastReport = DispatchTime.now().uptimeNanoseconds
+        let progress: (Int, Double) -> Void = { predicted, runningLoss in
+            let now = DispatchTime.now().uptimeNanoseconds
+            if !json, now - lastReport > 10_000_000_000 {
+                lastReport = now
+                writeStderr(String(format: "eval: %d tokens predicted, running loss %.4f", predicted, runningLoss))
+            }
+        }
+        let gemma: (config: Gemma3Config, weights: InferenceWeights, tokenizer: GemmaTokenizer)?
+        if isGGUFPath(model) {
+            let m = try loadGGUFModel(model)
+            gemma = (m.config, m.weights, m.tokenizer)
+        } else if let m = try loadDirectoryGemmaModel(model) {
+            gemma = (m.config, m.weights, m.tokenizer)
+        } else {
+            gemma = nil
+        }
+        if let gemma {
+            let tokens = bytes.withUnsafeBufferPointer { gemma.tokenizer.encode(utf8: $0, addBOS: false) }.map { Int($0) }
+            guard !tokens.isEmpty else { throw ModelCommandError("\(path) is empty") }
+            T = min(context ?? min(512, gemma.config.maxPositionEmbeddings - 1), tokens.count)
+            guard T + 1 <= gemma.config.maxPositionEmbeddings else {
+                throw ModelCommandError("--context \(T) + BOS exceeds the model's max_position_embeddings (\(gemma.config.maxPositionEmbeddings))")
+            }
+            let engine = try InferenceEngine(weights: gemma.weights, maxContext: T + 1)
+            result = try Evaluation.evaluate(engine: engine, tokens: tokens, context: T, bos: Int(gemma.tokenizer.bosTokenID), progress: progress)
+            tokenCount = tokens.count
+        } else {
+            let (config, store) = try loadModelDirectory(model)
+            let tokenizer = try loadGenerationTokenizer(modelDirectory: model, override: nil)
+            var ids: [Int32] = []
+            bytes.withUnsafeBufferPointer { tokenizer.encode(utf8: $0, allowSpecial: true, into: &ids) }
+            guard ids.count >= 2 else { throw ModelCommandError("\(path) has \(ids.count) tokens; at least 2 are needed") }
+            if let outside = ids.first(where: { Int($0) >= config.vocabSize }) {
+                throw ModelCommandError("\(path): token \(outside) is outside the model's vocabulary (\(config.vocabSize))")
+            }
+            let tokens = ids.map { UInt16($0) }
+            T = min(context ?? min(512, config.maxPositionEmbeddings), tokens.count - 1)
+            guard T <= config.maxPositionEmbeddings else {
+                throw ModelCommandError("--context \(T) exceeds the model's max_position_embeddings (\(config.maxPositionEmbeddings))")
+            }
+            let B = batchSize ?? max(1, min(16, 1024 / T))
+            result = try tokens.withUnsafeBufferPointer {
+                try Evaluation.evaluate(config: config, parameters: store, tokens: $0, context: T, batchSize: B, progress: progress)
+            }
+            tokenCount = tokens.count
+        }
+        let bytesPerToken = Double(bytes.count) / Double(tokenCount)
+        let object: [String: Any] = [
+            "model": model, "text": path, "context": T, "tokens": tokenCount, "text_bytes": bytes.count,
+            "predicted_tokens": result.predictedTokens, "windows": result.windows, "loss": result.loss,
+            "perplexity": result.perplexity, "bits_per_token": result.bitsPerToken,
+            "bytes_per_token": bytesPerToken, "bits_per_byte": result.bitsPerToken / bytesPerToken,
+            "seconds": result.seconds, "tokens_per_second": Double(result.predictedTokens) / result.seconds,
+        ]
+        if json {
+            print(try jsonLine(object))
+        } else {
+            print(String(format: "loss %.4f | perplexity %.3f | %.4f bits/token | %.4f bits/byte",
+                         result.loss, result.perplexity, result.bitsPerToken, result.bitsPerToken / bytesPerToken))
+            writeStderr(String(format: "[%d tokens predicted in %d windows of ≤ %d, %.1f s, %.0f tokens/s]",
+                               result.predictedTokens, result.windows, T + 1, result.seconds, Double(result.predictedTokens) / result.seconds))
         }
     }
 

@@ -67,6 +67,46 @@ import Gemma3Formats
         #expect(abs(sum / Double(count) - Double(loss)) < 1e-5)
     }
 
+    @Test func evaluationLossOverAVocabularyOfSeveralHeadPanels() throws {
+        // 9000 tokens: the LM head is walked in three panels (4096, 4096, 808 rows), untied and tied,
+        // with targets in every panel; the training forward computes the full-row log-softmax.
+        for tied in [false, true] {
+            let config = smallConfig(window: 5, tied: tied, vocab: 9000)
+            let store = randomStore(config, seed: tied ? 23 : 22)
+            let tokens = (0..<70).map { ($0 * 4099 + 13) % config.vocabSize }
+            let engine = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: store), maxContext: 80, prefillChunk: 32)
+            let (sum, count) = try engine.crossEntropySum(tokens)
+            #expect(count == 69)
+            let model = try Gemma3TrainingModel(config: config, batchSize: 1, sequenceLength: 69, parameters: store, training: false)
+            let loss = try model.forward(inputs: tokens.dropLast().map { Int32($0) }, targets: tokens.dropFirst().map { Int32($0) })
+            #expect(abs(sum / Double(count) - Double(loss)) < 1e-5, "tied \(tied): \(sum / Double(count)) vs \(loss)")
+        }
+    }
+
+    @Test func evaluationWithBOSWindowsPredictsEveryToken() throws {
+        let config = smallConfig(window: 5)
+        let store = randomStore(config, seed: 24)
+        let engine = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: store), maxContext: 17, prefillChunk: 8)
+        let bos = 2
+        let tokens = (0..<37).map { ($0 * 29 + 5) % config.vocabSize }
+        let result = try Evaluation.evaluate(engine: engine, tokens: tokens, context: 16, bos: bos)
+        #expect(result.predictedTokens == 37)
+        #expect(result.windows == 3)
+        // The same windows by hand: [bos] + 16, [bos] + 16, [bos] + 5, each through the training forward.
+        var expected = 0.0
+        for start in stride(from: 0, to: 37, by: 16) {
+            let window = [bos] + tokens[start..<min(start + 16, 37)]
+            let model = try Gemma3TrainingModel(config: config, batchSize: 1, sequenceLength: window.count - 1, parameters: store, training: false)
+            let loss = try model.forward(inputs: window.dropLast().map { Int32($0) }, targets: window.dropFirst().map { Int32($0) })
+            expected += Double(loss) * Double(window.count - 1)
+        }
+        #expect(abs(result.lossSum - expected) < 1e-4 * Double(37))
+        // Without BOS: windows of T + 1 from 0, T, 2T, … (every token but the first predicted).
+        let plain = try Evaluation.evaluate(engine: engine, tokens: tokens, context: 16)
+        #expect(plain.predictedTokens == 36)
+        #expect(throws: GenerationError.self) { try Evaluation.evaluate(engine: engine, tokens: tokens, context: 17, bos: bos) }
+    }
+
     @Test func bf16EngineEqualsF32EngineOnRoundedWeights() throws {
         let config = smallConfig(window: 5)
         let store = randomStore(config, seed: 31)
