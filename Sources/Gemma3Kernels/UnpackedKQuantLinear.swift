@@ -1,17 +1,18 @@
 import Foundation
 
-/// A Q4_K or Q6_K matrix unpacked for decoding: every block of 32 values becomes two float scales,
-/// a float offset and 32 signed bytes, value = scale[i / 16] · q[i] − offset (44 bytes per block).
+/// A Q4_K or Q6_K matrix unpacked for decoding: every block of 32 values becomes two floats and 32
+/// signed bytes (40 bytes per block): for Q4_K a scale and an offset, value = scale · q[i] − offset;
+/// for Q6_K one scale per 16 values, value = scale[i / 16] · q[i].
 ///
 /// Why: the K-quant kernels spend their time unpacking 4- and 6-bit fields and 6-bit sub-block
 /// scales, not reading memory (≈ 6–7 GB/s on two cores against ≈ 22 GB/s for Q8_0 here). Unpacked
 /// once at load, the same values decode with the Q8_0-style integer kernel at memory speed, for
-/// 2.4× (Q4_K) or 1.7× (Q6_K) the bytes of those matrices — 42 MB more for Gemma 3 270M Q4_K_M.
+/// 2.2× (Q4_K) or 1.5× (Q6_K) the bytes of those matrices — 21 MB more for Gemma 3 270M Q4_K_M.
 ///
 /// The values are exactly those of `GGMLBlocks.dequantizeRow` (same float products: d·sc and
 /// dmin·m for Q4_K, d·sc for Q6_K), so prefill and the float path are unchanged.
 public final class UnpackedKQuantLinear: LinearWeight, @unchecked Sendable {
-    public static let bytesPerBlock = 44
+    public static let bytesPerBlock = 40
     /// The GGUF type the values came from.
     public let sourceType: GGMLType
     public let outFeatures: Int
@@ -61,11 +62,10 @@ public final class UnpackedKQuantLinear: LinearWeight, @unchecked Sendable {
             let scale = d * Float(sc), offset = dmin * Float(m)
             let block = out + j * bytesPerBlock
             block.storeBytes(of: scale, as: Float.self)
-            block.storeBytes(of: scale, toByteOffset: 4, as: Float.self)
-            block.storeBytes(of: offset, toByteOffset: 8, as: Float.self)
+            block.storeBytes(of: offset, toByteOffset: 4, as: Float.self)
             for l in 0..<32 {
                 let byte = p.load(fromByteOffset: 16 + 32 * (j >> 1) + l, as: UInt8.self)
-                block.storeBytes(of: Int8(j & 1 == 0 ? byte & 0x0f : byte >> 4), toByteOffset: 12 + l, as: Int8.self)
+                block.storeBytes(of: Int8(j & 1 == 0 ? byte & 0x0f : byte >> 4), toByteOffset: 8 + l, as: Int8.self)
             }
         }
     }
@@ -81,12 +81,11 @@ public final class UnpackedKQuantLinear: LinearWeight, @unchecked Sendable {
                 let sc = p.load(fromByteOffset: 192 + 8 * n + 2 * k + s, as: Int8.self)
                 block.storeBytes(of: d * Float(sc), toByteOffset: 4 * s, as: Float.self)
             }
-            block.storeBytes(of: Float(0), toByteOffset: 8, as: Float.self)
             for l in 0..<32 {
                 let ql = p.load(fromByteOffset: 64 * n + l + (k & 1) * 32, as: UInt8.self)
                 let low = k < 2 ? ql & 0x0f : ql >> 4
                 let high = (p.load(fromByteOffset: 128 + 32 * n + l, as: UInt8.self) >> (2 * UInt8(k))) & 3
-                block.storeBytes(of: Int8(Int(low | high << 4) - 32), toByteOffset: 12 + l, as: Int8.self)
+                block.storeBytes(of: Int8(Int(low | high << 4) - 32), toByteOffset: 8 + l, as: Int8.self)
             }
         }
     }
@@ -104,7 +103,11 @@ public final class UnpackedKQuantLinear: LinearWeight, @unchecked Sendable {
         }
         let (data, rowBytes) = (UnsafeRawPointer(self.data), self.rowBytes)
         GGMLDot.withQuantized(x, count: inFeatures) { xq in
-            GGMLDot.unpackedK(data, rowBytes: rowBytes, rows: rows, x: xq, y: y)
+            if sourceType == .q4_K {
+                GGMLDot.unpackedQ4_K(data, rowBytes: rowBytes, rows: rows, x: xq, y: y)
+            } else {
+                GGMLDot.unpackedQ6_K(data, rowBytes: rowBytes, rows: rows, x: xq, y: y)
+            }
         }
     }
 
@@ -122,10 +125,10 @@ public final class UnpackedKQuantLinear: LinearWeight, @unchecked Sendable {
         let row = UnsafeRawPointer(data) + r * rowBytes
         for b in 0..<(inFeatures / 32) {
             let p = row + b * Self.bytesPerBlock
-            let s0 = p.load(as: Float.self), s1 = p.load(fromByteOffset: 4, as: Float.self)
-            let offset = p.load(fromByteOffset: 8, as: Float.self)
+            let a = p.load(as: Float.self), c = p.load(fromByteOffset: 4, as: Float.self)
             for l in 0..<32 {
-                out[b * 32 + l] = (l < 16 ? s0 : s1) * Float(p.load(fromByteOffset: 12 + l, as: Int8.self)) - offset
+                let q = Float(p.load(fromByteOffset: 8 + l, as: Int8.self))
+                out[b * 32 + l] = sourceType == .q4_K ? a * q - c : (l < 16 ? a : c) * q
             }
         }
     }
@@ -144,11 +147,10 @@ extension QuantizedLinear {
 }
 
 extension GGMLDot {
-    /// `UnpackedKQuantLinear` blocks (two float scales, a float offset, 32 int8):
-    /// y[r] = Σ_blocks dx·(s0·Σ₀¹⁵ q·xq + s1·Σ₁₆³¹ q·xq) − offset·dx·Σ xq.
+    /// Unpacked Q4_K blocks [scale, offset, 32 × int8]: y[r] = Σ_b dx·(scale·Σ q·xq − offset·Σ xq).
     /// Same loop shape as `q8_0`, which is what lets the compiler emit `pmaddwd` for it.
     @inlinable
-    public static func unpackedK(_ w: UnsafeRawPointer, rowBytes: Int, rows: Range<Int>, x: QuantizedActivations, y: UnsafeMutablePointer<Float>) {
+    public static func unpackedQ4_K(_ w: UnsafeRawPointer, rowBytes: Int, rows: Range<Int>, x: QuantizedActivations, y: UnsafeMutablePointer<Float>) {
         let nb = x.count / 32
         let xq = UnsafeRawPointer(x.q)
         for r in rows {
@@ -156,17 +158,37 @@ extension GGMLDot {
             var total = SIMD4<Float>()
             var offset: Float = 0
             for b in 0..<nb {
-                let p = row + b &* 44
+                let p = row + b &* 40
+                let dx = x.scale[b]
+                let xo = b &* 64
+                var s = SIMD4<Int32>()
+                for k in 0..<4 { s &+= dotI8x8(p, 8 &+ 8 &* k, xq, xo &+ 16 &* k) }
+                total += SIMD4<Float>(s) * (p.loadUnaligned(as: Float.self) * dx)
+                offset += p.loadUnaligned(fromByteOffset: 4, as: Float.self) * dx * Float(x.sum32(b))
+            }
+            y[r] = total.sum() - offset
+        }
+    }
+
+    /// Unpacked Q6_K blocks [scale₀, scale₁, 32 × int8], one scale per 16 values.
+    @inlinable
+    public static func unpackedQ6_K(_ w: UnsafeRawPointer, rowBytes: Int, rows: Range<Int>, x: QuantizedActivations, y: UnsafeMutablePointer<Float>) {
+        let nb = x.count / 32
+        let xq = UnsafeRawPointer(x.q)
+        for r in rows {
+            let row = w + r &* rowBytes
+            var total = SIMD4<Float>()
+            for b in 0..<nb {
+                let p = row + b &* 40
                 let dx = x.scale[b]
                 let xo = b &* 64
                 var lo = SIMD4<Int32>(), hi = SIMD4<Int32>()
-                for k in 0..<2 { lo &+= dotI8x8(p, 12 &+ 8 &* k, xq, xo &+ 16 &* k) }
-                for k in 0..<2 { hi &+= dotI8x8(p, 28 &+ 8 &* k, xq, xo &+ 32 &+ 16 &* k) }
+                for k in 0..<2 { lo &+= dotI8x8(p, 8 &+ 8 &* k, xq, xo &+ 16 &* k) }
+                for k in 0..<2 { hi &+= dotI8x8(p, 24 &+ 8 &* k, xq, xo &+ 32 &+ 16 &* k) }
                 total += SIMD4<Float>(lo) * (p.loadUnaligned(as: Float.self) * dx)
                 total += SIMD4<Float>(hi) * (p.loadUnaligned(fromByteOffset: 4, as: Float.self) * dx)
-                offset += p.loadUnaligned(fromByteOffset: 8, as: Float.self) * dx * Float(x.sum32(b))
             }
-            y[r] = total.sum() - offset
+            y[r] = total.sum()
         }
     }
 }
