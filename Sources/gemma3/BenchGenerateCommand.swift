@@ -109,9 +109,14 @@ struct BenchGenerateCommand: ParsableCommand {
             }
         }
         // One extra run with the stage profile attached (kept out of the timed runs).
-        let profile = EngineProfile()
+        let prefillProfile = EngineProfile()
         engine.reset()
+        engine.profile = prefillProfile
         var logits = try engine.prefill(prompt)
+        let prefillShares = EngineProfile.Stage.allCases.map { stage in
+            (stage.name, prefillProfile.seconds(stage) / max(1e-12, EngineProfile.Stage.allCases.reduce(0.0) { $0 + prefillProfile.seconds($1) }))
+        }
+        let profile = EngineProfile()
         engine.profile = profile
         for _ in 0..<newTokens { logits = try engine.decode(Sampler.argmax(UnsafeBufferPointer(logits))) }
         engine.profile = nil
@@ -140,6 +145,7 @@ struct BenchGenerateCommand: ParsableCommand {
                 "kv_cache_bytes_full_context": KVCache.bytes(config: config, context: config.maxPositionEmbeddings),
                 "full_context": config.maxPositionEmbeddings,
             ]
+            object["prefill_stage_shares"] = Dictionary(uniqueKeysWithValues: prefillShares)
             object["decode_stages"] = stages.map { st -> [String: Any] in
                 ["stage": st.stage, "formats": st.formats, "bytes_per_token": st.bytes,
                  "seconds_per_token": st.seconds, "share": st.share,
@@ -164,10 +170,12 @@ struct BenchGenerateCommand: ParsableCommand {
                          promptTokens, prefillSeconds, prefillTPS, prefillGFLOPs, sgemm, 100 * prefillGFLOPs / sgemm))
             print(String(format: "  decode %d tokens: %.3f s, %.1f tokens/s, ", newTokens, decodeSeconds, decodeTPS)
                   + "\(mb(bytesPerToken)) read per token, " + String(format: "%.1f GB/s", Double(bytesPerToken) * decodeTPS / 1e9))
+            print("  prefill time by stage: " + prefillShares.filter { $0.1 > 0.0005 }.map { "\($0.0) " + String(format: "%.1f%%", $0.1 * 100) }.joined(separator: ", "))
             print("  decode time per token by stage (one profiled run):")
+            func pad(_ text: String, _ width: Int) -> String { text.count >= width ? text : text + String(repeating: " ", count: width - text.count) }
             for st in stages {
                 let bw = st.bytes > 0 && st.seconds > 0 ? String(format: ", %5.1f GB/s", Double(st.bytes) / st.seconds / 1e9) : ""
-                print(String(format: "    %-30@ %-18@ %7.2f ms %5.1f%%", st.stage as NSString, st.formats as NSString, st.seconds * 1e3, st.share * 100)
+                print("    " + pad(st.stage, 30) + " " + pad(st.formats, 22) + String(format: " %6.2f ms %5.1f%%", st.seconds * 1e3, st.share * 100)
                       + (st.bytes > 0 ? "  \(mb(st.bytes))\(bw)" : ""))
             }
             if let llama {
