@@ -107,6 +107,7 @@ struct EvalCommand: ParsableCommand {
         let bytes = try readTextFile(path)
         let result: EvaluationResult
         let tokenCount: Int, T: Int
+        var fullTokenCount = 0
         var lastReport = DispatchTime.now().uptimeNanoseconds
         let progress: (Int, Double) -> Void = { predicted, runningLoss in
             let now = DispatchTime.now().uptimeNanoseconds
@@ -125,8 +126,10 @@ struct EvalCommand: ParsableCommand {
             gemma = nil
         }
         if let gemma {
-            let tokens = bytes.withUnsafeBufferPointer { gemma.tokenizer.encode(utf8: $0, addBOS: false) }.map { Int($0) }
+            let all = bytes.withUnsafeBufferPointer { gemma.tokenizer.encode(utf8: $0, addBOS: false) }
+            let tokens = all.prefix(maxTokens ?? Int.max).map { Int($0) }
             guard !tokens.isEmpty else { throw ModelCommandError("\(path) is empty") }
+            fullTokenCount = all.count
             T = min(context ?? min(512, gemma.config.maxPositionEmbeddings - 1), tokens.count)
             guard T + 1 <= gemma.config.maxPositionEmbeddings else {
                 throw ModelCommandError("--context \(T) + BOS exceeds the model's max_position_embeddings (\(gemma.config.maxPositionEmbeddings))")
@@ -140,10 +143,11 @@ struct EvalCommand: ParsableCommand {
             var ids: [Int32] = []
             bytes.withUnsafeBufferPointer { tokenizer.encode(utf8: $0, allowSpecial: true, into: &ids) }
             guard ids.count >= 2 else { throw ModelCommandError("\(path) has \(ids.count) tokens; at least 2 are needed") }
+            fullTokenCount = ids.count
             if let outside = ids.first(where: { Int($0) >= config.vocabSize }) {
                 throw ModelCommandError("\(path): token \(outside) is outside the model's vocabulary (\(config.vocabSize))")
             }
-            let tokens = ids.map { UInt16($0) }
+            let tokens = ids.prefix(maxTokens ?? Int.max).map { UInt16($0) }
             T = min(context ?? min(512, config.maxPositionEmbeddings), tokens.count - 1)
             guard T <= config.maxPositionEmbeddings else {
                 throw ModelCommandError("--context \(T) exceeds the model's max_position_embeddings (\(config.maxPositionEmbeddings))")
@@ -154,7 +158,8 @@ struct EvalCommand: ParsableCommand {
             }
             tokenCount = tokens.count
         }
-        let bytesPerToken = Double(bytes.count) / Double(tokenCount)
+        // With --max-tokens the text is cut, so bytes per token come from the whole text's average.
+        let bytesPerToken = Double(bytes.count) / Double(fullTokenCount)
         let object: [String: Any] = [
             "model": model, "text": path, "context": T, "tokens": tokenCount, "text_bytes": bytes.count,
             "predicted_tokens": result.predictedTokens, "windows": result.windows, "loss": result.loss,

@@ -75,6 +75,29 @@ struct ConvertCommandTests {
         let expected = try Generator(engine: engine, tokenizer: tokenizer).generate(promptIds: promptIds, options: GenerationOptions(maxNewTokens: 6))
         #expect(generated["generated_ids"] as? [Int] == expected.generatedIds)
 
+        // eval --text: Gemma's tokenizer, <bos> windows; the GGUF file and the directory agree with
+        // the library evaluation, and bits per byte use the text's own bytes per token.
+        let evalText = dir.appendingPathComponent("story.txt")
+        let story = String(repeating: "the hello world café at the <b>hello</b>\n", count: 12)
+        try Data(story.utf8).write(to: evalText)
+        var losses: [Double] = []
+        for model in [gguf, hf] {
+            r = try gemma3(["eval", "--model", model, "--text", evalText.path, "--context", "16", "--json"])
+            #expect(r.status == 0, "\(r.stderr)")
+            let o = try jsonObject(r.stdout)
+            let all = tokenizer.encode(story, addBOS: false).map(Int.init)
+            #expect(o["predicted_tokens"] as? Int == all.count)
+            #expect(o["windows"] as? Int == (all.count + 15) / 16)
+            let bpt = try #require(o["bytes_per_token"] as? Double)
+            #expect(abs(bpt - Double(story.utf8.count) / Double(all.count)) < 1e-12)
+            losses.append(try #require(o["loss"] as? Double))
+        }
+        let evalEngine = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: store), maxContext: 17)
+        let reference = try Evaluation.evaluate(engine: evalEngine, tokens: tokenizer.encode(story, addBOS: false).map(Int.init), context: 16, bos: 2)
+        for loss in losses { #expect(abs(loss - reference.loss) < 1e-5, "\(loss) vs \(reference.loss)") }
+        r = try gemma3(["eval", "--model", gguf, "--data", evalText.path])
+        #expect(r.status != 0 && r.stderr.contains("--text"), "\(r.stderr)")
+
         // chat --model DIR: Gemma's turn format.
         r = try gemma3(["chat", "--model", hf, "--message", "hello", "--temperature", "0", "--max-new-tokens", "2", "--json"])
         #expect(r.status == 0, "\(r.stderr)")
