@@ -226,19 +226,14 @@ struct BenchGenerateCommand: ParsableCommand {
 
     /// Runs `llama-bench -m model -t threads -p promptTokens -n newTokens -o json`; pp/tg tokens/s, or ["error": why].
     func runLlamaBench(_ path: String, model: String) -> [String: Any] {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: path)
-        p.arguments = ["-m", model, "-t", String(Parallel.threadCount), "-p", String(promptTokens), "-n", String(newTokens),
-                       "-r", String(max(3, runs)), "-o", "json"]
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        do { try p.run() } catch { return ["error": "cannot run \(path): \(error.localizedDescription)"] }
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        _ = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0, let rows = try? JSONSerialization.jsonObject(with: data) as? [[String: Any]] else {
-            return ["error": "\(path) failed (exit status \(p.terminationStatus))"]
+        let arguments = ["-m", model, "-t", String(Parallel.threadCount), "-p", String(promptTokens), "-n", String(newTokens),
+                         "-r", String(max(3, runs)), "-o", "json"]
+        let child: (status: Int32, stdout: Data, stderr: Data)
+        do { child = try runChildProcess(URL(fileURLWithPath: path), arguments) } catch {
+            return ["error": "cannot run \(path): \(error.localizedDescription)"]
+        }
+        guard child.status == 0, let rows = try? JSONSerialization.jsonObject(with: child.stdout) as? [[String: Any]] else {
+            return ["error": "\(path) failed (exit status \(child.status))"]
         }
         var result: [String: Any] = ["threads": Parallel.threadCount]
         for row in rows {
@@ -257,21 +252,17 @@ struct BenchGenerateCommand: ParsableCommand {
             return ["error": "\(transformersScript) not found (run from the repository root or pass --transformers-script)"]
         }
         guard preset == "tinystories-270m" else { return ["error": "the reference script builds tinystories-270m only"] }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = [python, transformersScript, "--prompt-tokens", String(promptTokens), "--new-tokens", String(newTokens),
-                       "--runs", String(runs), "--threads", String(Parallel.threadCount), "--dtype", dtype]
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        do { try p.run() } catch { return ["error": "cannot run \(python): \(error.localizedDescription)"] }
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        guard p.terminationStatus == 0,
-              let line = String(decoding: data, as: UTF8.self).split(separator: "\n").last,
+        let arguments = [python, transformersScript, "--prompt-tokens", String(promptTokens), "--new-tokens", String(newTokens),
+                         "--runs", String(runs), "--threads", String(Parallel.threadCount), "--dtype", dtype]
+        let child: (status: Int32, stdout: Data, stderr: Data)
+        do { child = try runChildProcess(URL(fileURLWithPath: "/usr/bin/env"), arguments) } catch {
+            return ["error": "cannot run \(python): \(error.localizedDescription)"]
+        }
+        let errors = String(decoding: child.stderr, as: UTF8.self)
+        guard child.status == 0,
+              let line = String(decoding: child.stdout, as: UTF8.self).split(separator: "\n").last,
               let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
-            let last = errors.split(separator: "\n").last.map(String.init) ?? "exit status \(p.terminationStatus)"
+            let last = errors.split(separator: "\n").last.map(String.init) ?? "exit status \(child.status)"
             return ["error": "\(python) \(transformersScript) failed: \(last)"]
         }
         return object

@@ -202,23 +202,19 @@ struct BenchTrainCommand: ParsableCommand {
         guard FileManager.default.fileExists(atPath: pytorchScript) else {
             return ([:], "\(pytorchScript) not found (run from the repository root or pass --pytorch-script)")
         }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = [python, pytorchScript, "--hidden", "\(config.hiddenSize)", "--layers", "\(config.numHiddenLayers)",
-                       "--heads", "\(config.numAttentionHeads)", "--kv-heads", "\(config.numKeyValueHeads)",
-                       "--head-dim", "\(config.headDim)", "--ffn", "\(config.intermediateSize)", "--vocab", "\(config.vocabSize)",
-                       "--window", "\(config.slidingWindow)", "--batch", "\(batch)", "--seq", "\(seq)", "--steps", "\(max(3, steps))",
-                       "--threads", "\(Parallel.threadCount)"] + (compile ? ["--compile"] : [])
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        do { try p.run() } catch { return ([:], "cannot run \(python): \(error.localizedDescription)") }
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        guard p.terminationStatus == 0, let line = String(decoding: data, as: UTF8.self).split(separator: "\n").last,
+        let arguments = [python, pytorchScript, "--hidden", "\(config.hiddenSize)", "--layers", "\(config.numHiddenLayers)",
+                         "--heads", "\(config.numAttentionHeads)", "--kv-heads", "\(config.numKeyValueHeads)",
+                         "--head-dim", "\(config.headDim)", "--ffn", "\(config.intermediateSize)", "--vocab", "\(config.vocabSize)",
+                         "--window", "\(config.slidingWindow)", "--batch", "\(batch)", "--seq", "\(seq)", "--steps", "\(max(3, steps))",
+                         "--threads", "\(Parallel.threadCount)"] + (compile ? ["--compile"] : [])
+        let child: (status: Int32, stdout: Data, stderr: Data)
+        do { child = try runChildProcess(URL(fileURLWithPath: "/usr/bin/env"), arguments) } catch {
+            return ([:], "cannot run \(python): \(error.localizedDescription)")
+        }
+        let errors = String(decoding: child.stderr, as: UTF8.self)
+        guard child.status == 0, let line = String(decoding: child.stdout, as: UTF8.self).split(separator: "\n").last,
               let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
-            return ([:], errors.split(separator: "\n").last.map(String.init) ?? "exit status \(p.terminationStatus)")
+            return ([:], errors.split(separator: "\n").last.map(String.init) ?? "exit status \(child.status)")
         }
         var values: [String: Double] = [:]
         for (k, v) in object { if let d = v as? Double { values[k] = d } else if let i = v as? Int { values[k] = Double(i) } }

@@ -1,0 +1,55 @@
+import Foundation
+import Testing
+
+/// Reference programs run by the benches may write a lot to stderr (warnings) before their JSON:
+/// the bench must drain both pipes together or it hangs once stderr fills the pipe buffer.
+@Suite struct ChildProcessTests {
+    @Test("bench train --pytorch: a reference writing 256 KiB to stderr neither hangs the bench nor loses its JSON")
+    func benchTrainReferenceWithLargeStderr() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gemma3-child-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // Run as `env sh fake.sh --hidden …` in place of `env python torch_train_bench.py --hidden …`.
+        let script = dir.appendingPathComponent("fake_reference.sh")
+        try """
+        head -c 262144 /dev/zero | tr '\\0' 'w' >&2
+        echo '{"tokens_per_second": 123.5, "peak_rss_bytes": 1024}'
+        """.write(to: script, atomically: true, encoding: .utf8)
+
+        let p = Process()
+        p.executableURL = try gemma3ExecutableForChildTests()
+        p.arguments = ["bench", "train", "--preset", "tinystories-5m", "--batch", "1", "--seq", "8", "--steps", "1",
+                       "--warmup", "0", "--pytorch", "sh", "--pytorch-script", script.path, "--json"]
+        let out = dir.appendingPathComponent("stdout"), err = dir.appendingPathComponent("stderr")
+        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: err.path, contents: nil)
+        p.standardOutput = try FileHandle(forWritingTo: out)
+        p.standardError = try FileHandle(forWritingTo: err)
+        try p.run()
+        let deadline = Date().addingTimeInterval(120)
+        while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        let hung = p.isRunning
+        if hung { p.terminate(); p.waitUntilExit() }
+        #expect(!hung, "bench train did not finish within 120 s (deadlocked on the reference's stderr?)")
+        if hung { return }
+        let stderr = String(decoding: try Data(contentsOf: err), as: UTF8.self)
+        #expect(p.terminationStatus == 0, "\(stderr)")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: out)) as? [String: Any])
+        let references = try #require(object["pytorch"] as? [String: [String: Double]])
+        #expect(references["eager"]?["tokens_per_second"] == 123.5)
+        #expect(references["compile"]?["tokens_per_second"] == 123.5)
+    }
+}
+
+/// The `gemma3` executable built beside the test bundle, or `$GEMMA3_BINARY`.
+private func gemma3ExecutableForChildTests() throws -> URL {
+    if let p = ProcessInfo.processInfo.environment["GEMMA3_BINARY"] { return URL(fileURLWithPath: p) }
+    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+    for _ in 0..<5 {
+        let candidate = dir.appendingPathComponent("gemma3")
+        if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+        dir = dir.deletingLastPathComponent()
+    }
+    struct Missing: Error, CustomStringConvertible { let description: String }
+    throw Missing(description: "cannot find the gemma3 executable next to \(CommandLine.arguments[0]); set GEMMA3_BINARY")
+}
