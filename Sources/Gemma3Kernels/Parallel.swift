@@ -46,8 +46,9 @@ public enum Parallel {
     static let usePool = ProcessInfo.processInfo.environment["GEMMA3_POOL"] != "0"
 
     /// Calls `body(part)` for part in 0..<parts, concurrently, and returns when all have finished.
-    /// Part 0 runs on the calling thread. Uses the spinning pool when it is free and large enough;
-    /// nested or concurrent regions (and more parts than cores) fall back to Dispatch.
+    /// The calling thread works on parts too, but which parts run where is not fixed (on the pool,
+    /// a spinning worker may claim part 0 first). Uses the spinning pool when it is free and large
+    /// enough; nested or concurrent regions (and more parts than cores) fall back to Dispatch.
     public static func run(parts: Int, _ body: (Int) -> Void) {
         if parts <= 1 { if parts == 1 { body(0) }; return }
         withoutActuallyEscaping(body) { body in
