@@ -130,10 +130,10 @@ struct EvalCommand: ParsableCommand {
             let tokens = all.prefix(maxTokens ?? Int.max).map { Int($0) }
             guard !tokens.isEmpty else { throw ModelCommandError("\(path) is empty") }
             fullTokenCount = all.count
-            T = min(context ?? min(512, gemma.config.maxPositionEmbeddings - 1), tokens.count)
-            guard T + 1 <= gemma.config.maxPositionEmbeddings else {
-                throw ModelCommandError("--context \(T) + BOS exceeds the model's max_position_embeddings (\(gemma.config.maxPositionEmbeddings))")
+            if let context, context + 1 > gemma.config.maxPositionEmbeddings {
+                throw ModelCommandError("--context \(context) + BOS exceeds the model's max_position_embeddings (\(gemma.config.maxPositionEmbeddings))")
             }
+            T = min(context ?? min(512, gemma.config.maxPositionEmbeddings - 1), tokens.count)
             let engine = try InferenceEngine(weights: gemma.weights, maxContext: T + 1)
             result = try Evaluation.evaluate(engine: engine, tokens: tokens, context: T, bos: Int(gemma.tokenizer.bosTokenID), progress: progress)
             tokenCount = tokens.count
@@ -148,10 +148,10 @@ struct EvalCommand: ParsableCommand {
                 throw ModelCommandError("\(path): token \(outside) is outside the model's vocabulary (\(config.vocabSize))")
             }
             let tokens = ids.prefix(maxTokens ?? Int.max).map { UInt16($0) }
-            T = min(context ?? min(512, config.maxPositionEmbeddings), tokens.count - 1)
-            guard T <= config.maxPositionEmbeddings else {
-                throw ModelCommandError("--context \(T) exceeds the model's max_position_embeddings (\(config.maxPositionEmbeddings))")
+            if let context, context > config.maxPositionEmbeddings {
+                throw ModelCommandError("--context \(context) exceeds the model's max_position_embeddings (\(config.maxPositionEmbeddings))")
             }
+            T = min(context ?? min(512, config.maxPositionEmbeddings), tokens.count - 1)
             let B = batchSize ?? max(1, min(16, 1024 / T))
             result = try tokens.withUnsafeBufferPointer {
                 try Evaluation.evaluate(config: config, parameters: store, tokens: $0, context: T, batchSize: B, progress: progress)
