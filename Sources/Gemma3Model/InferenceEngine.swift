@@ -171,40 +171,37 @@ public final class InferenceEngine: @unchecked Sendable {
         if evalPanel == nil { evalPanel = .allocate(capacity: P * H); evalLogits = .allocate(capacity: C * P) }
         let (panel, logits) = (UncheckedSendable(evalPanel!), UncheckedSendable(evalLogits!))
         let head = weights.lmHead
-        var runningMax = [Float](repeating: -.infinity, count: n)
-        var runningSum = [Double](repeating: 0, count: n)
-        var targetLogit = [Float](repeating: 0, count: n)
+        // Per row: running maximum, rescaled sum of exponentials, and the target's logit.
+        let runningMax = UnsafeMutableBufferPointer<Float>.allocate(capacity: n)
+        let runningSum = UnsafeMutableBufferPointer<Double>.allocate(capacity: n)
+        let targetLogit = UnsafeMutableBufferPointer<Float>.allocate(capacity: n)
+        defer { runningMax.deallocate(); runningSum.deallocate(); targetLogit.deallocate() }
+        runningMax.initialize(repeating: -.infinity)
+        runningSum.initialize(repeating: 0)
+        targetLogit.initialize(repeating: 0)
+        let (m, s, t) = (UncheckedSendable(runningMax), UncheckedSendable(runningSum), UncheckedSendable(targetLogit))
+        let rowTargets = UncheckedSendable(Array(targets[firstTarget..<(firstTarget + n)]))
         let H = self.H
-        var v0 = 0
-        while v0 < V {
-            let count = min(P, V - v0)
-            let base = v0
+        var base = 0
+        while base < V {
+            let count = min(P, V - base)
+            let first = base
             Parallel.chunks(count, minimumPerChunk: 64) { r in
-                head.dequantize(rows: (base + r.lowerBound)..<(base + r.upperBound), into: panel.value + r.lowerBound * H)
+                head.dequantize(rows: (first + r.lowerBound)..<(first + r.upperBound), into: panel.value + r.lowerBound * H)
             }
             ParallelGEMM.sgemm(transB: true, m: n, n: count, k: H, a: xn, lda: H, b: panel.value, ldb: H, c: logits.value, ldc: count)
-            runningMax.withUnsafeMutableBufferPointer { mb in
-                runningSum.withUnsafeMutableBufferPointer { sb in
-                    targetLogit.withUnsafeMutableBufferPointer { tb in
-                        targets.withUnsafeBufferPointer { targetIds in
-                            let (m, s, t, ids) = (UncheckedSendable(mb), UncheckedSendable(sb), UncheckedSendable(tb), UncheckedSendable(targetIds))
-                            Parallel.chunks(n) { rows in
-                                for r in rows {
-                                    let row = logits.value + r * count
-                                    let panelMax = VectorMath.maximum(row, count)
-                                    let newMax = max(m.value[r], panelMax)
-                                    let rescale = m.value[r] == -.infinity ? 0 : Double(expf(m.value[r] - newMax))
-                                    s.value[r] = s.value[r] * rescale + Double(VectorMath.sumExp(row, count, shift: newMax))
-                                    m.value[r] = newMax
-                                    let target = ids.value[firstTarget + r]
-                                    if target >= base && target < base + count { t.value[r] = row[target - base] }
-                                }
-                            }
-                        }
-                    }
+            Parallel.chunks(n) { rows in
+                for r in rows {
+                    let row = logits.value + r * count
+                    let newMax = max(m.value[r], VectorMath.maximum(row, count))
+                    let rescale = m.value[r] == -.infinity ? 0 : Double(expf(m.value[r] - newMax))
+                    s.value[r] = s.value[r] * rescale + VectorMath.sumExp(row, count, shift: newMax)
+                    m.value[r] = newMax
+                    let target = rowTargets.value[r]
+                    if target >= first && target < first + count { t.value[r] = row[target - first] }
                 }
             }
-            v0 += count
+            base += count
         }
         var total = 0.0
         for r in 0..<n { total += Double(runningMax[r]) + log(runningSum[r]) - Double(targetLogit[r]) }

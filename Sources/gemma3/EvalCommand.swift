@@ -57,8 +57,8 @@ struct EvalCommand: ParsableCommand {
     func run() throws {
         if let text { return try runText(text) }
         let data = self.data!
-        let isGemma = try isGGUFPath(model) || loadDirectoryGemmaModel(model) != nil
-        if isGemma {
+        let tokenizerJSON = URL(fileURLWithPath: model).appendingPathComponent("tokenizer.json")
+        if isGGUFPath(model) || GemmaTokenizer.isGemmaTokenizerJSON(at: tokenizerJSON) {
             throw ModelCommandError("\(data) holds GPT-2 token ids; evaluate a Gemma model on text with --text FILE")
         }
         let (config, store) = try loadModelDirectory(model)
@@ -73,33 +73,46 @@ struct EvalCommand: ParsableCommand {
         let B = batchSize ?? max(1, min(16, 1024 / T))
         let bytesPerToken = try Self.bytesPerToken(for: dataURL)
 
-        var lastReport = DispatchTime.now().uptimeNanoseconds
         let result = try Evaluation.evaluate(
             config: config, parameters: store, tokens: UnsafeBufferPointer(rebasing: file.tokens[0..<count]),
-            context: T, batchSize: B
-        ) { predicted, runningLoss in
+            context: T, batchSize: B, progress: progressReporter()
+        )
+        try report(result, context: T, bytesPerToken: bytesPerToken, fields: ["data": data, "tokens": count])
+    }
+
+    /// A progress callback that prints the running loss to stderr every 10 s (silent with --json).
+    func progressReporter() -> (Int, Double) -> Void {
+        var lastReport = DispatchTime.now().uptimeNanoseconds
+        return { predicted, runningLoss in
             let now = DispatchTime.now().uptimeNanoseconds
             if !json, now - lastReport > 10_000_000_000 {
                 lastReport = now
-                writeStderr(String(format: "eval: %d / %d tokens, running loss %.4f", predicted, count - 1, runningLoss))
+                writeStderr(String(format: "eval: %d tokens predicted, running loss %.4f", predicted, runningLoss))
             }
         }
-        let (loss, bitsPerToken, seconds, predicted, windows) = (result.loss, result.bitsPerToken, result.seconds, result.predictedTokens, result.windows)
+    }
+
+    /// Prints the result: one JSON object (with `fields` added) or a line on stdout and timing on stderr.
+    func report(_ result: EvaluationResult, context T: Int, bytesPerToken: Double?, fields: [String: Any]) throws {
         var object: [String: Any] = [
-            "model": model, "data": data, "context": T, "tokens": count, "predicted_tokens": predicted,
-            "windows": windows, "loss": loss, "perplexity": exp(loss), "bits_per_token": bitsPerToken,
-            "seconds": seconds, "tokens_per_second": Double(predicted) / seconds,
+            "model": model, "context": T, "predicted_tokens": result.predictedTokens, "windows": result.windows,
+            "loss": result.loss, "perplexity": result.perplexity, "bits_per_token": result.bitsPerToken,
+            "seconds": result.seconds, "tokens_per_second": Double(result.predictedTokens) / result.seconds,
         ]
-        if let bytesPerToken { object["bits_per_byte"] = bitsPerToken / bytesPerToken; object["bytes_per_token"] = bytesPerToken }
+        if let bytesPerToken {
+            object["bits_per_byte"] = result.bitsPerByte(bytesPerToken: bytesPerToken)
+            object["bytes_per_token"] = bytesPerToken
+        }
+        object.merge(fields) { _, new in new }
         if json {
             print(try jsonLine(object))
-        } else {
-            var line = String(format: "loss %.4f | perplexity %.3f | %.4f bits/token", loss, exp(loss), bitsPerToken)
-            if let bytesPerToken { line += String(format: " | %.4f bits/byte", bitsPerToken / bytesPerToken) }
-            print(line)
-            writeStderr(String(format: "[%d tokens predicted in %d windows of ≤ %d, %.1f s, %.0f tokens/s]",
-                               predicted, windows, T + 1, seconds, Double(predicted) / seconds))
+            return
         }
+        var line = String(format: "loss %.4f | perplexity %.3f | %.4f bits/token", result.loss, result.perplexity, result.bitsPerToken)
+        if let bytesPerToken { line += String(format: " | %.4f bits/byte", result.bitsPerByte(bytesPerToken: bytesPerToken)) }
+        print(line)
+        writeStderr(String(format: "[%d tokens predicted in %d windows of ≤ %d, %.1f s, %.0f tokens/s]",
+                           result.predictedTokens, result.windows, T + 1, result.seconds, Double(result.predictedTokens) / result.seconds))
     }
 
     /// --text: tokenizes with the model's tokenizer and evaluates (see the discussion).
@@ -108,14 +121,7 @@ struct EvalCommand: ParsableCommand {
         let result: EvaluationResult
         let tokenCount: Int, T: Int
         var fullTokenCount = 0
-        var lastReport = DispatchTime.now().uptimeNanoseconds
-        let progress: (Int, Double) -> Void = { predicted, runningLoss in
-            let now = DispatchTime.now().uptimeNanoseconds
-            if !json, now - lastReport > 10_000_000_000 {
-                lastReport = now
-                writeStderr(String(format: "eval: %d tokens predicted, running loss %.4f", predicted, runningLoss))
-            }
-        }
+        let progress = progressReporter()
         let gemma: (config: Gemma3Config, weights: InferenceWeights, tokenizer: GemmaTokenizer)?
         if isGGUFPath(model) {
             let m = try loadGGUFModel(model)
@@ -160,21 +166,8 @@ struct EvalCommand: ParsableCommand {
         }
         // With --max-tokens the text is cut, so bytes per token come from the whole text's average.
         let bytesPerToken = Double(bytes.count) / Double(fullTokenCount)
-        let object: [String: Any] = [
-            "model": model, "text": path, "context": T, "tokens": tokenCount, "text_bytes": bytes.count,
-            "predicted_tokens": result.predictedTokens, "windows": result.windows, "loss": result.loss,
-            "perplexity": result.perplexity, "bits_per_token": result.bitsPerToken,
-            "bytes_per_token": bytesPerToken, "bits_per_byte": result.bitsPerToken / bytesPerToken,
-            "seconds": result.seconds, "tokens_per_second": Double(result.predictedTokens) / result.seconds,
-        ]
-        if json {
-            print(try jsonLine(object))
-        } else {
-            print(String(format: "loss %.4f | perplexity %.3f | %.4f bits/token | %.4f bits/byte",
-                         result.loss, result.perplexity, result.bitsPerToken, result.bitsPerToken / bytesPerToken))
-            writeStderr(String(format: "[%d tokens predicted in %d windows of ≤ %d, %.1f s, %.0f tokens/s]",
-                               result.predictedTokens, result.windows, T + 1, result.seconds, Double(result.predictedTokens) / result.seconds))
-        }
+        try report(result, context: T, bytesPerToken: bytesPerToken,
+                   fields: ["text": path, "tokens": tokenCount, "text_bytes": bytes.count])
     }
 
     /// bytes_per_token of the split whose file name matches, from meta.json beside the file (nil when absent).
