@@ -552,5 +552,9 @@ public final class EngineProfile: @unchecked Sendable {
     public init() {}
     public func add(_ stage: Stage, nanoseconds ns: UInt64) { nanoseconds[stage.rawValue] += ns }
     public func seconds(_ stage: Stage) -> Double { Double(nanoseconds[stage.rawValue]) * 1e-9 }
+    /// All stages together.
+    public var totalSeconds: Double { Double(nanoseconds.reduce(0, +)) * 1e-9 }
+    /// The share of the total spent in `stage` (0 when nothing was recorded).
+    public func share(_ stage: Stage) -> Double { totalSeconds > 0 ? seconds(stage) / totalSeconds : 0 }
     public func reset() { nanoseconds = [UInt64](repeating: 0, count: Stage.allCases.count) }
 }

@@ -113,9 +113,7 @@ struct BenchGenerateCommand: ParsableCommand {
         engine.reset()
         engine.profile = prefillProfile
         var logits = try engine.prefill(prompt)
-        let prefillShares = EngineProfile.Stage.allCases.map { stage in
-            (stage.name, prefillProfile.seconds(stage) / max(1e-12, EngineProfile.Stage.allCases.reduce(0.0) { $0 + prefillProfile.seconds($1) }))
-        }
+        let prefillShares = EngineProfile.Stage.allCases.map { ($0.name, prefillProfile.share($0)) }
         let profile = EngineProfile()
         engine.profile = profile
         for _ in 0..<newTokens { logits = try engine.decode(Sampler.argmax(UnsafeBufferPointer(logits))) }
@@ -202,7 +200,6 @@ struct BenchGenerateCommand: ParsableCommand {
 
     /// Decode time per token by engine stage, with the storage formats and bytes of the weights each reads.
     func decodeStages(weights: InferenceWeights, profile: EngineProfile) -> [Stage] {
-        let total = EngineProfile.Stage.allCases.reduce(0.0) { $0 + profile.seconds($1) }
         func matrices(_ stage: EngineProfile.Stage) -> [any LinearWeight] {
             switch stage {
             case .qkv: weights.layers.flatMap { [$0.q, $0.k, $0.v] }
@@ -220,7 +217,7 @@ struct BenchGenerateCommand: ParsableCommand {
             let formats = counts.sorted { $0.value > $1.value }.map { counts.count > 1 ? "\($0.key)×\($0.value)" : $0.key }.joined(separator: " ")
             let seconds = profile.seconds(stage) / Double(newTokens)
             return Stage(stage: stage.name, formats: formats, bytes: ms.reduce(0) { $0 + $1.storageBytes },
-                         seconds: seconds, share: total > 0 ? profile.seconds(stage) / total : 0)
+                         seconds: seconds, share: profile.share(stage))
         }
     }
 
