@@ -52,12 +52,14 @@ let package = Package(
             ],
             swiftSettings: cpuSettings
         ),
+        // Shared by the test targets: locating the built `gemma3` tool.
+        .target(name: "Gemma3TestSupport", path: "Tests/Gemma3TestSupport"),
         .testTarget(name: "KernelsTests", dependencies: ["Gemma3Kernels"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Gemma3Tokenizers"]),
-        .testTarget(name: "DataTests", dependencies: ["Gemma3Training", "Gemma3Tokenizers"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Gemma3Training", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
+        .testTarget(name: "DataTests", dependencies: ["Gemma3TestSupport", "Gemma3Training", "Gemma3Tokenizers"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Gemma3TestSupport", "Gemma3Training", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
         .testTarget(name: "ModelTests", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
-        .testTarget(name: "InferenceTests", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers"]),
-        .testTarget(name: "GGUFTests", dependencies: ["Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Model"]),
+        .testTarget(name: "InferenceTests", dependencies: ["Gemma3TestSupport", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers"]),
+        .testTarget(name: "GGUFTests", dependencies: ["Gemma3TestSupport", "Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Model"]),
     ]
 )

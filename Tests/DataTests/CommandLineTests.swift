@@ -1,19 +1,8 @@
 import Foundation
+import Gemma3TestSupport
 import Gemma3Tokenizers
 import Testing
 @testable import Gemma3Training
-
-/// The `gemma3` executable built beside the test bundle, or `$GEMMA3_BINARY`.
-private func gemma3Executable() throws -> URL {
-    if let p = ProcessInfo.processInfo.environment["GEMMA3_BINARY"] { return URL(fileURLWithPath: p) }
-    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-    for _ in 0..<5 {
-        let candidate = dir.appendingPathComponent("gemma3")
-        if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
-        dir = dir.deletingLastPathComponent()
-    }
-    throw FileIOError.notFound("gemma3 executable next to \(CommandLine.arguments[0]) (set GEMMA3_BINARY)")
-}
 
 private struct RunResult {
     var status: Int32

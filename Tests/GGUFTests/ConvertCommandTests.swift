@@ -1,21 +1,10 @@
 import Foundation
+import Gemma3TestSupport
 import Testing
 import Gemma3Formats
 import Gemma3Kernels
 @testable import Gemma3Model
 import Gemma3Tokenizers
-
-/// The `gemma3` executable built beside the test bundle, or `$GEMMA3_BINARY`.
-private func gemma3Executable() throws -> URL {
-    if let p = ProcessInfo.processInfo.environment["GEMMA3_BINARY"] { return URL(fileURLWithPath: p) }
-    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-    for _ in 0..<5 {
-        let candidate = dir.appendingPathComponent("gemma3")
-        if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
-        dir = dir.deletingLastPathComponent()
-    }
-    throw TestFailure("cannot find the gemma3 executable next to \(CommandLine.arguments[0]); set GEMMA3_BINARY")
-}
 
 /// Runs `gemma3 args…`; returns (exit status, stdout, stderr).
 private func gemma3(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {

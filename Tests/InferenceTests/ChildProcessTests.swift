@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3TestSupport
 import Testing
 
 /// Reference programs run by the benches may write a lot to stderr (warnings) before their JSON:
@@ -17,7 +18,7 @@ import Testing
         """.write(to: script, atomically: true, encoding: .utf8)
 
         let p = Process()
-        p.executableURL = try gemma3ExecutableForChildTests()
+        p.executableURL = try gemma3Executable()
         p.arguments = ["bench", "train", "--preset", "tinystories-5m", "--batch", "1", "--seq", "8", "--steps", "1",
                        "--warmup", "0", "--pytorch", "sh", "--pytorch-script", script.path, "--json"]
         let out = dir.appendingPathComponent("stdout"), err = dir.appendingPathComponent("stderr")
@@ -41,15 +42,3 @@ import Testing
     }
 }
 
-/// The `gemma3` executable built beside the test bundle, or `$GEMMA3_BINARY`.
-private func gemma3ExecutableForChildTests() throws -> URL {
-    if let p = ProcessInfo.processInfo.environment["GEMMA3_BINARY"] { return URL(fileURLWithPath: p) }
-    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-    for _ in 0..<5 {
-        let candidate = dir.appendingPathComponent("gemma3")
-        if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
-        dir = dir.deletingLastPathComponent()
-    }
-    struct Missing: Error, CustomStringConvertible { let description: String }
-    throw Missing(description: "cannot find the gemma3 executable next to \(CommandLine.arguments[0]); set GEMMA3_BINARY")
-}

@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3TestSupport
 import Testing
 @testable import Gemma3Training
 
@@ -8,19 +9,6 @@ import Glibc
 import Darwin
 #endif
 
-/// The `gemma3` executable built beside the test bundle (`swift test` builds every product),
-/// or `$GEMMA3_BINARY`.
-func gemma3Binary() throws -> URL {
-    if let p = ProcessInfo.processInfo.environment["GEMMA3_BINARY"] { return URL(fileURLWithPath: p) }
-    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-    for _ in 0..<5 {
-        let candidate = dir.appendingPathComponent("gemma3")
-        if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
-        dir = dir.deletingLastPathComponent()
-    }
-    throw TrainingError.io("cannot find the gemma3 executable next to \(CommandLine.arguments[0]); set GEMMA3_BINARY")
-}
-
 /// `gemma3 train` as a child process, killed with SIGKILL or interrupted with SIGINT at random
 /// moments; resuming must always reproduce the uninterrupted run bit for bit.
 @Suite(.serialized) struct KillSafetyTests {
@@ -29,7 +17,7 @@ func gemma3Binary() throws -> URL {
 
     func launch(data: URL, out: URL, resume: Bool) throws -> Process {
         let p = Process()
-        p.executableURL = try gemma3Binary()
+        p.executableURL = try gemma3Executable()
         p.arguments = ["train", "--data", data.path, "--config", SharedData.trainTiny.appendingPathComponent("config.json").path,
                        "--out", out.path] + recipeArguments + (resume ? ["--resume"] : [])
         p.standardOutput = FileHandle.nullDevice
