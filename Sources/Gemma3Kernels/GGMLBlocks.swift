@@ -113,6 +113,31 @@ public enum GGMLBlocks {
         }
     }
 
+    /// The 32 integers of one Q8_0, Q5_0 or Q4_0 block, offset removed (q − 16 for Q5_0, q − 8 for
+    /// Q4_0), written to `q`; returns the block scale d, so that value i = d · q[i] exactly.
+    @inlinable
+    public static func smallBlockIntegers(_ type: GGMLType, _ p: UnsafeRawPointer, into q: UnsafeMutablePointer<Int8>) -> Float {
+        let d = Half.toFloat(p.loadUnaligned(as: UInt16.self))
+        switch type {
+        case .q4_0:
+            for j in 0..<16 {
+                let v = p.load(fromByteOffset: 2 &+ j, as: UInt8.self)
+                q[j] = Int8(Int(v & 0x0f) - 8)
+                q[j &+ 16] = Int8(Int(v >> 4) - 8)
+            }
+        case .q5_0:
+            let qh = p.loadUnaligned(fromByteOffset: 2, as: UInt32.self)
+            for j in 0..<16 {
+                let v = p.load(fromByteOffset: 6 &+ j, as: UInt8.self)
+                q[j] = Int8((Int(v & 0x0f) | Int((qh >> UInt32(j)) & 1) << 4) - 16)
+                q[j &+ 16] = Int8((Int(v >> 4) | Int((qh >> UInt32(j &+ 16)) & 1) << 4) - 16)
+            }
+        default:  // Q8_0
+            UnsafeMutableRawPointer(q).copyMemory(from: p + 2, byteCount: 32)
+        }
+        return d
+    }
+
     /// The 6-bit scale and min of sub-block `j` (0…7) of a Q4_K super-block.
     @inlinable @inline(__always)
     public static func q4KScaleMin(_ scales: UnsafeRawPointer, _ j: Int) -> (scale: UInt8, min: UInt8) {

@@ -193,4 +193,46 @@ public enum BuildInfo {
         return compiledForTargetCPU ? "built for GEMMA3_TARGET_CPU" : "generic build"
         #endif
     }
+
+    /// The machine's CPU as `/proc/cpuinfo` names it, with the vector extensions that matter for
+    /// comparing kernels (a reference built for AVX-512 VNNI is not comparable to an AVX2 one):
+    /// e.g. "AMD EPYC (AVX2 FMA F16C AVX-512F AVX-512-VNNI)". "unknown" where that file is missing.
+    public static let hostCPU: String = {
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown" }
+        var model = "unknown CPU"
+        var flags: Set<Substring> = []
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 1)
+            guard parts.count == 2 else { continue }
+            let key = parts[0].trimmingCharacters(in: .whitespaces)
+            if key == "model name" { model = parts[1].trimmingCharacters(in: .whitespaces) }
+            if key == "flags" { flags = Set(parts[1].split(separator: " ")); break }
+        }
+        let named: [(String, String)] = [("avx2", "AVX2"), ("fma", "FMA"), ("f16c", "F16C"), ("avx512f", "AVX-512F"),
+                                         ("avx512_vnni", "AVX-512-VNNI"), ("avx512_bf16", "AVX-512-BF16"), ("avx_vnni", "AVX-VNNI")]
+        let present = named.filter { flags.contains(Substring($0.0)) }.map(\.1)
+        return present.isEmpty ? model : "\(model) (\(present.joined(separator: " ")))"
+    }()
+}
+
+/// Memory for large weight copies that kernels stream through: 2 MiB-aligned and, on Linux, marked
+/// for transparent huge pages (`MADV_HUGEPAGE`), so a streaming read does not cross a 4 KiB page
+/// (and miss the TLB, and stop the hardware prefetcher) every 4096 bytes.
+public enum LargeAllocation {
+    static let hugePage = 2 << 20
+
+    /// At least `byteCount` bytes (one byte if zero), 64-byte aligned; release with `deallocate`.
+    public static func allocate(byteCount: Int) -> UnsafeMutableRawPointer {
+        guard byteCount >= hugePage else { return .allocate(byteCount: max(1, byteCount), alignment: 64) }
+        let rounded = (byteCount + hugePage - 1) / hugePage * hugePage
+        let p = UnsafeMutableRawPointer.allocate(byteCount: rounded, alignment: hugePage)
+        #if os(Linux)
+        _ = madvise(p, rounded, MADV_HUGEPAGE)  // advice only: without THP the pages are just small
+        #endif
+        return p
+    }
+
+    public static func deallocate(_ p: UnsafeMutableRawPointer, byteCount: Int) {
+        p.deallocate()
+    }
 }

@@ -92,22 +92,7 @@ public final class QuantizedLinear: LinearWeight, @unchecked Sendable {
                     let p = data + r * rowBytes + b * type.bytesPerBlock
                     let q = dst + (r * blocks + b) * 34
                     q.storeBytes(of: p.loadUnaligned(as: UInt16.self), as: UInt16.self)   // same scale d
-                    if type == .q4_0 {
-                        for j in 0..<16 {
-                            let v = p.load(fromByteOffset: 2 + j, as: UInt8.self)
-                            q.storeBytes(of: Int8(Int(v & 0x0f) - 8), toByteOffset: 2 + j, as: Int8.self)
-                            q.storeBytes(of: Int8(Int(v >> 4) - 8), toByteOffset: 18 + j, as: Int8.self)
-                        }
-                    } else {
-                        let qh = p.loadUnaligned(fromByteOffset: 2, as: UInt32.self)
-                        for j in 0..<16 {
-                            let v = p.load(fromByteOffset: 6 + j, as: UInt8.self)
-                            let lo = Int(v & 0x0f) | Int((qh >> UInt32(j)) & 1) << 4
-                            let hi = Int(v >> 4) | Int((qh >> UInt32(j + 16)) & 1) << 4
-                            q.storeBytes(of: Int8(lo - 16), toByteOffset: 2 + j, as: Int8.self)
-                            q.storeBytes(of: Int8(hi - 16), toByteOffset: 18 + j, as: Int8.self)
-                        }
-                    }
+                    _ = GGMLBlocks.smallBlockIntegers(type, p, into: (q + 2).assumingMemoryBound(to: Int8.self))
                 }
             }
         }

@@ -14,8 +14,9 @@ struct BenchGEMVCommand: ParsableCommand {
         For each weight type in the file, every matrix of that type is multiplied by a random vector \
         once (all cores, as in decoding), --runs times; the median time, its share of one decode \
         step's products and the weight bandwidth (GB/s of blocks read) are reported, for the fused \
-        integer kernels (16-bit activations) and for dequantize-each-row-then-float-dot. The \
-        token embedding counts once, as the LM head.
+        integer kernels (16-bit activations) and for dequantize-each-row-then-float-dot. Each \
+        quantized type is measured as stored and unpacked to bytes with float scales ("→i8", the \
+        form decoding uses). The token embedding counts once, as the LM head.
         """
     )
 
@@ -24,6 +25,9 @@ struct BenchGEMVCommand: ParsableCommand {
 
     @Option(help: "Timed runs per measurement (median reported).")
     var runs = 7
+
+    @Flag(help: "Multiply at most 4 MB of one matrix of each type, 32 times per run, so its blocks stay in cache: the kernels' compute speed, without DRAM.")
+    var cacheResident = false
 
     @Flag(help: "Print one JSON object.")
     var json = false
@@ -34,44 +38,57 @@ struct BenchGEMVCommand: ParsableCommand {
 
     func run() throws {
         let file = try GGUFFile(path: model)
-        var groups: [(type: GGMLType, names: [String])] = [], widened: [(type: GGMLType, names: [String])] = []
+        var groups: [(type: GGMLType, names: [String])] = []
         for t in file.tensors where t.dimensions.count == 2 {
             guard let type = t.type else { continue }
             if let i = groups.firstIndex(where: { $0.type == type }) { groups[i].names.append(t.name) } else { groups.append((type, [t.name])) }
         }
-        // Also Q4_0/Q5_0 widened to Q8_0 (identical values; see QuantizedLinear.widenedToQ8_0).
-        for (type, names) in groups where type == .q4_0 || type == .q5_0 { widened.append((type, names)) }
+        // Each type as stored, then the quantized ones unpacked as decoding uses them
+        // (identical values; see UnpackedBlockLinear).
+        let unpackable = groups.filter { [.q8_0, .q5_0, .q4_0, .q4_K, .q6_K].contains($0.type) }
         var rows: [[String: Any]] = []
-        var totals: [QuantizedLinear.ActivationPrecision: Double] = [:]
-        for (index, (type, names)) in (groups + widened).enumerated() {
-            let isWidened = index >= groups.count
-            let mats = try names.map { isWidened ? try file.linear(named: $0).widenedToQ8_0() : try file.linear(named: $0) }
-            let bytes = mats.reduce(0) { $0 + $1.storageBytes }
+        var totals: [String: Double] = [:]   // "packed"/"decode" × precision
+        for (index, (type, names)) in (groups + unpackable).enumerated() {
+            let isUnpacked = index >= groups.count
+            let repeats = cacheResident ? 32 : 1
+            var mats = try names.map { try file.linear(named: $0) }
+            if cacheResident, let largest = mats.max(by: { $0.storageBytes < $1.storageBytes }) {
+                // Its first rows, at most 4 MB: stays in L2 + L3 between repeats.
+                let rows = max(1, min(largest.outFeatures, (4 << 20) / largest.rowBytes))
+                mats = [try QuantizedLinear(type: largest.type, borrowing: largest.data, outFeatures: rows,
+                                            inFeatures: largest.inFeatures, owner: largest)]
+            }
+            var row: [String: Any] = ["type": isUnpacked ? "\(type.name)→i8" : type.name, "tensors": mats.count]
             let maxCols = mats.map(\.inFeatures).max() ?? 0, maxRows = mats.map(\.outFeatures).max() ?? 0
             let x = UnsafeMutablePointer<Float>.allocate(capacity: maxCols), y = UnsafeMutablePointer<Float>.allocate(capacity: maxRows)
             defer { x.deallocate(); y.deallocate() }
             var rng = SplitMix64(seed: 7)
             for i in 0..<maxCols { x[i] = Float(Double(rng.next() % 2001) / 1000 - 1) }
-            var row: [String: Any] = ["type": isWidened ? "\(type.name)→Q8_0" : type.name, "tensors": names.count, "bytes": bytes]
             for precision in QuantizedLinear.ActivationPrecision.allCases {
-                let variants = mats.map { $0.with(activations: precision) }
+                let variants: [any LinearWeight] = mats.map { m in
+                    let m = m.with(activations: precision)
+                    return isUnpacked ? UnpackedBlockLinear(m)! : m
+                }
+                row["bytes"] = variants.reduce(0) { $0 + $1.storageBytes }
                 var times: [Double] = []
                 for r in 0...runs {
                     let start = DispatchTime.now().uptimeNanoseconds
-                    for m in variants { Linear.gemv(m, x: x, y: y) }
-                    if r > 0 { times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9) }  // run 0 warms up
+                    for _ in 0..<repeats { for m in variants { Linear.gemv(m, x: x, y: y) } }
+                    if r > 0 { times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 / Double(repeats)) }  // run 0 warms up
                 }
                 let t = times.sorted()[times.count / 2]
-                if !isWidened { totals[precision, default: 0] += t }
+                if !isUnpacked { totals["packed_\(precision.rawValue)", default: 0] += t }
+                if isUnpacked || !unpackable.contains(where: { $0.type == type }) { totals["decode_\(precision.rawValue)", default: 0] += t }
                 row["\(precision.rawValue)_ms"] = t * 1e3
-                row["\(precision.rawValue)_gb_per_second"] = Double(bytes) / t / 1e9
+                row["\(precision.rawValue)_gb_per_second"] = Double(row["bytes"] as! Int) / t / 1e9
             }
             rows.append(row)
         }
         if json {
             let object: [String: Any] = [
                 "model": model, "threads": Parallel.threadCount, "runs": runs, "types": rows,
-                "int16_ms_per_token": (totals[.int16] ?? 0) * 1e3, "float_ms_per_token": (totals[.float] ?? 0) * 1e3,
+                "int16_ms_per_token": (totals["packed_int16"] ?? 0) * 1e3, "float_ms_per_token": (totals["packed_float"] ?? 0) * 1e3,
+                "decode_form_int16_ms_per_token": (totals["decode_int16"] ?? 0) * 1e3,
             ]
             print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
         } else {
@@ -84,13 +101,15 @@ struct BenchGEMVCommand: ParsableCommand {
             for row in rows {
                 let name = row["type"] as! String
                 let ms = row["int16_ms"] as! Double, fms = row["float_ms"] as! Double
-                let share = name.contains("→") ? "    —" : f(100 * ms / 1e3 / (totals[.int16] ?? 1), 5, 1) + "%"
+                let share = name.contains("→") ? "    —" : f(100 * ms / 1e3 / (totals["packed_int16"] ?? 1), 5, 1) + "%"
                 print("  " + name.padding(toLength: 10, withPad: " ", startingAt: 0) + String(format: " %7d", row["tensors"] as! Int)
                       + f(Double(row["bytes"] as! Int) / 1e6, 9, 1) + " | " + f(ms, 16, 2) + f(row["int16_gb_per_second"] as! Double, 6, 1)
                       + " " + share + " | " + f(fms, 9, 2) + f(row["float_gb_per_second"] as! Double, 6, 1))
             }
-            print(String(format: "  all products of one decode step: %.2f ms (int16 kernels), %.2f ms (float) → at most %.1f / %.1f tokens/s",
-                         (totals[.int16] ?? 0) * 1e3, (totals[.float] ?? 0) * 1e3, 1 / (totals[.int16] ?? 1), 1 / (totals[.float] ?? 1)))
+            let packed = totals["packed_int16"] ?? 1, float = totals["packed_float"] ?? 1, decode = totals["decode_int16"] ?? 1
+            print(String(format: "  all products of one decode step: %.2f ms (packed, int16 kernels), %.2f ms (float), %.2f ms (unpacked, as decoding runs them)",
+                         packed * 1e3, float * 1e3, decode * 1e3)
+                  + String(format: " → at most %.1f / %.1f / %.1f tokens/s", 1 / packed, 1 / float, 1 / decode))
         }
     }
 }

@@ -18,7 +18,10 @@ struct BenchGenerateCommand: ParsableCommand {
         the decode time goes (per tensor role and storage type, from one extra profiled run).
         With --model FILE.gguf the real model's weights are used in place (quantized kernels); \
         --llama-bench PATH then also runs llama.cpp's llama-bench on the same file with the same \
-        thread count (pp = --prompt-tokens, tg = --new-tokens) and prints the ratios.
+        thread count (pp = --prompt-tokens, tg = --new-tokens) and prints the ratios. Repeat \
+        --llama-bench to compare several llama.cpp builds in one sitting (e.g. one built for AVX2 \
+        and one for the host's AVX-512); the vector extensions each was compiled with are read \
+        from its libggml-cpu.so and printed next to the host CPU's.
         """
     )
 
@@ -43,8 +46,8 @@ struct BenchGenerateCommand: ParsableCommand {
     @Option(help: ArgumentHelp("A GGUF model file to measure instead of a preset (e.g. ~/.cache/gemma3/gemma-3-270m-q4_k_m.gguf).", valueName: "file.gguf"))
     var model: String?
 
-    @Option(help: ArgumentHelp("Also run llama.cpp's llama-bench (this executable) on --model in the same run.", valueName: "path"))
-    var llamaBench: String?
+    @Option(help: ArgumentHelp("Also run llama.cpp's llama-bench (this executable) on --model in the same run; repeatable.", valueName: "path"))
+    var llamaBench: [String] = []
 
     @Option(help: ArgumentHelp("Also time Hugging Face transformers' generate() with this python (needs torch and transformers), same shape and lengths, in the same run.", valueName: "python"))
     var transformers: String?
@@ -63,7 +66,7 @@ struct BenchGenerateCommand: ParsableCommand {
         if promptTokens < 1 { throw ValidationError("--prompt-tokens must be at least 1") }
         if newTokens < 1 { throw ValidationError("--new-tokens must be at least 1") }
         if runs < 1 { throw ValidationError("--runs must be at least 1") }
-        if llamaBench != nil && model == nil { throw ValidationError("--llama-bench needs --model FILE.gguf") }
+        if !llamaBench.isEmpty && model == nil { throw ValidationError("--llama-bench needs --model FILE.gguf") }
         if model != nil && transformers != nil { throw ValidationError("--transformers compares the tinystories-270m preset; it cannot be used with --model") }
     }
 
@@ -132,7 +135,7 @@ struct BenchGenerateCommand: ParsableCommand {
         if json {
             var object: [String: Any] = [
                 "model": model ?? preset, "dtype": model == nil ? dtype : label, "prompt_tokens": promptTokens, "new_tokens": newTokens, "runs": runs,
-                "threads": Parallel.threadCount, "build": BuildInfo.description,
+                "threads": Parallel.threadCount, "build": BuildInfo.description, "host_cpu": BuildInfo.hostCPU,
                 "prefill_seconds": prefillSeconds, "prefill_tokens_per_second": prefillTPS,
                 "prefill_gflops_per_second": prefillGFLOPs, "sgemm_gflops_per_second": sgemm,
                 "decode_seconds": decodeSeconds, "decode_tokens_per_second": decodeTPS,
@@ -149,10 +152,13 @@ struct BenchGenerateCommand: ParsableCommand {
                  "seconds_per_token": st.seconds, "share": st.share,
                  "gb_per_second": st.bytes > 0 && st.seconds > 0 ? Double(st.bytes) / st.seconds / 1e9 : 0]
             }
-            if let llama {
-                object["llama_bench"] = llama
-                if let theirs = llama["pp_tokens_per_second"] as? Double, theirs > 0 { object["prefill_speedup_vs_llama_cpp"] = prefillTPS / theirs }
-                if let theirs = llama["tg_tokens_per_second"] as? Double, theirs > 0 { object["decode_speedup_vs_llama_cpp"] = decodeTPS / theirs }
+            if !llama.isEmpty {
+                object["llama_bench"] = llama.map { entry in
+                    var entry = entry
+                    if let theirs = entry["pp_tokens_per_second"] as? Double, theirs > 0 { entry["prefill_speedup"] = prefillTPS / theirs }
+                    if let theirs = entry["tg_tokens_per_second"] as? Double, theirs > 0 { entry["decode_speedup"] = decodeTPS / theirs }
+                    return entry
+                }
             }
             if let reference {
                 object["transformers"] = reference
@@ -164,6 +170,7 @@ struct BenchGenerateCommand: ParsableCommand {
         } else {
             func mb(_ b: Int) -> String { String(format: "%.1f MB", Double(b) / 1e6) }
             print("bench generate: \(label) (\(mb(weights.totalBytes))), \(Parallel.threadCount) threads, median of \(runs) runs, \(BuildInfo.description)")
+            print("  host CPU: \(BuildInfo.hostCPU)")
             print(String(format: "  prefill %d tokens: %.3f s, %.1f tokens/s, %.1f GFLOP/s (sgemm of the MLP shape here: %.1f GFLOP/s, %.0f%%)",
                          promptTokens, prefillSeconds, prefillTPS, prefillGFLOPs, sgemm, 100 * prefillGFLOPs / sgemm))
             print(String(format: "  decode %d tokens: %.3f s, %.1f tokens/s, ", newTokens, decodeSeconds, decodeTPS)
@@ -176,11 +183,13 @@ struct BenchGenerateCommand: ParsableCommand {
                 print("    " + pad(st.stage, 30) + " " + pad(st.formats, 22) + String(format: " %6.2f ms %5.1f%%", st.seconds * 1e3, st.share * 100)
                       + (st.bytes > 0 ? "  \(mb(st.bytes))\(bw)" : ""))
             }
-            if let llama {
-                if let error = llama["error"] as? String {
-                    print("  llama-bench: not measured (\(error))")
-                } else if let pp = llama["pp_tokens_per_second"] as? Double, let tg = llama["tg_tokens_per_second"] as? Double {
-                    print(String(format: "  llama-bench (same file, same run, %d threads): pp%d %.1f tokens/s, tg%d %.1f tokens/s; ours: %.2fx prefill, %.2fx decode",
+            for entry in llama {
+                let path = entry["path"] as? String ?? "llama-bench"
+                if let error = entry["error"] as? String {
+                    print("  llama-bench \(path): not measured (\(error))")
+                } else if let pp = entry["pp_tokens_per_second"] as? Double, let tg = entry["tg_tokens_per_second"] as? Double {
+                    print("  llama-bench \(path) (built for \(entry["isa"] as? String ?? "unknown")):")
+                    print(String(format: "    same file, same run, %d threads: pp%d %.1f tokens/s, tg%d %.1f tokens/s; ours: %.2fx prefill, %.2fx decode",
                                  Parallel.threadCount, promptTokens, pp, newTokens, tg, prefillTPS / pp, decodeTPS / tg))
                 }
             }
@@ -227,12 +236,12 @@ struct BenchGenerateCommand: ParsableCommand {
                          "-r", String(max(3, runs)), "-o", "json"]
         let child: (status: Int32, stdout: Data, stderr: Data)
         do { child = try runChildProcess(URL(fileURLWithPath: path), arguments) } catch {
-            return ["error": "cannot run \(path): \(error.localizedDescription)"]
+            return ["path": path, "error": "cannot run \(path): \(error.localizedDescription)"]
         }
         guard child.status == 0, let rows = try? JSONSerialization.jsonObject(with: child.stdout) as? [[String: Any]] else {
-            return ["error": "\(path) failed (exit status \(child.status))"]
+            return ["path": path, "error": "\(path) failed (exit status \(child.status))"]
         }
-        var result: [String: Any] = ["threads": Parallel.threadCount]
+        var result: [String: Any] = ["path": path, "threads": Parallel.threadCount, "isa": llamaCppISA(llamaBench: path)]
         for row in rows {
             let np = row["n_prompt"] as? Int ?? 0, ng = row["n_gen"] as? Int ?? 0
             guard let ts = row["avg_ts"] as? Double else { continue }
@@ -241,6 +250,25 @@ struct BenchGenerateCommand: ParsableCommand {
             if let b = row["build_commit"] as? String { result["build_commit"] = b }
         }
         return result
+    }
+
+    /// The vector extensions a llama.cpp build was compiled with, asked of the `libggml-cpu.so` beside
+    /// its `llama-bench` (its `ggml_cpu_has_*` functions report compile-time flags); "unknown" when
+    /// that library is not there (static builds, other layouts).
+    func llamaCppISA(llamaBench path: String) -> String {
+        let directory = URL(fileURLWithPath: path).deletingLastPathComponent()
+        let candidates = ["libggml-cpu.so", "../lib/libggml-cpu.so"].map { directory.appendingPathComponent($0).path }
+        guard let library = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }),
+              let handle = dlopen(library, RTLD_LAZY | RTLD_LOCAL) else { return "unknown" }
+        defer { dlclose(handle) }
+        typealias HasFeature = @convention(c) () -> Int32
+        let features: [(String, String)] = [("avx2", "AVX2"), ("fma", "FMA"), ("f16c", "F16C"), ("avx512", "AVX-512F"),
+                                            ("avx512_vnni", "AVX-512-VNNI"), ("avx512_bf16", "AVX-512-BF16"), ("avx_vnni", "AVX-VNNI")]
+        let present = features.filter { feature in
+            guard let symbol = dlsym(handle, "ggml_cpu_has_" + feature.0) else { return false }
+            return unsafeBitCast(symbol, to: HasFeature.self)() != 0
+        }.map(\.1)
+        return present.isEmpty ? "no AVX2" : present.joined(separator: " ")
     }
 
     /// Runs the transformers reference script; its JSON object, or ["error": why].

@@ -81,14 +81,15 @@ struct GGUFModelTests {
         }
     }
 
-    @Test("Q4_K/Q6_K unpacked for decoding hold exactly the packed values and give the same products")
-    func unpackedKQuants() throws {
-        for type in [GGMLType.q4_K, .q6_K] {
+    @Test("Q8_0/Q5_0/Q4_0/Q4_K/Q6_K unpacked for decoding hold exactly the packed values and give the same products")
+    func unpackedBlocks() throws {
+        for type in [GGMLType.q8_0, .q5_0, .q4_0, .q4_K, .q6_K] {
             let rows = 7, cols = 512
             let v = randomFloats(rows * cols, seed: 91, scale: 2)
             let m = try v.withUnsafeBufferPointer { try QuantizedLinear(quantizing: $0, type: type, outFeatures: rows, inFeatures: cols) }
-            let u = try #require(UnpackedKQuantLinear(m))
-            #expect(m.widenedForDecode() is UnpackedKQuantLinear)
+            let u = try #require(UnpackedBlockLinear(m))
+            #expect(u.bytesPerBlock == (type == .q4_K || type == .q6_K ? 40 : 36))
+            #expect(m.widenedForDecode() is UnpackedBlockLinear)
             var packedRow = [Float](repeating: 0, count: cols), unpackedRow = packedRow
             for r in 0..<rows {
                 packedRow.withUnsafeMutableBufferPointer { m.dequantize(rows: r..<(r + 1), into: $0.baseAddress!) }
@@ -108,7 +109,9 @@ struct GGUFModelTests {
                 #expect(abs(fused[r] - packedFused[r]) <= 1e-4 * scale, "\(type.name) row \(r): unpacked \(fused[r]) vs packed kernel \(packedFused[r])")
             }
         }
-        #expect(UnpackedKQuantLinear(try QuantizedLinear(type: .q8_0, bytes: [UInt8](repeating: 0, count: 34), outFeatures: 1, inFeatures: 32)) == nil)
+        let f16 = try QuantizedLinear(type: .f16, bytes: [UInt8](repeating: 0, count: 64), outFeatures: 1, inFeatures: 32)
+        #expect(UnpackedBlockLinear(f16) == nil)
+        #expect(f16.widenedForDecode() is QuantizedLinear)
     }
 
     @Test("chat: Gemma's turn format, BOS once, the KV cache kept across turns")

@@ -62,6 +62,11 @@ struct RealModelTests {
             let scale = ref.map { abs($0) }.max()!
             let err = zip(y, ref).map { abs($0 - $1) }.max()!
             #expect(err <= 1e-4 * scale, "\(name): \(err) of \(scale)")
+            // The unpacked decode form: 14-bit activations, a 4× coarser step than the packed kernels' 16 bits.
+            let unpacked = try #require(UnpackedBlockLinear(w))
+            x.withUnsafeBufferPointer { xb in y.withUnsafeMutableBufferPointer { Linear.gemv(unpacked, x: xb.baseAddress!, y: $0.baseAddress!) } }
+            let unpackedErr = zip(y, ref).map { abs($0 - $1) }.max()!
+            #expect(unpackedErr <= 4e-4 * scale, "\(name) unpacked: \(unpackedErr) of \(scale)")
         }
         guard ggufPyDirectory != nil else {
             notice("gguf-py not found (LLAMA_CPP_DIR): skipped the comparison of real-tensor dequantization with llama.cpp's Python implementation")
