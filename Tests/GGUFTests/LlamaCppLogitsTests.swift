@@ -93,8 +93,21 @@ struct LlamaCppLogitsTests {
         var engineMax: Float = 0
         for (x, y) in zip(logits, theirs[(t * V)..<((t + 1) * V)]) { engineMax = max(engineMax, abs(x - y)) }
         lap("engine")
+
+        // 4. The decode path as the command-line tool runs it: weights unpacked to bytes
+        //    (`UnpackedBlockLinear`, 14-bit activations), four teacher-forced decode steps after the prompt.
+        let decodeEngine = try InferenceEngine(
+            weights: try GGUFGemma3.inferenceWeights(from: file, config: config, widenSmallBlocks: true), maxContext: 256)
+        _ = try decodeEngine.prefill(prompt)
+        var decodeMax: Float = 0
+        for (step, token) in continuation.prefix(4).enumerated() {
+            let logits = try decodeEngine.decode(token)
+            let t = prompt.count + step
+            for (x, y) in zip(logits, theirs[(t * V)..<((t + 1) * V)]) { decodeMax = max(decodeMax, abs(x - y)) }
+        }
+        lap("unpacked decode")
         print("llama.cpp F32 vs ours over \(ids.count) positions: float path max |Δlogit| \(floatMax), greedy mismatches \(mismatches)/64; "
-              + "quantized engine (16-bit activations, prefill) max |Δlogit| \(engineMax)")
+              + "quantized engine (16-bit activations, prefill) max |Δlogit| \(engineMax); unpacked decode (14-bit) \(decodeMax)")
         print("continuation: \(try tokenizer.decodeToString(continuation.map { Int32($0) }).debugDescription)")
         // Stock llama.cpp evaluates GELU through an fp16 lookup table (ggml-cpu's GGML_GELU_FP16), which
         // alone moves its logits by up to ~2e-2 from exact float32. Built without it (compile flag
@@ -104,5 +117,6 @@ struct LlamaCppLogitsTests {
         #expect(floatMax <= (exact ? 1e-3 : 3e-2))
         #expect(mismatches == 0)
         #expect(engineMax <= (exact ? 1e-2 : 3e-2))
+        #expect(decodeMax <= (exact ? 1e-2 : 3e-2))
     }
 }
