@@ -28,9 +28,11 @@ public enum GGMLDot {
         public let q: UnsafeMutablePointer<Int16>
         public let scale: UnsafeMutablePointer<Float>
         public let sum16: UnsafeMutablePointer<Int32>
+        /// scale[b] · Σ q over block b: the block's sum of activations as a float (for offsets).
+        public let blockSum: UnsafeMutablePointer<Float>
 
         /// Bytes of scratch memory needed for `count` values (see `withQuantized`).
-        @inlinable public static func scratchBytes(count: Int) -> Int { count * 2 + (count / 32) * 4 + (count / 16) * 4 + 64 }
+        @inlinable public static func scratchBytes(count: Int) -> Int { count * 2 + (count / 32) * 8 + (count / 16) * 4 + 64 }
 
         /// Quantizes `x[0..<count]` (`count` a multiple of 32) into `scratch`, which must hold
         /// `scratchBytes(count:)` bytes aligned to 16, with |q| ≤ `limit` (at most 32767; the
@@ -41,6 +43,7 @@ public enum GGMLDot {
             q = scratch.bindMemory(to: Int16.self, capacity: count)
             scale = (scratch + count * 2).bindMemory(to: Float.self, capacity: count / 32)
             sum16 = (scratch + count * 2 + (count / 32) * 4).bindMemory(to: Int32.self, capacity: count / 16)
+            blockSum = (scratch + count * 2 + (count / 32) * 4 + (count / 16) * 4).bindMemory(to: Float.self, capacity: count / 32)
             let xr = UnsafeRawPointer(x)
             let qr = UnsafeMutableRawPointer(q)
             for b in 0..<(count / 32) {
@@ -64,6 +67,7 @@ public enum GGMLDot {
                 }
                 sum16[b &* 2] = store(v0, 0) &+ store(v1, 1)
                 sum16[b &* 2 &+ 1] = store(v2, 2) &+ store(v3, 3)
+                blockSum[b] = d * Float(sum16[b &* 2] &+ sum16[b &* 2 &+ 1])
             }
         }
 

@@ -216,7 +216,7 @@ extension GGMLDot {
                 var s = SIMD4<Int32>()
                 for k in 0..<2 { s &+= dotHighByte16(p, 8 &+ 16 &* k, xq, xo &+ 32 &* k) }
                 total += SIMD4<Float>(s) * (p.loadUnaligned(as: Float.self) * dx)
-                offset += p.loadUnaligned(fromByteOffset: 4, as: Float.self) * dx * Float(x.sum32(b))
+                offset += p.loadUnaligned(fromByteOffset: 4, as: Float.self) * x.blockSum[b]
             }
             y[r] = total.sum() * (1 / 256) - offset
         }
