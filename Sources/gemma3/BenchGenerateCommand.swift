@@ -58,6 +58,11 @@ struct BenchGenerateCommand: ParsableCommand {
     @Flag(help: "Print one JSON object.")
     var json = false
 
+    /// Internal: prints the vector extensions of this libggml-cpu.so and exits (run in a child
+    /// process, because two llama.cpp builds' libraries cannot be loaded into one process).
+    @Option(help: .hidden)
+    var probeGgmlCpu: String?
+
     func validate() throws {
         guard Gemma3Config.preset(named: preset) != nil else {
             throw ValidationError("unknown preset \"\(preset)\" (choose from \(Gemma3Config.presetNames.joined(separator: ", ")))")
@@ -71,6 +76,10 @@ struct BenchGenerateCommand: ParsableCommand {
     }
 
     func run() throws {
+        if let library = probeGgmlCpu {
+            print(Self.compiledFeatures(ofGGMLCPULibrary: library))
+            return
+        }
         let weights: InferenceWeights
         let label: String
         var rng = SplitMix64(seed: seed ^ 0x5EED)
@@ -253,14 +262,22 @@ struct BenchGenerateCommand: ParsableCommand {
     }
 
     /// The vector extensions a llama.cpp build was compiled with, asked of the `libggml-cpu.so` beside
-    /// its `llama-bench` (its `ggml_cpu_has_*` functions report compile-time flags); "unknown" when
-    /// that library is not there (static builds, other layouts).
+    /// its `llama-bench` (its `ggml_cpu_has_*` functions report compile-time flags) in a child process
+    /// of this executable; "unknown" when that library is not there (static builds, other layouts).
     func llamaCppISA(llamaBench path: String) -> String {
         let directory = URL(fileURLWithPath: path).deletingLastPathComponent()
         let candidates = ["libggml-cpu.so", "../lib/libggml-cpu.so"].map { directory.appendingPathComponent($0).path }
         guard let library = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }),
-              let handle = dlopen(library, RTLD_LAZY | RTLD_LOCAL) else { return "unknown" }
-        defer { dlclose(handle) }
+              let executable = Bundle.main.executablePath,
+              let child = try? runChildProcess(URL(fileURLWithPath: executable), ["bench", "generate", "--probe-ggml-cpu", library]),
+              child.status == 0 else { return "unknown" }
+        let line = String(decoding: child.stdout, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        return line.isEmpty ? "unknown" : line
+    }
+
+    /// Loads `library` and lists the features its `ggml_cpu_has_*` functions report.
+    static func compiledFeatures(ofGGMLCPULibrary library: String) -> String {
+        guard let handle = dlopen(library, RTLD_LAZY | RTLD_LOCAL) else { return "unknown" }
         typealias HasFeature = @convention(c) () -> Int32
         let features: [(String, String)] = [("avx2", "AVX2"), ("fma", "FMA"), ("f16c", "F16C"), ("avx512", "AVX-512F"),
                                             ("avx512_vnni", "AVX-512-VNNI"), ("avx512_bf16", "AVX-512-BF16"), ("avx_vnni", "AVX-VNNI")]

@@ -120,4 +120,46 @@ struct ConvertCommandTests {
         #expect(try GGUFFile(path: back).tensor(named: "blk.0.ffn_up.weight")?.type == .q8_0)
         #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("x").path))
     }
+
+    @Test("bench generate --model FILE.gguf with two --llama-bench builds: one entry each, with its speeds and our ratios")
+    func benchGenerateWithSeveralLlamaBenches() throws {
+        let vocabulary = OrderedGemmaVocabulary()
+        let config = tinyConfig(vocab: vocabulary.pieces.count)
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let gguf = dir.appendingPathComponent("tiny.gguf").path
+        try GGUFGemma3.writer(config: config, parameters: tinyStore(config, seed: 9), matrixType: .q8_0,
+                              tokenizer: try vocabulary.tokenizer()).write(to: URL(fileURLWithPath: gguf))
+        // Two fake llama-bench executables printing llama-bench's JSON rows (pp then tg).
+        var paths: [String] = []
+        for (name, pp, tg) in [("a", 100.0, 50.0), ("b", 400.0, 20.0)] {
+            let path = dir.appendingPathComponent("llama-bench-\(name)").path
+            try """
+            #!/bin/sh
+            echo '[{"n_prompt": 4, "n_gen": 0, "avg_ts": \(pp), "stddev_ts": 1.0},'
+            echo ' {"n_prompt": 0, "n_gen": 3, "avg_ts": \(tg), "stddev_ts": 0.5}]'
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+            try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: path)
+            paths.append(path)
+        }
+        let r = try gemma3(["bench", "generate", "--model", gguf, "--prompt-tokens", "4", "--new-tokens", "3", "--runs", "1",
+                            "--llama-bench", paths[0], "--llama-bench", paths[1], "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let object = try jsonObject(r.stdout)
+        #expect((object["host_cpu"] as? String)?.isEmpty == false)
+        let prefill = try #require(object["prefill_tokens_per_second"] as? Double)
+        let decode = try #require(object["decode_tokens_per_second"] as? Double)
+        let entries = try #require(object["llama_bench"] as? [[String: Any]])
+        #expect(entries.count == 2)
+        for (entry, (path, pp, tg)) in zip(entries, [(paths[0], 100.0, 50.0), (paths[1], 400.0, 20.0)]) {
+            #expect(entry["path"] as? String == path)
+            #expect(entry["isa"] as? String == "unknown")  // no libggml-cpu.so beside the fakes
+            #expect(entry["pp_tokens_per_second"] as? Double == pp && entry["tg_tokens_per_second"] as? Double == tg)
+            #expect(abs((entry["prefill_speedup"] as? Double ?? 0) - prefill / pp) < 1e-9 * prefill)
+            #expect(abs((entry["decode_speedup"] as? Double ?? 0) - decode / tg) < 1e-9 * decode)
+        }
+        // --llama-bench without --model is a one-line error.
+        let bad = try gemma3(["bench", "generate", "--preset", "tinystories-5m", "--llama-bench", paths[0]])
+        #expect(bad.status != 0 && bad.stderr.contains("--llama-bench needs --model"))
+    }
 }
