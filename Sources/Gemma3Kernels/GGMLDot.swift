@@ -108,6 +108,8 @@ public enum GGMLDot {
 
     /// Largest |activation| for `dotHighByte16`: 14-bit activations, rounding error ≤ 0.006% of
     /// each block's largest value (16-bit: 0.0015%; llama.cpp's 8-bit: 0.4%).
+    /// The bound is tight: a Q8_0 block of −128s against −8191s sums 8 × 32768 × 8191 =
+    /// 2,147,221,504 per Int32 lane (limit 2,147,483,647); 8192, or more products per lane, overflows.
     public static let highByteLimit: Float = 8191
 
     /// 256 · Σ q[i]·x[i] for 16 signed weight bytes at `w + wOffset` and 16 activations at `x + xOffset`.

@@ -52,9 +52,8 @@ public final class UnpackedBlockLinear: LinearWeight, @unchecked Sendable {
         self.data = data
         let (type, rowBytes, bytesPerBlock) = (sourceType, rowBytes, bytesPerBlock)
         // Rows are independent; the 262144-row LM head takes ≈ 0.1 s on one core.
-        let rowsPerPart = max(1, (outFeatures + 63) / 64)
-        Parallel.run(parts: (outFeatures + rowsPerPart - 1) / rowsPerPart) { part in
-            for r in (part * rowsPerPart)..<min(outFeatures, (part + 1) * rowsPerPart) {
+        Parallel.chunks(outFeatures, minimumPerChunk: 64) { rows in
+            for r in rows {
                 let src = matrix.data + r * matrix.rowBytes
                 let dst = data + r * rowBytes
                 switch type {

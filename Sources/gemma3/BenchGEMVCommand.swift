@@ -53,8 +53,9 @@ struct BenchGEMVCommand: ParsableCommand {
             let repeats = cacheResident ? 32 : 1
             var mats = try names.map { try file.linear(named: $0) }
             if cacheResident, let largest = mats.max(by: { $0.storageBytes < $1.storageBytes }) {
-                // Its first rows, at most 4 MB: stays in L2 + L3 between repeats.
-                let rows = max(1, min(largest.outFeatures, (4 << 20) / largest.rowBytes))
+                // Its first rows, at most 4 MB packed or unpacked (≤ 40 bytes per 32 values): stays in L2 + L3.
+                let unpackedRowBytes = largest.inFeatures / 32 * 40
+                let rows = max(1, min(largest.outFeatures, (4 << 20) / max(largest.rowBytes, unpackedRowBytes)))
                 mats = [try QuantizedLinear(type: largest.type, borrowing: largest.data, outFeatures: rows,
                                             inFeatures: largest.inFeatures, owner: largest)]
             }

@@ -281,10 +281,13 @@ struct BenchGenerateCommand: ParsableCommand {
         typealias HasFeature = @convention(c) () -> Int32
         let features: [(String, String)] = [("avx2", "AVX2"), ("fma", "FMA"), ("f16c", "F16C"), ("avx512", "AVX-512F"),
                                             ("avx512_vnni", "AVX-512-VNNI"), ("avx512_bf16", "AVX-512-BF16"), ("avx_vnni", "AVX-VNNI")]
+        var resolved = false
         let present = features.filter { feature in
             guard let symbol = dlsym(handle, "ggml_cpu_has_" + feature.0) else { return false }
+            resolved = true
             return unsafeBitCast(symbol, to: HasFeature.self)() != 0
         }.map(\.1)
+        guard resolved else { return "unknown" }
         return present.isEmpty ? "no AVX2" : present.joined(separator: " ")
     }
 

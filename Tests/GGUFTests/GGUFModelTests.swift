@@ -89,7 +89,7 @@ struct GGUFModelTests {
             let m = try v.withUnsafeBufferPointer { try QuantizedLinear(quantizing: $0, type: type, outFeatures: rows, inFeatures: cols) }
             let u = try #require(UnpackedBlockLinear(m))
             #expect(u.bytesPerBlock == (type == .q4_K || type == .q6_K ? 40 : 36))
-            #expect(m.widenedForDecode() is UnpackedBlockLinear)
+            #expect(m.widenedForDecode() is UnpackedBlockLinear || ProcessInfo.processInfo.environment["GEMMA3_UNPACK"] == "0")
             var packedRow = [Float](repeating: 0, count: cols), unpackedRow = packedRow
             for r in 0..<rows {
                 packedRow.withUnsafeMutableBufferPointer { m.dequantize(rows: r..<(r + 1), into: $0.baseAddress!) }
@@ -109,6 +109,14 @@ struct GGUFModelTests {
                 #expect(abs(fused[r] - packedFused[r]) <= 1e-4 * scale, "\(type.name) row \(r): unpacked \(fused[r]) vs packed kernel \(packedFused[r])")
             }
         }
+        // The high-byte kernel's worst case: weights −128 (scale 1) against activations at −8191 after
+        // quantization: 8 products of 32768 · 8191 per Int32 lane, just below 2³¹. Σ = 32 · 128 = 4096.
+        var extreme: [UInt8] = [0x00, 0x3C] + [UInt8](repeating: 0x80, count: 32)
+        extreme += extreme
+        let worst = try #require(UnpackedBlockLinear(try QuantizedLinear(type: .q8_0, bytes: extreme, outFeatures: 1, inFeatures: 64)))
+        var worstY: Float = 0
+        [Float](repeating: -1, count: 64).withUnsafeBufferPointer { worst.gemv(rows: 0..<1, x: $0.baseAddress!, y: &worstY) }
+        #expect(abs(worstY - 8192) <= 1e-3 * 8192, "\(worstY)")
         let f16 = try QuantizedLinear(type: .f16, bytes: [UInt8](repeating: 0, count: 64), outFeatures: 1, inFeatures: 32)
         #expect(UnpackedBlockLinear(f16) == nil)
         #expect(f16.widenedForDecode() is QuantizedLinear)
