@@ -16,7 +16,8 @@ struct BenchGEMVCommand: ParsableCommand {
         step's products and the weight bandwidth (GB/s of blocks read) are reported, for the fused \
         integer kernels (16-bit activations) and for dequantize-each-row-then-float-dot. Each \
         quantized type is measured as stored and unpacked to bytes with float scales ("→i8", the \
-        form decoding uses). The token embedding counts once, as the LM head.
+        form decoding uses; its integer kernels take 14-bit activations, reported under "int16"). \
+        The token embedding counts once, as the LM head.
         """
     )
 
