@@ -50,6 +50,13 @@ import Gemma3Formats
         try checkGreedyAgainstRecompute(config: smallConfig(window: 1, tied: false), seed: 13, promptLength: 9, newTokens: 40, chunk: 3)
     }
 
+    @Test func multiQueryPrefillOverSeveralQueryBlocks() throws {
+        // One KV head for four query heads (as in Gemma 3 270M): 270 positions in one pass are five
+        // query blocks per head, with the sliding mask; then chunks of 7 straddling the ring boundary.
+        try checkGreedyAgainstRecompute(config: smallConfig(window: 4, kvHeads: 1), seed: 15, promptLength: 270, newTokens: 20, chunk: 512)
+        try checkGreedyAgainstRecompute(config: smallConfig(window: 6, kvHeads: 1), seed: 16, promptLength: 29, newTokens: 20, chunk: 7)
+    }
+
     @Test func promptLongerThanTheWindowInOnePass() throws {
         // 300 positions: decode attention over the full layer is split in parts and merged.
         try checkGreedyAgainstRecompute(config: smallConfig(window: 4), seed: 14, promptLength: 270, newTokens: 30, chunk: 512)

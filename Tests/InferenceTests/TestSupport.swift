@@ -10,10 +10,11 @@ let sharedGolden = URL(fileURLWithPath: #filePath)
 /// A small model with every structural feature: GQA (2 KV heads for 4 query heads), a sliding
 /// window of `window`, a full layer between sliding ones, query_pre_attn_scalar ≠ head_dim,
 /// hidden ≠ heads × head_dim.
-func smallConfig(window: Int = 5, tied: Bool = true, vocab: Int = 97) -> Gemma3Config {
+/// `kvHeads: 1` gives multi-query attention, as in Gemma 3 270M.
+func smallConfig(window: Int = 5, tied: Bool = true, vocab: Int = 97, kvHeads: Int = 2) -> Gemma3Config {
     var c = Gemma3Config(
         vocabSize: vocab, hiddenSize: 24, intermediateSize: 40, numHiddenLayers: 4,
-        numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 8, queryPreAttnScalar: 12,
+        numAttentionHeads: 4, numKeyValueHeads: kvHeads, headDim: 8, queryPreAttnScalar: 12,
         slidingWindow: window,
         layerTypes: [.slidingAttention, .slidingAttention, .fullAttention, .slidingAttention],
         ropeThetaFull: 1_000_000, ropeThetaSliding: 10_000, tieWordEmbeddings: tied, maxPositionEmbeddings: 512)
