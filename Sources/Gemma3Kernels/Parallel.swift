@@ -232,7 +232,7 @@ public enum LargeAllocation {
         return p
     }
 
-    public static func deallocate(_ p: UnsafeMutableRawPointer, byteCount: Int) {
+    public static func deallocate(_ p: UnsafeMutableRawPointer) {
         p.deallocate()
     }
 }

@@ -71,7 +71,7 @@ public final class UnpackedBlockLinear: LinearWeight, @unchecked Sendable {
         }
     }
 
-    deinit { LargeAllocation.deallocate(data, byteCount: storageBytes) }
+    deinit { LargeAllocation.deallocate(data) }
 
     public var storageBytes: Int { outFeatures * rowBytes }
     public var formatName: String { "\(sourceType.name)→i8" }

@@ -176,8 +176,8 @@ public enum GGUFGemma3 {
 
     /// Inference weights that use the file's blocks in place (`QuantizedLinear` borrowing the
     /// mapping). Norm weights are converted to the (1 + w) convention. With `widenSmallBlocks`,
-    /// Q4_0/Q5_0 matrices are rewritten as Q8_0 and Q4_K/Q6_K unpacked to bytes, with identical
-    /// values (faster to decode here; see `QuantizedLinear.widenedForDecode`).
+    /// every quantized matrix is unpacked to bytes with float scales for decoding, with identical
+    /// values (`UnpackedBlockLinear`; see `QuantizedLinear.widenedForDecode`).
     public static func inferenceWeights(from file: GGUFFile, config: Gemma3Config? = nil,
                                         activations: QuantizedLinear.ActivationPrecision = .int16,
                                         widenSmallBlocks: Bool = false) throws -> InferenceWeights {

@@ -293,24 +293,13 @@ struct BenchGenerateCommand: ParsableCommand {
 
     /// Runs the transformers reference script; its JSON object, or ["error": why].
     func runTransformers(python: String) -> [String: Any] {
-        guard FileManager.default.fileExists(atPath: transformersScript) else {
-            return ["error": "\(transformersScript) not found (run from the repository root or pass --transformers-script)"]
-        }
         guard preset == "tinystories-270m" else { return ["error": "the reference script builds tinystories-270m only"] }
-        let arguments = [python, transformersScript, "--prompt-tokens", String(promptTokens), "--new-tokens", String(newTokens),
+        let arguments = ["--prompt-tokens", String(promptTokens), "--new-tokens", String(newTokens),
                          "--runs", String(runs), "--threads", String(Parallel.threadCount), "--dtype", dtype]
-        let child: (status: Int32, stdout: Data, stderr: Data)
-        do { child = try runChildProcess(URL(fileURLWithPath: "/usr/bin/env"), arguments) } catch {
-            return ["error": "cannot run \(python): \(error.localizedDescription)"]
+        switch runReferenceScript(python: python, script: transformersScript, optionName: "--transformers-script", arguments) {
+        case .success(let object): return object
+        case .failure(let error): return ["error": error.message]
         }
-        let errors = String(decoding: child.stderr, as: UTF8.self)
-        guard child.status == 0,
-              let line = String(decoding: child.stdout, as: UTF8.self).split(separator: "\n").last,
-              let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
-            let last = errors.split(separator: "\n").last.map(String.init) ?? "exit status \(child.status)"
-            return ["error": "\(python) \(transformersScript) failed: \(last)"]
-        }
-        return object
     }
 
     /// Multiply-add FLOPs (×2) of prefilling the prompt: every layer matrix per token, attention

@@ -199,22 +199,15 @@ struct BenchTrainCommand: ParsableCommand {
 
     /// Runs the PyTorch reference for `config`; its numeric fields, or an error.
     func runPyTorch(python: String, config: Gemma3Config, compile: Bool) -> (values: [String: Double], error: String?) {
-        guard FileManager.default.fileExists(atPath: pytorchScript) else {
-            return ([:], "\(pytorchScript) not found (run from the repository root or pass --pytorch-script)")
-        }
-        let arguments = [python, pytorchScript, "--hidden", "\(config.hiddenSize)", "--layers", "\(config.numHiddenLayers)",
+        let arguments = ["--hidden", "\(config.hiddenSize)", "--layers", "\(config.numHiddenLayers)",
                          "--heads", "\(config.numAttentionHeads)", "--kv-heads", "\(config.numKeyValueHeads)",
                          "--head-dim", "\(config.headDim)", "--ffn", "\(config.intermediateSize)", "--vocab", "\(config.vocabSize)",
                          "--window", "\(config.slidingWindow)", "--batch", "\(batch)", "--seq", "\(seq)", "--steps", "\(max(3, steps))",
                          "--threads", "\(Parallel.threadCount)"] + (compile ? ["--compile"] : [])
-        let child: (status: Int32, stdout: Data, stderr: Data)
-        do { child = try runChildProcess(URL(fileURLWithPath: "/usr/bin/env"), arguments) } catch {
-            return ([:], "cannot run \(python): \(error.localizedDescription)")
-        }
-        let errors = String(decoding: child.stderr, as: UTF8.self)
-        guard child.status == 0, let line = String(decoding: child.stdout, as: UTF8.self).split(separator: "\n").last,
-              let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
-            return ([:], errors.split(separator: "\n").last.map(String.init) ?? "exit status \(child.status)")
+        let object: [String: Any]
+        switch runReferenceScript(python: python, script: pytorchScript, optionName: "--pytorch-script", arguments) {
+        case .success(let o): object = o
+        case .failure(let error): return ([:], error.message)
         }
         var values: [String: Double] = [:]
         for (k, v) in object { if let d = v as? Double { values[k] = d } else if let i = v as? Int { values[k] = Double(i) } }

@@ -70,7 +70,7 @@ struct EvalCommand: ParsableCommand {
         guard T <= config.maxPositionEmbeddings else {
             throw ModelCommandError("--context \(T) exceeds the model's max_position_embeddings (\(config.maxPositionEmbeddings))")
         }
-        let B = batchSize ?? max(1, min(16, 1024 / T))
+        let B = batchSize(forContext: T)
         let bytesPerToken = try Self.bytesPerToken(for: dataURL)
 
         let result = try Evaluation.evaluate(
@@ -79,6 +79,9 @@ struct EvalCommand: ParsableCommand {
         )
         try report(result, context: T, bytesPerToken: bytesPerToken, fields: ["data": data, "tokens": count])
     }
+
+    /// --batch-size, else as many windows as keep a batch near 1024 tokens (at most 16).
+    func batchSize(forContext T: Int) -> Int { batchSize ?? max(1, min(16, 1024 / T)) }
 
     /// A progress callback that prints the running loss to stderr every 10 s (silent with --json).
     func progressReporter() -> (Int, Double) -> Void {
@@ -158,7 +161,7 @@ struct EvalCommand: ParsableCommand {
                 throw ModelCommandError("--context \(context) exceeds the model's max_position_embeddings (\(config.maxPositionEmbeddings))")
             }
             T = min(context ?? min(512, config.maxPositionEmbeddings), tokens.count - 1)
-            let B = batchSize ?? max(1, min(16, 1024 / T))
+            let B = batchSize(forContext: T)
             result = try tokens.withUnsafeBufferPointer {
                 try Evaluation.evaluate(config: config, parameters: store, tokens: $0, context: T, batchSize: B, progress: progress)
             }

@@ -62,16 +62,21 @@ import Gemma3Formats
         try checkGreedyAgainstRecompute(config: smallConfig(window: 4), seed: 14, promptLength: 270, newTokens: 30, chunk: 512)
     }
 
+    /// The engine's summed cross-entropy over `tokens` equals the training forward's mean loss.
+    func checkEngineLossAgainstTrainingForward(_ config: Gemma3Config, seed: UInt64, tokens: [Int], maxContext: Int, chunk: Int) throws {
+        let store = randomStore(config, seed: seed)
+        let engine = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: store), maxContext: maxContext, prefillChunk: chunk)
+        let (sum, count) = try engine.crossEntropySum(tokens)
+        #expect(count == tokens.count - 1)
+        let model = try Gemma3TrainingModel(config: config, batchSize: 1, sequenceLength: tokens.count - 1, parameters: store, training: false)
+        let loss = try model.forward(inputs: tokens.dropLast().map { Int32($0) }, targets: tokens.dropFirst().map { Int32($0) })
+        #expect(abs(sum / Double(count) - Double(loss)) < 1e-5, "tied \(config.tieWordEmbeddings): \(sum / Double(count)) vs \(loss)")
+    }
+
     @Test func evaluationLossMatchesTheTrainingForward() throws {
         let config = smallConfig(window: 5)
-        let store = randomStore(config, seed: 21)
-        let tokens = (0..<41).map { ($0 * 37 + 11) % config.vocabSize }
-        let engine = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: store), maxContext: 64, prefillChunk: 16)
-        let (sum, count) = try engine.crossEntropySum(tokens)
-        #expect(count == 40)
-        let model = try Gemma3TrainingModel(config: config, batchSize: 1, sequenceLength: 40, parameters: store, training: false)
-        let loss = try model.forward(inputs: tokens.dropLast().map { Int32($0) }, targets: tokens.dropFirst().map { Int32($0) })
-        #expect(abs(sum / Double(count) - Double(loss)) < 1e-5)
+        try checkEngineLossAgainstTrainingForward(config, seed: 21, tokens: (0..<41).map { ($0 * 37 + 11) % config.vocabSize },
+                                                  maxContext: 64, chunk: 16)
     }
 
     @Test func evaluationLossOverAVocabularyOfSeveralHeadPanels() throws {
@@ -79,14 +84,8 @@ import Gemma3Formats
         // with targets in every panel; the training forward computes the full-row log-softmax.
         for tied in [false, true] {
             let config = smallConfig(window: 5, tied: tied, vocab: 9000)
-            let store = randomStore(config, seed: tied ? 23 : 22)
-            let tokens = (0..<70).map { ($0 * 4099 + 13) % config.vocabSize }
-            let engine = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: store), maxContext: 80, prefillChunk: 32)
-            let (sum, count) = try engine.crossEntropySum(tokens)
-            #expect(count == 69)
-            let model = try Gemma3TrainingModel(config: config, batchSize: 1, sequenceLength: 69, parameters: store, training: false)
-            let loss = try model.forward(inputs: tokens.dropLast().map { Int32($0) }, targets: tokens.dropFirst().map { Int32($0) })
-            #expect(abs(sum / Double(count) - Double(loss)) < 1e-5, "tied \(tied): \(sum / Double(count)) vs \(loss)")
+            try checkEngineLossAgainstTrainingForward(config, seed: tied ? 23 : 22, tokens: (0..<70).map { ($0 * 4099 + 13) % config.vocabSize },
+                                                      maxContext: 80, chunk: 32)
         }
     }
 
