@@ -32,9 +32,12 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
         ),
+        // Kernels in C for instructions Swift cannot enable per function (AVX-512 BF16), compiled
+        // with function attributes and chosen at run time; the package still runs on any x86-64.
+        .target(name: "CGemma3Kernels"),
         // Compute layer: BLAS wrapper, parallel loops, element-wise kernels, number formats.
         // Everything that touches raw floats lives here so a GPU backend can replace it later.
-        .target(name: "Gemma3Kernels", dependencies: ["COpenBLAS"], swiftSettings: cpuSettings),
+        .target(name: "Gemma3Kernels", dependencies: ["COpenBLAS", "CGemma3Kernels"], swiftSettings: cpuSettings),
         // GPT-2 byte-level BPE and Gemma's SentencePiece-style tokenizer.
         .target(name: "Gemma3Tokenizers", swiftSettings: cpuSettings),
         // safetensors and GGUF readers/writers, quantized block formats.

@@ -178,22 +178,38 @@ public enum GGUFGemma3 {
     /// mapping). Norm weights are converted to the (1 + w) convention. With `widenSmallBlocks`,
     /// every quantized matrix is unpacked to bytes with float scales for decoding, with identical
     /// values (`UnpackedBlockLinear`; see `QuantizedLinear.widenedForDecode`).
+    ///
+    /// `prefill` chooses the arithmetic of batched products (prompts, several tokens at once): with
+    /// `.bfloat16` on a CPU that has AVX-512 BF16, the layer matrices stored in block formats
+    /// (Q4_0 … Q8_0, Q4_K, Q6_K) or BF16 get a bfloat16 copy for those products (`BF16PrefillLinear`,
+    /// built on first use). F32 and F16 matrices, decoding and the LM head always stay as they are,
+    /// and `activations: .float` (exact arithmetic on the stored weights) keeps float32 prefill too.
     public static func inferenceWeights(from file: GGUFFile, config: Gemma3Config? = nil,
                                         activations: QuantizedLinear.ActivationPrecision = .int16,
-                                        widenSmallBlocks: Bool = false) throws -> InferenceWeights {
+                                        widenSmallBlocks: Bool = false,
+                                        prefill: PrefillPrecision = .automatic) throws -> InferenceWeights {
         let config = try config ?? self.config(from: file)
+        let bf16Prefill = prefill == .bfloat16 && activations != .float && PrefillPrecision.bfloat16Supported
         func matrix(_ name: String) throws -> any LinearWeight {
             let m = try file.linear(named: name, activations: activations)
             return widenSmallBlocks ? m.widenedForDecode() : m
+        }
+        // A layer matrix, with a bfloat16 copy for batched products where the format's own rounding is
+        // at least as coarse as bfloat16's.
+        func layerMatrix(_ name: String) throws -> any LinearWeight {
+            let m = try matrix(name)
+            guard bf16Prefill, let type = file.tensor(named: name)?.type, type != .f32, type != .f16 else { return m }
+            return BF16PrefillLinear(m)
         }
         func norm(_ name: String) throws -> [Float] { try file.floats(tensor: name).map { $0 - 1 } }
         var layers: [LayerWeights] = []
         for l in 0..<config.numHiddenLayers {
             let p = "blk.\(l)."
             layers.append(LayerWeights(
-                q: try matrix(p + "attn_q.weight"), k: try matrix(p + "attn_k.weight"), v: try matrix(p + "attn_v.weight"),
-                o: try matrix(p + "attn_output.weight"),
-                gate: try matrix(p + "ffn_gate.weight"), up: try matrix(p + "ffn_up.weight"), down: try matrix(p + "ffn_down.weight"),
+                q: try layerMatrix(p + "attn_q.weight"), k: try layerMatrix(p + "attn_k.weight"), v: try layerMatrix(p + "attn_v.weight"),
+                o: try layerMatrix(p + "attn_output.weight"),
+                gate: try layerMatrix(p + "ffn_gate.weight"), up: try layerMatrix(p + "ffn_up.weight"),
+                down: try layerMatrix(p + "ffn_down.weight"),
                 inputNorm: try norm(p + "attn_norm.weight"), qNorm: try norm(p + "attn_q_norm.weight"),
                 kNorm: try norm(p + "attn_k_norm.weight"), postAttentionNorm: try norm(p + "post_attention_norm.weight"),
                 preFeedforwardNorm: try norm(p + "ffn_norm.weight"), postFeedforwardNorm: try norm(p + "post_ffw_norm.weight")))

@@ -55,6 +55,9 @@ struct BenchGenerateCommand: ParsableCommand {
     @Option(help: ArgumentHelp("The reference script run by --transformers.", valueName: "file"))
     var transformersScript = "scripts/reference/hf_generate_bench.py"
 
+    @Option(help: ArgumentHelp(PrefillChoice.help, valueName: "auto|f32|bf16"))
+    var prefill: PrefillChoice = .auto
+
     @Flag(help: "Print one JSON object.")
     var json = false
 
@@ -82,9 +85,12 @@ struct BenchGenerateCommand: ParsableCommand {
         }
         let weights: InferenceWeights
         let label: String
+        // Presets keep float32 products; GGUF models follow --prefill.
+        var prefillPrecision = PrefillPrecision.float32
         var rng = SplitMix64(seed: seed ^ 0x5EED)
         if let model {
-            let loaded = try loadGGUFModel(model)
+            prefillPrecision = try prefill.precision()
+            let loaded = try loadGGUFModel(model, prefill: prefillPrecision)
             weights = loaded.weights
             label = "\(URL(fileURLWithPath: model).lastPathComponent) (\(GGUFGemma3.formatName(of: loaded.file)))"
         } else {
@@ -145,7 +151,7 @@ struct BenchGenerateCommand: ParsableCommand {
             var object: [String: Any] = [
                 "model": model ?? preset, "dtype": model == nil ? dtype : label, "prompt_tokens": promptTokens, "new_tokens": newTokens, "runs": runs,
                 "threads": Parallel.threadCount, "build": BuildInfo.description, "host_cpu": BuildInfo.hostCPU,
-                "prefill_seconds": prefillSeconds, "prefill_tokens_per_second": prefillTPS,
+                "prefill_precision": prefillPrecision.rawValue, "prefill_seconds": prefillSeconds, "prefill_tokens_per_second": prefillTPS,
                 "prefill_gflops_per_second": prefillGFLOPs, "sgemm_gflops_per_second": sgemm,
                 "decode_seconds": decodeSeconds, "decode_tokens_per_second": decodeTPS,
                 "decode_bytes_per_token": bytesPerToken,
@@ -180,7 +186,7 @@ struct BenchGenerateCommand: ParsableCommand {
             func mb(_ b: Int) -> String { String(format: "%.1f MB", Double(b) / 1e6) }
             print("bench generate: \(label) (\(mb(weights.totalBytes))), \(Parallel.threadCount) threads, median of \(runs) runs, \(BuildInfo.description)")
             print("  host CPU: \(BuildInfo.hostCPU)")
-            print(String(format: "  prefill %d tokens: %.3f s, %.1f tokens/s, %.1f GFLOP/s (sgemm of the MLP shape here: %.1f GFLOP/s, %.0f%%)",
+            print(String(format: "  prefill %d tokens (\(prefillPrecision.rawValue) products): %.3f s, %.1f tokens/s, %.1f GFLOP/s (float32 sgemm of the MLP shape here: %.1f GFLOP/s, %.0f%%)",
                          promptTokens, prefillSeconds, prefillTPS, prefillGFLOPs, sgemm, 100 * prefillGFLOPs / sgemm))
             print(String(format: "  decode %d tokens: %.3f s, %.1f tokens/s, ", newTokens, decodeSeconds, decodeTPS)
                   + "\(mb(bytesPerToken)) read per token, " + String(format: "%.1f GB/s", Double(bytesPerToken) * decodeTPS / 1e9))

@@ -48,6 +48,9 @@ struct ChatCommand: ParsableCommand {
     @Option(help: "Context length (default 8192; the model allows 32768).")
     var context = 8192
 
+    @Option(help: ArgumentHelp(PrefillChoice.help, valueName: "auto|f32|bf16"))
+    var prefill: PrefillChoice = .auto
+
     @Flag(help: "Print one JSON object with every turn (ids, text, speeds) instead of streaming.")
     var json = false
 
@@ -59,7 +62,7 @@ struct ChatCommand: ParsableCommand {
     func run() throws {
         let config: Gemma3Config, weights: InferenceWeights, tokenizer: GemmaTokenizer
         if isGGUFPath(model) {
-            let gguf = try loadGGUFModel(model)
+            let gguf = try loadGGUFModel(model, prefill: try prefill.precision())
             (config, weights, tokenizer) = (gguf.config, gguf.weights, gguf.tokenizer)
         } else if let directory = try loadDirectoryGemmaModel(model) {
             (config, weights, tokenizer) = (directory.config, directory.weights, directory.tokenizer)

@@ -13,6 +13,29 @@ func isGGUFPath(_ path: String) -> Bool {
     return (try? h.read(upToCount: 4)) == Data("GGUF".utf8)
 }
 
+/// `--prefill`: the arithmetic of batched prompt products on GGUF models.
+enum PrefillChoice: String, ExpressibleByArgument, CaseIterable {
+    /// bfloat16 where the CPU has AVX-512 BF16 (and `GEMMA3_BF16_PREFILL` is not 0), else float32.
+    case auto
+    case f32
+    case bf16
+
+    static let help = "Prompt prefill arithmetic on GGUF models: auto (bf16 on CPUs with AVX-512 BF16, else f32), f32 or bf16."
+
+    /// The precision to use; a one-line error for bf16 on a CPU without AVX-512 BF16.
+    func precision() throws -> PrefillPrecision {
+        switch self {
+        case .auto: return .automatic
+        case .f32: return .float32
+        case .bf16:
+            guard PrefillPrecision.bfloat16Supported else {
+                throw ModelCommandError("--prefill bf16 needs a CPU with AVX-512 BF16 (this one: \(BuildInfo.hostCPU)); use --prefill f32")
+            }
+            return .bfloat16
+        }
+    }
+}
+
 /// A Gemma 3 model loaded from a GGUF file: quantized weights used in place, and its tokenizer.
 struct GGUFModel {
     let file: GGUFFile
@@ -22,8 +45,10 @@ struct GGUFModel {
 }
 
 /// Loads a GGUF model (mapping, config, weights, tokenizer), with one-line errors.
-/// `activations` selects the decode kernels: `.int16` (fused integer kernels) or `.float`.
-func loadGGUFModel(_ path: String, activations: QuantizedLinear.ActivationPrecision = .int16) throws -> GGUFModel {
+/// `activations` selects the decode kernels: `.int16` (fused integer kernels) or `.float`;
+/// `prefill` the arithmetic of prompt prefill (bfloat16 on AVX-512 BF16 CPUs by default).
+func loadGGUFModel(_ path: String, activations: QuantizedLinear.ActivationPrecision = .int16,
+                   prefill: PrefillPrecision = .automatic) throws -> GGUFModel {
     guard FileManager.default.fileExists(atPath: path) else {
         throw ModelCommandError("model file \(path) does not exist (`gemma3 download gemma3-270m` fetches Gemma 3 270M)")
     }
@@ -31,7 +56,8 @@ func loadGGUFModel(_ path: String, activations: QuantizedLinear.ActivationPrecis
     let config = try GGUFGemma3.config(from: file)
     // Q5_0/Q4_0 matrices are widened to Q8_0 (same values): ≈ 5–10% faster decoding here (bench gemv
     // shows both kernels), for 24 MB more memory on Gemma 3 270M Q4_K_M.
-    let weights = try GGUFGemma3.inferenceWeights(from: file, config: config, activations: activations, widenSmallBlocks: true)
+    let weights = try GGUFGemma3.inferenceWeights(from: file, config: config, activations: activations, widenSmallBlocks: true,
+                                                   prefill: prefill)
     let tokenizer = try GGUFGemma3.tokenizer(from: file)
     guard tokenizer.vocabularySize <= config.vocabSize else {
         throw ModelCommandError("\(path): the tokenizer has \(tokenizer.vocabularySize) tokens but the embedding only \(config.vocabSize) rows")

@@ -68,6 +68,9 @@ struct GenerateCommand: ParsableCommand {
     @Flag(help: "Write the prompt before the generated text.")
     var echo = false
 
+    @Option(help: ArgumentHelp(PrefillChoice.help, valueName: "auto|f32|bf16"))
+    var prefill: PrefillChoice = .auto
+
     @Flag(help: "Print one JSON object (prompt_ids, generated_ids, text, speeds) instead of streaming.")
     var json = false
 
@@ -90,7 +93,7 @@ struct GenerateCommand: ParsableCommand {
         var stopIds: Set<Int>
         if isGGUFPath(model) {
             // A GGUF file (e.g. the real Gemma 3 270M): quantized weights in place, its own tokenizer.
-            let gguf = try loadGGUFModel(model)
+            let gguf = try loadGGUFModel(model, prefill: try prefill.precision())
             (config, weights) = (gguf.config, gguf.weights)
             generator = Generator(engine: try InferenceEngine(weights: weights, maxContext: context ?? config.maxPositionEmbeddings),
                                   tokenizer: gguf.tokenizer)

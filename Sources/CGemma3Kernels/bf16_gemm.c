@@ -1,0 +1,97 @@
+// bfloat16 matrix product for batched prefill on AVX-512 BF16 CPUs (e.g. AMD Zen 4, Intel
+// Cooper Lake and later): vdpbf16ps multiplies 32 bfloat16 pairs and accumulates 16 float32 sums
+// per instruction, twice the multiply-adds of a float32 FMA of the same width.
+#include "CGemma3Kernels.h"
+
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define GEMMA3_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+int gemma3_has_avx512_bf16(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+}
+
+static uint16_t round_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+GEMMA3_BF16_TARGET
+void gemma3_bf16_round_rows(const float *x, long ldx, long rows, long count,
+                            uint16_t *out, long padded_count) {
+    for (long t = 0; t < rows; t++) {
+        const float *src = x + t * ldx;
+        uint16_t *dst = out + t * padded_count;
+        long j = 0;
+        for (; j + 32 <= count; j += 32) {
+            // cvtne2ps: the second operand fills the low 16 lanes.
+            __m512bh pair = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + j + 16), _mm512_loadu_ps(src + j));
+            _mm512_storeu_si512((void *)(dst + j), (__m512i)pair);
+        }
+        for (; j < count; j++) dst[j] = round_to_bf16(src[j]);
+        for (; j < padded_count; j++) dst[j] = 0;
+    }
+}
+
+// One panel (32 rows) × one block of GEMMA3_BF16_TOKEN_BLOCK tokens over all of k:
+// 24 accumulators, two weight loads and twelve broadcasts per pair of k.
+GEMMA3_BF16_TARGET
+static void panel_block(const uint16_t *panel, long k_pairs, const uint16_t *x, long tokens_here,
+                        float *y, long ldy, __mmask16 mask_lo, __mmask16 mask_hi) {
+    enum { TB = GEMMA3_BF16_TOKEN_BLOCK };
+    __m512 acc_lo[TB], acc_hi[TB];
+    for (int i = 0; i < TB; i++) { acc_lo[i] = _mm512_setzero_ps(); acc_hi[i] = _mm512_setzero_ps(); }
+    const uint32_t *xp = (const uint32_t *)x;  // one k pair of one token = 32 bits
+    for (long kp = 0; kp < k_pairs; kp++) {
+        __m512bh w_lo = (__m512bh)_mm512_loadu_si512((const void *)(panel + kp * 64));
+        __m512bh w_hi = (__m512bh)_mm512_loadu_si512((const void *)(panel + kp * 64 + 32));
+#pragma clang loop unroll(full)
+        for (int i = 0; i < TB; i++) {
+            __m512bh b = (__m512bh)_mm512_set1_epi32((int)xp[i * k_pairs + kp]);
+            acc_lo[i] = _mm512_dpbf16_ps(acc_lo[i], w_lo, b);
+            acc_hi[i] = _mm512_dpbf16_ps(acc_hi[i], w_hi, b);
+        }
+    }
+    for (long i = 0; i < tokens_here; i++) {
+        _mm512_mask_storeu_ps(y + i * ldy, mask_lo, acc_lo[i]);
+        _mm512_mask_storeu_ps(y + i * ldy + 16, mask_hi, acc_hi[i]);
+    }
+}
+
+GEMMA3_BF16_TARGET
+void gemma3_bf16_gemm(const uint16_t *packed, long k_pairs, long panel_begin, long panel_end,
+                      long out_features, const uint16_t *x, long tokens, float *y, long ldy) {
+    enum { TB = GEMMA3_BF16_TOKEN_BLOCK, PR = GEMMA3_BF16_PANEL_ROWS };
+    for (long p = panel_begin; p < panel_end; p++) {
+        long valid = out_features - p * PR;
+        if (valid > PR) valid = PR;
+        __mmask16 lo = valid >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << valid) - 1u);
+        __mmask16 hi = valid >= 32 ? (__mmask16)0xffff : valid <= 16 ? 0 : (__mmask16)((1u << (valid - 16)) - 1u);
+        const uint16_t *panel = packed + p * k_pairs * 64;
+        for (long t = 0; t < tokens; t += TB) {
+            long here = tokens - t < TB ? tokens - t : TB;
+            panel_block(panel, k_pairs, x + t * 2 * k_pairs, here, y + t * ldy + p * PR, ldy, lo, hi);
+        }
+    }
+}
+
+#else  // not x86-64: never supported, the callers use float32.
+
+int gemma3_has_avx512_bf16(void) { return 0; }
+void gemma3_bf16_round_rows(const float *x, long ldx, long rows, long count, uint16_t *out, long padded_count) {
+    (void)x; (void)ldx; (void)rows; (void)count; (void)out; (void)padded_count;
+}
+void gemma3_bf16_gemm(const uint16_t *packed, long k_pairs, long panel_begin, long panel_end,
+                      long out_features, const uint16_t *x, long tokens, float *y, long ldy) {
+    (void)packed; (void)k_pairs; (void)panel_begin; (void)panel_end; (void)out_features;
+    (void)x; (void)tokens; (void)y; (void)ldy;
+}
+
+#endif

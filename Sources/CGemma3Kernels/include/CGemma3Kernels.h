@@ -1,0 +1,35 @@
+// Kernels that need instructions Swift cannot request per function: AVX-512 BF16 (vdpbf16ps).
+// Each is compiled for its instruction set with a function attribute and is only called after
+// `gemma3_has_avx512_bf16()` returned 1, so the rest of the package still runs on any x86-64.
+#ifndef CGEMMA3KERNELS_H
+#define CGEMMA3KERNELS_H
+
+#include <stdint.h>
+
+/// Rows per panel of packed weights (two 16-lane float32 vectors of outputs).
+#define GEMMA3_BF16_PANEL_ROWS 32
+/// Tokens per call of the inner kernel; activation buffers are padded to a multiple of it.
+#define GEMMA3_BF16_TOKEN_BLOCK 12
+
+/// 1 when the CPU executes AVX-512 BF16 instructions and the OS saves the AVX-512 state, else 0.
+int gemma3_has_avx512_bf16(void);
+
+/// Rounds `rows` rows of `count` float32 values (row stride `ldx`) to bfloat16, round to nearest
+/// even, into rows of `padded_count` values (row stride `padded_count`), zero past `count`.
+/// Requires AVX-512 BF16.
+void gemma3_bf16_round_rows(const float *x, long ldx, long rows, long count,
+                            uint16_t *out, long padded_count);
+
+/// Y[t][r] = Σ_k X[t][k] · W[r][k] for tokens t < `tokens` and the rows r of panels
+/// [`panel_begin`, `panel_end`), accumulated in float32. Requires AVX-512 BF16.
+///
+/// - `packed`: W in panels of 32 rows; a panel holds `k_pairs` groups of 32 rows × 2 consecutive
+///   k values (bfloat16), i.e. element (r, k) of panel p is at
+///   p·k_pairs·64 + (k/2)·64 + (r mod 32)·2 + k mod 2. Rows past `out_features` are zero.
+/// - `x`: bfloat16 activations, row stride `x_stride` = 2·k_pairs, with at least `tokens` rounded up
+///   to a multiple of GEMMA3_BF16_TOKEN_BLOCK rows readable (the padding rows are read, not used).
+/// - `y`: float32 outputs, row stride `ldy`; only columns < `out_features` are written.
+void gemma3_bf16_gemm(const uint16_t *packed, long k_pairs, long panel_begin, long panel_end,
+                      long out_features, const uint16_t *x, long tokens, float *y, long ldy);
+
+#endif
