@@ -57,7 +57,7 @@ let package = Package(
         ),
         // Shared by the test targets: locating the built `gemma3` tool.
         .target(name: "Gemma3TestSupport", path: "Tests/Gemma3TestSupport"),
-        .testTarget(name: "KernelsTests", dependencies: ["Gemma3Kernels"]),
+        .testTarget(name: "KernelsTests", dependencies: ["Gemma3Kernels", "CGemma3Kernels"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Gemma3Tokenizers"]),
         .testTarget(name: "DataTests", dependencies: ["Gemma3TestSupport", "Gemma3Training", "Gemma3Tokenizers"]),
         .testTarget(name: "TrainingTests", dependencies: ["Gemma3TestSupport", "Gemma3Training", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),

@@ -1,3 +1,6 @@
+import CGemma3Kernels
+import Foundation
+
 /// A weight matrix stored in a ggml block format (Q8_0, Q5_0, Q4_K, …, or F32/F16/BF16), used
 /// in place: typically borrowed from a memory-mapped GGUF file.
 ///
@@ -13,7 +16,21 @@ public final class QuantizedLinear: LinearWeight, @unchecked Sendable {
         case int16
         /// Dequantize each row to float32 and multiply in float32.
         case float
+        /// 8-bit activations per block of 32, as llama.cpp quantizes them, multiplied on the packed
+        /// blocks with AVX-512 VNNI (`gemma3_q8_gemv`): memory speed on the smallest form of the
+        /// weights, with llama.cpp's arithmetic (≈ 0.5% relative error per product). Where the CPU
+        /// lacks VNNI (`int8Supported`), the `.int16` kernels run instead.
+        case int8
     }
+
+    /// Whether this CPU runs the `.int8` kernels (AVX-512 VNNI, BW, VL and F16C).
+    public static let int8Supported: Bool = gemma3_has_avx512_vnni() != 0
+
+    /// The decode kernels to use by default: `.int8` where the CPU runs them and `GEMMA3_VNNI` is
+    /// not `0`, else `.int16`.
+    public static let defaultActivations: ActivationPrecision = {
+        int8Supported && ProcessInfo.processInfo.environment["GEMMA3_VNNI"] != "0" ? .int8 : .int16
+    }()
 
     public let type: GGMLType
     public let outFeatures: Int
@@ -63,6 +80,30 @@ public final class QuantizedLinear: LinearWeight, @unchecked Sendable {
                             activations: ActivationPrecision = .int16) throws {
         let bytes = try GGMLBlocks.quantize(type, values, rows: outFeatures, cols: inFeatures)
         try self.init(type: type, bytes: bytes, outFeatures: outFeatures, inFeatures: inFeatures, activations: activations)
+    }
+
+    /// A copy of the blocks in memory aligned to 2 MiB and marked for huge pages (`LargeAllocation`):
+    /// streamed by decoding at ≈ 20% more bandwidth than 4 KiB pages of a mapped file.
+    public func copiedToLargePages(activations: ActivationPrecision? = nil) -> QuantizedLinear {
+        QuantizedLinear(copyOf: self, activations: activations ?? self.activations)
+    }
+
+    private init(copyOf other: QuantizedLinear, activations: ActivationPrecision) {
+        let bytes = other.storageBytes
+        let p = LargeAllocation.allocate(byteCount: bytes)
+        let (dst, src) = (UncheckedSendable(p), UncheckedSendable(other.data))
+        // Parallel copy: first touch of the pages happens on both cores.
+        Parallel.chunks(bytes, minimumPerChunk: 1 << 20) { r in
+            (dst.value + r.lowerBound).copyMemory(from: src.value + r.lowerBound, byteCount: r.count)
+        }
+        self.rowBytes = other.rowBytes
+        self.type = other.type
+        self.data = UnsafeRawPointer(p)
+        self.outFeatures = other.outFeatures
+        self.inFeatures = other.inFeatures
+        self.owner = nil
+        self.owned = p
+        self.activations = activations
     }
 
     /// The same weights with another activation precision (shares the storage).
@@ -131,6 +172,10 @@ public final class QuantizedLinear: LinearWeight, @unchecked Sendable {
             gemvFloat(rows: rows, x: x, y: y)
             return
         }
+        if activations == .int8 && Self.int8Supported {
+            gemvInt8(rows: rows, x: x, y: y)
+            return
+        }
         GGMLDot.withQuantized(x, count: inFeatures) { xq in
             switch type {
             case .q8_0: GGMLDot.q8_0(data, rowBytes: rowBytes, rows: rows, x: xq, y: y)
@@ -139,6 +184,22 @@ public final class QuantizedLinear: LinearWeight, @unchecked Sendable {
             case .q4_K: GGMLDot.q4_K(data, rowBytes: rowBytes, rows: rows, x: xq, y: y)
             case .q6_K: GGMLDot.q6_K(data, rowBytes: rowBytes, rows: rows, x: xq, y: y)
             default: break  // excluded by checkShape
+            }
+        }
+    }
+
+    /// Quantizes x to 8 bits per block (stack buffers), then the VNNI kernel over the packed rows.
+    private func gemvInt8(rows: Range<Int>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        let n = inFeatures, blocks = inFeatures / 32
+        withUnsafeTemporaryAllocation(of: Int8.self, capacity: n) { qs in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: blocks) { scale in
+                withUnsafeTemporaryAllocation(of: Int32.self, capacity: 2 * blocks) { sums in
+                    let sum = sums.baseAddress!, low = sum + blocks
+                    gemma3_quantize_q8_blocks(x, n, qs.baseAddress!, scale.baseAddress!, sum, low)
+                    let status = gemma3_q8_gemv(Int32(type.rawValue), data, rowBytes, rows.lowerBound, rows.upperBound,
+                                                qs.baseAddress!, scale.baseAddress!, sum, low, blocks, y)
+                    precondition(status == 0, "no 8-bit kernel for \(type.name)")  // hasKernels types all have one
+                }
             }
         }
     }

@@ -169,9 +169,14 @@ extension QuantizedLinear {
     /// (to measure what unpacking saves).
     static let unpackForDecode = ProcessInfo.processInfo.environment["GEMMA3_UNPACK"] != "0"
 
-    /// The fastest decode form of this matrix with identical values: quantized types unpacked to
-    /// bytes with float scales (`UnpackedBlockLinear`), float types as they are.
+    /// The fastest decode form of this matrix with identical values. With `.int8` activations on a
+    /// CPU that runs them: the packed blocks copied to huge pages (the VNNI kernels unpack them in
+    /// registers at memory speed). Otherwise quantized types unpacked to bytes with float scales
+    /// (`UnpackedBlockLinear`). Float types stay as they are.
     public func widenedForDecode() -> any LinearWeight {
+        if activations == .int8 && Self.int8Supported {
+            return type.blockSize > 1 ? copiedToLargePages() : self
+        }
         if Self.unpackForDecode, let unpacked = UnpackedBlockLinear(self) { return unpacked }
         return widenedToQ8_0()
     }

@@ -45,9 +45,9 @@ struct GGUFModel {
 }
 
 /// Loads a GGUF model (mapping, config, weights, tokenizer), with one-line errors.
-/// `activations` selects the decode kernels: `.int16` (fused integer kernels) or `.float`;
+/// `activations` selects the decode kernels: `.int8` (AVX-512 VNNI, where present), `.int16` or `.float`;
 /// `prefill` the arithmetic of prompt prefill (bfloat16 on AVX-512 BF16 CPUs by default).
-func loadGGUFModel(_ path: String, activations: QuantizedLinear.ActivationPrecision = .int16,
+func loadGGUFModel(_ path: String, activations: QuantizedLinear.ActivationPrecision = QuantizedLinear.defaultActivations,
                    prefill: PrefillPrecision = .automatic) throws -> GGUFModel {
     guard FileManager.default.fileExists(atPath: path) else {
         throw ModelCommandError("model file \(path) does not exist (`gemma3 download gemma3-270m` fetches Gemma 3 270M)")

@@ -1,0 +1,217 @@
+// Matrix-vector products on ggml quantized blocks for decoding, on AVX-512 VNNI CPUs (e.g. AMD
+// Zen 4, Intel Ice Lake and later). Activations are quantized to 8 bits per block of 32, as
+// llama.cpp does; vpdpbusd then multiplies 32 unsigned weight bytes by 32 signed activation bytes
+// and adds groups of four into eight 32-bit sums in one instruction, so a block of 32 weights
+// costs a handful of instructions and the kernels run at memory speed on the packed blocks.
+//
+// Weights enter vpdpbusd unsigned: Q4_0/Q5_0/Q4_K/Q6_K as their stored non-negative integers,
+// with the format's offset (8, 16, the Q4_K minimum, 32) applied afterwards through the sums of
+// the activations; Q8_0 as |w| with w's sign moved onto the activation.
+#include "CGemma3Kernels.h"
+
+#include <math.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define VNNI_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+int gemma3_has_avx512_vnni(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")
+        && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+
+VNNI_TARGET
+static inline float half_to_float(const void *p) {
+    return _cvtsh_ss(*(const uint16_t *)p);
+}
+
+VNNI_TARGET
+static inline float horizontal_sum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+VNNI_TARGET
+void gemma3_quantize_q8_blocks(const float *x, long count, int8_t *qs, float *scale,
+                               int32_t *sum, int32_t *sum_low16) {
+    for (long b = 0; b < count / 32; b++) {
+        __m512 lo = _mm512_loadu_ps(x + 32 * b), hi = _mm512_loadu_ps(x + 32 * b + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+        float d = amax / 127.0f;
+        float inv = amax > 0 ? 127.0f / amax : 0.0f;
+        __m512i qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, _mm512_set1_ps(inv)));  // round to nearest even
+        __m512i qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, _mm512_set1_ps(inv)));
+        // |x·inv| ≤ 127 up to rounding of the product; clamp so the bytes stay in range.
+        qlo = _mm512_max_epi32(_mm512_min_epi32(qlo, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+        qhi = _mm512_max_epi32(_mm512_min_epi32(qhi, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+        _mm_storeu_si128((__m128i *)(qs + 32 * b), _mm512_cvtepi32_epi8(qlo));
+        _mm_storeu_si128((__m128i *)(qs + 32 * b + 16), _mm512_cvtepi32_epi8(qhi));
+        scale[b] = d;
+        int32_t low = _mm512_reduce_add_epi32(qlo);
+        sum_low16[b] = low;
+        sum[b] = low + _mm512_reduce_add_epi32(qhi);
+    }
+}
+
+// Q8_0: [fp16 d][32 × int8].
+VNNI_TARGET
+static void gemv_q8_0(const uint8_t *data, long row_bytes, long r0, long r1, const int8_t *qs,
+                      const float *scale, long blocks, float *y) {
+    for (long r = r0; r < r1; r++) {
+        const uint8_t *row = data + r * row_bytes;
+        __m256 acc = _mm256_setzero_ps();
+        for (long b = 0; b < blocks; b++) {
+            const uint8_t *blk = row + 34 * b;
+            __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 2));
+            __m256i a = _mm256_loadu_si256((const __m256i *)(qs + 32 * b));
+            __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(w), _mm256_sign_epi8(a, w));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(half_to_float(blk) * scale[b]), acc);
+        }
+        y[r] = horizontal_sum(acc);
+    }
+}
+
+// Q4_0: [fp16 d][16 bytes: low nibbles = values 0–15, high nibbles = 16–31], value = (q − 8)·d.
+// Q5_0: [fp16 d][32 high bits][16 bytes as Q4_0], value = (q + 16·high − 16)·d.
+VNNI_TARGET
+static void gemv_q4_q5_0(int five, const uint8_t *data, long row_bytes, long r0, long r1, const int8_t *qs,
+                         const float *scale, const int32_t *sum, long blocks, float *y) {
+    const long block_bytes = five ? 22 : 18, nibble_offset = five ? 6 : 2;
+    const float offset = five ? 16.0f : 8.0f;
+    const __m256i low4 = _mm256_set1_epi8(0x0f), bit4 = _mm256_set1_epi8(0x10);
+    for (long r = r0; r < r1; r++) {
+        const uint8_t *row = data + r * row_bytes;
+        __m256 acc = _mm256_setzero_ps();
+        float correction = 0;
+        for (long b = 0; b < blocks; b++) {
+            const uint8_t *blk = row + block_bytes * b;
+            __m128i packed = _mm_loadu_si128((const __m128i *)(blk + nibble_offset));
+            __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+            __m256i w = _mm256_and_si256(both, low4);
+            if (five) {
+                uint32_t high;
+                __builtin_memcpy(&high, blk + 2, 4);
+                w = _mm256_or_si256(w, _mm256_maskz_mov_epi8((__mmask32)high, bit4));
+            }
+            __m256i a = _mm256_loadu_si256((const __m256i *)(qs + 32 * b));
+            __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a);
+            float ds = half_to_float(blk) * scale[b];
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(ds), acc);
+            correction += ds * (float)sum[b];
+        }
+        y[r] = horizontal_sum(acc) - offset * correction;
+    }
+}
+
+// Q4_K: 256 values in 144 bytes: [fp16 d][fp16 dmin][12 bytes of 6-bit scales and minimums]
+// [128 bytes of nibbles]; sub-block j (32 values) is d·sc_j·q − dmin·m_j.
+VNNI_TARGET
+static void gemv_q4_K(const uint8_t *data, long row_bytes, long r0, long r1, const int8_t *qs,
+                      const float *scale, const int32_t *sum, long blocks, float *y) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const long supers = blocks / 8;
+    for (long r = r0; r < r1; r++) {
+        const uint8_t *row = data + r * row_bytes;
+        __m256 acc = _mm256_setzero_ps();
+        float minimums = 0;
+        for (long s = 0; s < supers; s++) {
+            const uint8_t *blk = row + 144 * s;
+            const float d = half_to_float(blk), dmin = half_to_float(blk + 2);
+            const uint8_t *sc = blk + 4, *q = blk + 16;
+            uint8_t scales[8], mins[8];
+            for (int j = 0; j < 4; j++) {
+                scales[j] = sc[j] & 63; mins[j] = sc[j + 4] & 63;
+                scales[j + 4] = (sc[j + 8] & 0x0f) | ((sc[j] >> 6) << 4);
+                mins[j + 4] = (sc[j + 8] >> 4) | ((sc[j + 4] >> 6) << 4);
+            }
+            const long b0 = 8 * s;
+            for (int c = 0; c < 4; c++) {
+                __m256i bytes = _mm256_loadu_si256((const __m256i *)(q + 32 * c));
+                __m256i wlo = _mm256_and_si256(bytes, low4);
+                __m256i whi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+                const long blo = b0 + 2 * c, bhi = blo + 1;
+                __m256i dlo = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wlo, _mm256_loadu_si256((const __m256i *)(qs + 32 * blo)));
+                __m256i dhi = _mm256_dpbusd_epi32(_mm256_setzero_si256(), whi, _mm256_loadu_si256((const __m256i *)(qs + 32 * bhi)));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dlo), _mm256_set1_ps(d * scales[2 * c] * scale[blo]), acc);
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dhi), _mm256_set1_ps(d * scales[2 * c + 1] * scale[bhi]), acc);
+                minimums += dmin * (mins[2 * c] * scale[blo] * (float)sum[blo] + mins[2 * c + 1] * scale[bhi] * (float)sum[bhi]);
+            }
+        }
+        y[r] = horizontal_sum(acc) - minimums;
+    }
+}
+
+// Q6_K: 256 values in 210 bytes: [128 bytes low nibbles][64 bytes of 2-bit highs][16 × int8
+// scales][fp16 d]; value = d·sc_g·(q − 32) with one scale per 16 values.
+VNNI_TARGET
+static void gemv_q6_K(const uint8_t *data, long row_bytes, long r0, long r1, const int8_t *qs,
+                      const float *scale, const int32_t *sum, const int32_t *sum_low16, long blocks, float *y) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f), low2 = _mm256_set1_epi8(0x03);
+    const long supers = blocks / 8;
+    for (long r = r0; r < r1; r++) {
+        const uint8_t *row = data + r * row_bytes;
+        __m256 acc = _mm256_setzero_ps();
+        float offsets = 0;
+        for (long s = 0; s < supers; s++) {
+            const uint8_t *blk = row + 210 * s;
+            const uint8_t *ql = blk, *qh = blk + 128;
+            const int8_t *sc = (const int8_t *)(blk + 192);
+            const float d = half_to_float(blk + 208);
+            for (int half = 0; half < 2; half++) {
+                __m256i l0 = _mm256_loadu_si256((const __m256i *)(ql + 64 * half));
+                __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 64 * half + 32));
+                __m256i h = _mm256_loadu_si256((const __m256i *)(qh + 32 * half));
+                __m256i w[4];
+                w[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(h, low2), 4));
+                w[1] = _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), low2), 4));
+                w[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), low2), 4));
+                w[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), low2), 4));
+                for (int c = 0; c < 4; c++) {
+                    const long b = 8 * s + 4 * half + c;
+                    const int g = 8 * half + 2 * c;  // scales of values 0–15 and 16–31 of this chunk
+                    __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w[c], _mm256_loadu_si256((const __m256i *)(qs + 32 * b)));
+                    const float da = d * scale[b];
+                    __m256 lane_scales = _mm256_set_m128(_mm_set1_ps(da * sc[g + 1]), _mm_set1_ps(da * sc[g]));
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), lane_scales, acc);
+                    offsets += da * (sc[g] * (float)sum_low16[b] + sc[g + 1] * (float)(sum[b] - sum_low16[b]));
+                }
+            }
+        }
+        y[r] = horizontal_sum(acc) - 32.0f * offsets;
+    }
+}
+
+VNNI_TARGET
+int gemma3_q8_gemv(int type, const void *data, long row_bytes, long row_begin, long row_end,
+                   const int8_t *qs, const float *scale, const int32_t *sum, const int32_t *sum_low16,
+                   long blocks, float *y) {
+    const uint8_t *bytes = (const uint8_t *)data;
+    switch (type) {
+    case 2: gemv_q4_q5_0(0, bytes, row_bytes, row_begin, row_end, qs, scale, sum, blocks, y); return 0;
+    case 6: gemv_q4_q5_0(1, bytes, row_bytes, row_begin, row_end, qs, scale, sum, blocks, y); return 0;
+    case 8: gemv_q8_0(bytes, row_bytes, row_begin, row_end, qs, scale, blocks, y); return 0;
+    case 12: gemv_q4_K(bytes, row_bytes, row_begin, row_end, qs, scale, sum, blocks, y); return 0;
+    case 14: gemv_q6_K(bytes, row_bytes, row_begin, row_end, qs, scale, sum, sum_low16, blocks, y); return 0;
+    default: return -1;
+    }
+}
+
+#else  // not x86-64: never supported.
+
+int gemma3_has_avx512_vnni(void) { return 0; }
+void gemma3_quantize_q8_blocks(const float *x, long count, int8_t *qs, float *scale, int32_t *sum, int32_t *sum_low16) {
+    (void)x; (void)count; (void)qs; (void)scale; (void)sum; (void)sum_low16;
+}
+int gemma3_q8_gemv(int type, const void *data, long row_bytes, long row_begin, long row_end,
+                   const int8_t *qs, const float *scale, const int32_t *sum, const int32_t *sum_low16,
+                   long blocks, float *y) {
+    (void)type; (void)data; (void)row_bytes; (void)row_begin; (void)row_end; (void)qs; (void)scale;
+    (void)sum; (void)sum_low16; (void)blocks; (void)y;
+    return -1;
+}
+
+#endif
