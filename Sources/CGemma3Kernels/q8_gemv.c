@@ -57,53 +57,74 @@ void gemma3_quantize_q8_blocks(const float *x, long count, int8_t *qs, float *sc
     }
 }
 
-// Q8_0: [fp16 d][32 × int8].
+// Q8_0: [fp16 d][32 × int8]. Rows one after another (one forward stream for the prefetcher),
+// two blocks per step into two accumulators (independent add chains).
+VNNI_TARGET
+static inline __m256 q8_0_block(const uint8_t *blk, const int8_t *qs, float sa, __m256 acc) {
+    __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 2));
+    __m256i a = _mm256_loadu_si256((const __m256i *)qs);
+    __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(w), _mm256_sign_epi8(a, w));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(half_to_float(blk) * sa), acc);
+}
+
 VNNI_TARGET
 static void gemv_q8_0(const uint8_t *data, long row_bytes, long r0, long r1, const int8_t *qs,
                       const float *scale, long blocks, float *y) {
     for (long r = r0; r < r1; r++) {
         const uint8_t *row = data + r * row_bytes;
-        __m256 acc = _mm256_setzero_ps();
-        for (long b = 0; b < blocks; b++) {
-            const uint8_t *blk = row + 34 * b;
-            __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 2));
-            __m256i a = _mm256_loadu_si256((const __m256i *)(qs + 32 * b));
-            __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(w), _mm256_sign_epi8(a, w));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(half_to_float(blk) * scale[b]), acc);
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        long b = 0;
+        for (; b + 2 <= blocks; b += 2) {
+            acc0 = q8_0_block(row + 34 * b, qs + 32 * b, scale[b], acc0);
+            acc1 = q8_0_block(row + 34 * (b + 1), qs + 32 * (b + 1), scale[b + 1], acc1);
         }
-        y[r] = horizontal_sum(acc);
+        if (b < blocks) acc0 = q8_0_block(row + 34 * b, qs + 32 * b, scale[b], acc0);
+        y[r] = horizontal_sum(_mm256_add_ps(acc0, acc1));
     }
 }
 
 // Q4_0: [fp16 d][16 bytes: low nibbles = values 0–15, high nibbles = 16–31], value = (q − 8)·d.
 // Q5_0: [fp16 d][32 high bits][16 bytes as Q4_0], value = (q + 16·high − 16)·d.
+// As Q8_0: two blocks per step into two accumulators; the offsets go through the activation sums.
+VNNI_TARGET
+static inline __m256 q4_q5_0_block(int five, const uint8_t *blk, const int8_t *qs, float ds, __m256 acc) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f), bit4 = _mm256_set1_epi8(0x10);
+    __m128i packed = _mm_loadu_si128((const __m128i *)(blk + (five ? 6 : 2)));
+    __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low4);
+    if (five) {
+        uint32_t high;
+        __builtin_memcpy(&high, blk + 2, 4);
+        w = _mm256_or_si256(w, _mm256_maskz_mov_epi8((__mmask32)high, bit4));
+    }
+    __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, _mm256_loadu_si256((const __m256i *)qs));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(ds), acc);
+}
+
 VNNI_TARGET
 static void gemv_q4_q5_0(int five, const uint8_t *data, long row_bytes, long r0, long r1, const int8_t *qs,
                          const float *scale, const int32_t *sum, long blocks, float *y) {
-    const long block_bytes = five ? 22 : 18, nibble_offset = five ? 6 : 2;
+    const long block_bytes = five ? 22 : 18;
     const float offset = five ? 16.0f : 8.0f;
-    const __m256i low4 = _mm256_set1_epi8(0x0f), bit4 = _mm256_set1_epi8(0x10);
     for (long r = r0; r < r1; r++) {
         const uint8_t *row = data + r * row_bytes;
-        __m256 acc = _mm256_setzero_ps();
-        float correction = 0;
-        for (long b = 0; b < blocks; b++) {
-            const uint8_t *blk = row + block_bytes * b;
-            __m128i packed = _mm_loadu_si128((const __m128i *)(blk + nibble_offset));
-            __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-            __m256i w = _mm256_and_si256(both, low4);
-            if (five) {
-                uint32_t high;
-                __builtin_memcpy(&high, blk + 2, 4);
-                w = _mm256_or_si256(w, _mm256_maskz_mov_epi8((__mmask32)high, bit4));
-            }
-            __m256i a = _mm256_loadu_si256((const __m256i *)(qs + 32 * b));
-            __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a);
-            float ds = half_to_float(blk) * scale[b];
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(ds), acc);
-            correction += ds * (float)sum[b];
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        float correction0 = 0, correction1 = 0;
+        long b = 0;
+        for (; b + 2 <= blocks; b += 2) {
+            const uint8_t *blk0 = row + block_bytes * b, *blk1 = blk0 + block_bytes;
+            const float ds0 = half_to_float(blk0) * scale[b], ds1 = half_to_float(blk1) * scale[b + 1];
+            acc0 = q4_q5_0_block(five, blk0, qs + 32 * b, ds0, acc0);
+            acc1 = q4_q5_0_block(five, blk1, qs + 32 * (b + 1), ds1, acc1);
+            correction0 += ds0 * (float)sum[b];
+            correction1 += ds1 * (float)sum[b + 1];
         }
-        y[r] = horizontal_sum(acc) - offset * correction;
+        if (b < blocks) {
+            const uint8_t *blk = row + block_bytes * b;
+            const float ds = half_to_float(blk) * scale[b];
+            acc0 = q4_q5_0_block(five, blk, qs + 32 * b, ds, acc0);
+            correction0 += ds * (float)sum[b];
+        }
+        y[r] = horizontal_sum(_mm256_add_ps(acc0, acc1)) - offset * (correction0 + correction1);
     }
 }
 
@@ -116,7 +137,7 @@ static void gemv_q4_K(const uint8_t *data, long row_bytes, long r0, long r1, con
     const long supers = blocks / 8;
     for (long r = r0; r < r1; r++) {
         const uint8_t *row = data + r * row_bytes;
-        __m256 acc = _mm256_setzero_ps();
+        __m256 acc = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();  // two add chains
         float minimums = 0;
         for (long s = 0; s < supers; s++) {
             const uint8_t *blk = row + 144 * s;
@@ -137,11 +158,11 @@ static void gemv_q4_K(const uint8_t *data, long row_bytes, long r0, long r1, con
                 __m256i dlo = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wlo, _mm256_loadu_si256((const __m256i *)(qs + 32 * blo)));
                 __m256i dhi = _mm256_dpbusd_epi32(_mm256_setzero_si256(), whi, _mm256_loadu_si256((const __m256i *)(qs + 32 * bhi)));
                 acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dlo), _mm256_set1_ps(d * scales[2 * c] * scale[blo]), acc);
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dhi), _mm256_set1_ps(d * scales[2 * c + 1] * scale[bhi]), acc);
+                acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dhi), _mm256_set1_ps(d * scales[2 * c + 1] * scale[bhi]), acc1);
                 minimums += dmin * (mins[2 * c] * scale[blo] * (float)sum[blo] + mins[2 * c + 1] * scale[bhi] * (float)sum[bhi]);
             }
         }
-        y[r] = horizontal_sum(acc) - minimums;
+        y[r] = horizontal_sum(_mm256_add_ps(acc, acc1)) - minimums;
     }
 }
 
@@ -154,7 +175,7 @@ static void gemv_q6_K(const uint8_t *data, long row_bytes, long r0, long r1, con
     const long supers = blocks / 8;
     for (long r = r0; r < r1; r++) {
         const uint8_t *row = data + r * row_bytes;
-        __m256 acc = _mm256_setzero_ps();
+        __m256 accs[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};  // two add chains
         float offsets = 0;
         for (long s = 0; s < supers; s++) {
             const uint8_t *blk = row + 210 * s;
@@ -176,12 +197,12 @@ static void gemv_q6_K(const uint8_t *data, long row_bytes, long r0, long r1, con
                     __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w[c], _mm256_loadu_si256((const __m256i *)(qs + 32 * b)));
                     const float da = d * scale[b];
                     __m256 lane_scales = _mm256_set_m128(_mm_set1_ps(da * sc[g + 1]), _mm_set1_ps(da * sc[g]));
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), lane_scales, acc);
+                    accs[c & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), lane_scales, accs[c & 1]);
                     offsets += da * (sc[g] * (float)sum_low16[b] + sc[g + 1] * (float)(sum[b] - sum_low16[b]));
                 }
             }
         }
-        y[r] = horizontal_sum(acc) - 32.0f * offsets;
+        y[r] = horizontal_sum(_mm256_add_ps(accs[0], accs[1])) - 32.0f * offsets;
     }
 }
 

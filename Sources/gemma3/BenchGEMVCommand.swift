@@ -14,9 +14,11 @@ struct BenchGEMVCommand: ParsableCommand {
         For each weight type in the file, every matrix of that type is multiplied by a random vector \
         once (all cores, as in decoding), --runs times; the median time, its share of one decode \
         step's products and the weight bandwidth (GB/s of blocks read) are reported, for the fused \
-        integer kernels (16-bit activations) and for dequantize-each-row-then-float-dot. Each \
-        quantized type is measured as stored and unpacked to bytes with float scales ("→i8", the \
-        form decoding uses; its integer kernels take 14-bit activations, reported under "int16"). \
+        integer kernels (16-bit activations), for the 8-bit AVX-512 VNNI kernels where the CPU has \
+        them (packed blocks copied to huge pages: the form decoding uses there), and for \
+        dequantize-each-row-then-float-dot. Each quantized type is also measured unpacked to bytes \
+        with float scales ("→i8", the form decoding uses on CPUs without VNNI; its integer kernels \
+        take 14-bit activations, reported under "int16"). \
         The token embedding counts once, as the LM head.
         """
     )
@@ -66,9 +68,12 @@ struct BenchGEMVCommand: ParsableCommand {
             defer { x.deallocate(); y.deallocate() }
             var rng = SplitMix64(seed: 7)
             for i in 0..<maxCols { x[i] = Float(Double(rng.next() % 2001) / 1000 - 1) }
-            for precision in QuantizedLinear.ActivationPrecision.allCases {
+            // 8-bit activations (AVX-512 VNNI) run on the packed blocks, copied to huge pages as decoding does.
+            let int8: [QuantizedLinear.ActivationPrecision] = !isUnpacked && QuantizedLinear.int8Supported ? [.int8] : []
+            for precision in [.int16, .float] + int8 {
                 let variants: [any LinearWeight] = mats.map { m in
                     let m = m.with(activations: precision)
+                    if precision == .int8 { return type.blockSize > 1 ? m.copiedToLargePages() : m }
                     return isUnpacked ? UnpackedBlockLinear(m)! : m
                 }
                 row["bytes"] = variants.reduce(0) { $0 + $1.storageBytes }
@@ -87,15 +92,16 @@ struct BenchGEMVCommand: ParsableCommand {
             rows.append(row)
         }
         if json {
-            let object: [String: Any] = [
+            var object: [String: Any] = [
                 "model": model, "threads": Parallel.threadCount, "runs": runs, "types": rows,
                 "int16_ms_per_token": (totals["packed_int16"] ?? 0) * 1e3, "float_ms_per_token": (totals["packed_float"] ?? 0) * 1e3,
                 "decode_form_int16_ms_per_token": (totals["decode_int16"] ?? 0) * 1e3,
             ]
+            if let t = totals["packed_int8"] { object["int8_ms_per_token"] = t * 1e3 }
             print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
         } else {
             print("bench gemv: \(URL(fileURLWithPath: model).lastPathComponent), \(Parallel.threadCount) threads, median of \(runs)")
-            print("  type       tensors       MB | int16 kernels: ms  GB/s  share | float: ms  GB/s")
+            print("  type       tensors       MB | int16 kernels: ms  GB/s  share | int8 (VNNI): ms  GB/s | float: ms  GB/s")
             func f(_ v: Double, _ width: Int, _ digits: Int) -> String {
                 let t = String(format: "%.\(digits)f", v)
                 return String(repeating: " ", count: max(0, width - t.count)) + t
@@ -106,12 +112,18 @@ struct BenchGEMVCommand: ParsableCommand {
                 let share = name.contains("→") ? "    —" : f(100 * ms / 1e3 / (totals["packed_int16"] ?? 1), 5, 1) + "%"
                 print("  " + name.padding(toLength: 10, withPad: " ", startingAt: 0) + String(format: " %7d", row["tensors"] as! Int)
                       + f(Double(row["bytes"] as! Int) / 1e6, 9, 1) + " | " + f(ms, 16, 2) + f(row["int16_gb_per_second"] as! Double, 6, 1)
-                      + " " + share + " | " + f(fms, 9, 2) + f(row["float_gb_per_second"] as! Double, 6, 1))
+                      + " " + share + " | "
+                      + ((row["int8_ms"] as? Double).map { f($0, 15, 2) + f(row["int8_gb_per_second"] as! Double, 6, 1) } ?? f(0, 15, 0).replacingOccurrences(of: "0", with: "—") + "      ")
+                      + " | " + f(fms, 9, 2) + f(row["float_gb_per_second"] as! Double, 6, 1))
             }
             let packed = totals["packed_int16"] ?? 1, float = totals["packed_float"] ?? 1, decode = totals["decode_int16"] ?? 1
             print(String(format: "  all products of one decode step: %.2f ms (packed, int16 kernels), %.2f ms (float), %.2f ms (unpacked, as decoding runs them)",
                          packed * 1e3, float * 1e3, decode * 1e3)
                   + String(format: " → at most %.1f / %.1f / %.1f tokens/s", 1 / packed, 1 / float, 1 / decode))
+            if let int8 = totals["packed_int8"] {
+                print(String(format: "  with 8-bit activations on the packed blocks (AVX-512 VNNI, as decoding runs them here): %.2f ms → at most %.1f tokens/s",
+                             int8 * 1e3, 1 / int8))
+            }
         }
     }
 }
