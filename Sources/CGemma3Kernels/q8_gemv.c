@@ -37,7 +37,7 @@ static inline float horizontal_sum(__m256 v) {
 
 VNNI_TARGET
 void gemma3_quantize_q8_blocks(const float *x, long count, int8_t *qs, float *scale,
-                               int32_t *sum, int32_t *sum_low16) {
+                               float *block_sums, float *half_sums) {
     for (long b = 0; b < count / 32; b++) {
         __m512 lo = _mm512_loadu_ps(x + 32 * b), hi = _mm512_loadu_ps(x + 32 * b + 16);
         float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
@@ -51,9 +51,10 @@ void gemma3_quantize_q8_blocks(const float *x, long count, int8_t *qs, float *sc
         _mm_storeu_si128((__m128i *)(qs + 32 * b), _mm512_cvtepi32_epi8(qlo));
         _mm_storeu_si128((__m128i *)(qs + 32 * b + 16), _mm512_cvtepi32_epi8(qhi));
         scale[b] = d;
-        int32_t low = _mm512_reduce_add_epi32(qlo);
-        sum_low16[b] = low;
-        sum[b] = low + _mm512_reduce_add_epi32(qhi);
+        int32_t low = _mm512_reduce_add_epi32(qlo), high = _mm512_reduce_add_epi32(qhi);
+        half_sums[2 * b] = d * (float)low;
+        half_sums[2 * b + 1] = d * (float)high;
+        block_sums[b] = d * (float)(low + high);
     }
 }
 
@@ -102,7 +103,7 @@ static inline __m256 q4_q5_0_block(int five, const uint8_t *blk, const int8_t *q
 
 VNNI_TARGET
 static void gemv_q4_q5_0(int five, const uint8_t *data, long row_bytes, long r0, long r1, const int8_t *qs,
-                         const float *scale, const int32_t *sum, long blocks, float *y) {
+                         const float *scale, const float *block_sums, long blocks, float *y) {
     const long block_bytes = five ? 22 : 18;
     const float offset = five ? 16.0f : 8.0f;
     for (long r = r0; r < r1; r++) {
@@ -112,76 +113,90 @@ static void gemv_q4_q5_0(int five, const uint8_t *data, long row_bytes, long r0,
         long b = 0;
         for (; b + 2 <= blocks; b += 2) {
             const uint8_t *blk0 = row + block_bytes * b, *blk1 = blk0 + block_bytes;
-            const float ds0 = half_to_float(blk0) * scale[b], ds1 = half_to_float(blk1) * scale[b + 1];
-            acc0 = q4_q5_0_block(five, blk0, qs + 32 * b, ds0, acc0);
-            acc1 = q4_q5_0_block(five, blk1, qs + 32 * (b + 1), ds1, acc1);
-            correction0 += ds0 * (float)sum[b];
-            correction1 += ds1 * (float)sum[b + 1];
+            const float d0 = half_to_float(blk0), d1 = half_to_float(blk1);
+            acc0 = q4_q5_0_block(five, blk0, qs + 32 * b, d0 * scale[b], acc0);
+            acc1 = q4_q5_0_block(five, blk1, qs + 32 * (b + 1), d1 * scale[b + 1], acc1);
+            correction0 += d0 * block_sums[b];
+            correction1 += d1 * block_sums[b + 1];
         }
         if (b < blocks) {
             const uint8_t *blk = row + block_bytes * b;
-            const float ds = half_to_float(blk) * scale[b];
-            acc0 = q4_q5_0_block(five, blk, qs + 32 * b, ds, acc0);
-            correction0 += ds * (float)sum[b];
+            const float d = half_to_float(blk);
+            acc0 = q4_q5_0_block(five, blk, qs + 32 * b, d * scale[b], acc0);
+            correction0 += d * block_sums[b];
         }
         y[r] = horizontal_sum(_mm256_add_ps(acc0, acc1)) - offset * (correction0 + correction1);
     }
 }
 
 // Q4_K: 256 values in 144 bytes: [fp16 d][fp16 dmin][12 bytes of 6-bit scales and minimums]
-// [128 bytes of nibbles]; sub-block j (32 values) is d·sc_j·q − dmin·m_j.
+// [128 bytes of nibbles]; sub-block j (32 values) is d·sc_j·q − dmin·m_j. The eight scales and
+// minimums are unpacked with 32-bit masks and turned into float vectors once per 256 values.
 VNNI_TARGET
 static void gemv_q4_K(const uint8_t *data, long row_bytes, long r0, long r1, const int8_t *qs,
-                      const float *scale, const int32_t *sum, long blocks, float *y) {
+                      const float *scale, const float *block_sums, long blocks, float *y) {
     const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const uint32_t mask6 = 0x3f3f3f3f, mask4 = 0x0f0f0f0f, mask2 = 0x03030303;
     const long supers = blocks / 8;
     for (long r = r0; r < r1; r++) {
         const uint8_t *row = data + r * row_bytes;
-        __m256 acc = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();  // two add chains
-        float minimums = 0;
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), minimums = _mm256_setzero_ps();
         for (long s = 0; s < supers; s++) {
             const uint8_t *blk = row + 144 * s;
             const float d = half_to_float(blk), dmin = half_to_float(blk + 2);
-            const uint8_t *sc = blk + 4, *q = blk + 16;
-            uint8_t scales[8], mins[8];
-            for (int j = 0; j < 4; j++) {
-                scales[j] = sc[j] & 63; mins[j] = sc[j + 4] & 63;
-                scales[j + 4] = (sc[j + 8] & 0x0f) | ((sc[j] >> 6) << 4);
-                mins[j + 4] = (sc[j + 8] >> 4) | ((sc[j + 4] >> 6) << 4);
-            }
+            uint32_t u[3];
+            __builtin_memcpy(u, blk + 4, 12);
+            // Bytes 0–7: the scales of sub-blocks 0–7; bytes 8–15: their minimums.
+            const uint32_t sc_lo = u[0] & mask6;
+            const uint32_t sc_hi = (u[2] & mask4) | (((u[0] >> 6) & mask2) << 4);
+            const uint32_t mn_lo = u[1] & mask6;
+            const uint32_t mn_hi = ((u[2] >> 4) & mask4) | (((u[1] >> 6) & mask2) << 4);
+            const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)));
+            const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)mn_hi, (int)mn_lo)));
             const long b0 = 8 * s;
+            float factor[8];
+            _mm256_storeu_ps(factor, _mm256_mul_ps(_mm256_mul_ps(sc, _mm256_set1_ps(d)), _mm256_loadu_ps(scale + b0)));
+            minimums = _mm256_fmadd_ps(_mm256_mul_ps(mn, _mm256_set1_ps(dmin)), _mm256_loadu_ps(block_sums + b0), minimums);
+            const uint8_t *q = blk + 16;
             for (int c = 0; c < 4; c++) {
                 __m256i bytes = _mm256_loadu_si256((const __m256i *)(q + 32 * c));
                 __m256i wlo = _mm256_and_si256(bytes, low4);
                 __m256i whi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
-                const long blo = b0 + 2 * c, bhi = blo + 1;
-                __m256i dlo = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wlo, _mm256_loadu_si256((const __m256i *)(qs + 32 * blo)));
-                __m256i dhi = _mm256_dpbusd_epi32(_mm256_setzero_si256(), whi, _mm256_loadu_si256((const __m256i *)(qs + 32 * bhi)));
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dlo), _mm256_set1_ps(d * scales[2 * c] * scale[blo]), acc);
-                acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dhi), _mm256_set1_ps(d * scales[2 * c + 1] * scale[bhi]), acc1);
-                minimums += dmin * (mins[2 * c] * scale[blo] * (float)sum[blo] + mins[2 * c + 1] * scale[bhi] * (float)sum[bhi]);
+                const int8_t *a = qs + 32 * (b0 + 2 * c);
+                __m256i dlo = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wlo, _mm256_loadu_si256((const __m256i *)a));
+                __m256i dhi = _mm256_dpbusd_epi32(_mm256_setzero_si256(), whi, _mm256_loadu_si256((const __m256i *)(a + 32)));
+                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dlo), _mm256_broadcast_ss(factor + 2 * c), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dhi), _mm256_broadcast_ss(factor + 2 * c + 1), acc1);
             }
         }
-        y[r] = horizontal_sum(_mm256_add_ps(acc, acc1)) - minimums;
+        y[r] = horizontal_sum(_mm256_add_ps(acc0, acc1)) - horizontal_sum(minimums);
     }
 }
 
 // Q6_K: 256 values in 210 bytes: [128 bytes low nibbles][64 bytes of 2-bit highs][16 × int8
-// scales][fp16 d]; value = d·sc_g·(q − 32) with one scale per 16 values.
+// scales][fp16 d]; value = d·sc_g·(q − 32) with one scale per 16 values. The 16 scales times the
+// activation scales become one float vector per 256 values; the −32 goes through the half sums.
 VNNI_TARGET
 static void gemv_q6_K(const uint8_t *data, long row_bytes, long r0, long r1, const int8_t *qs,
-                      const float *scale, const int32_t *sum, const int32_t *sum_low16, long blocks, float *y) {
+                      const float *scale, const float *half_sums, long blocks, float *y) {
     const __m256i low4 = _mm256_set1_epi8(0x0f), low2 = _mm256_set1_epi8(0x03);
+    const __m512i pairs = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
     const long supers = blocks / 8;
     for (long r = r0; r < r1; r++) {
         const uint8_t *row = data + r * row_bytes;
         __m256 accs[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};  // two add chains
-        float offsets = 0;
+        __m512 offsets = _mm512_setzero_ps();
         for (long s = 0; s < supers; s++) {
             const uint8_t *blk = row + 210 * s;
             const uint8_t *ql = blk, *qh = blk + 128;
-            const int8_t *sc = (const int8_t *)(blk + 192);
             const float d = half_to_float(blk + 208);
+            const __m512 sc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 192)))),
+                                            _mm512_set1_ps(d));
+            // Group g (16 values) belongs to activation block 8s + g/2.
+            const __m512 activation = _mm512_permutexvar_ps(pairs, _mm512_castps256_ps512(_mm256_loadu_ps(scale + 8 * s)));
+            float factor[16];
+            _mm512_storeu_ps(factor, _mm512_mul_ps(sc, activation));
+            offsets = _mm512_fmadd_ps(sc, _mm512_loadu_ps(half_sums + 16 * s), offsets);
             for (int half = 0; half < 2; half++) {
                 __m256i l0 = _mm256_loadu_si256((const __m256i *)(ql + 64 * half));
                 __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 64 * half + 32));
@@ -195,28 +210,26 @@ static void gemv_q6_K(const uint8_t *data, long row_bytes, long r0, long r1, con
                     const long b = 8 * s + 4 * half + c;
                     const int g = 8 * half + 2 * c;  // scales of values 0–15 and 16–31 of this chunk
                     __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w[c], _mm256_loadu_si256((const __m256i *)(qs + 32 * b)));
-                    const float da = d * scale[b];
-                    __m256 lane_scales = _mm256_set_m128(_mm_set1_ps(da * sc[g + 1]), _mm_set1_ps(da * sc[g]));
+                    __m256 lane_scales = _mm256_set_m128(_mm_broadcast_ss(factor + g + 1), _mm_broadcast_ss(factor + g));
                     accs[c & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), lane_scales, accs[c & 1]);
-                    offsets += da * (sc[g] * (float)sum_low16[b] + sc[g + 1] * (float)(sum[b] - sum_low16[b]));
                 }
             }
         }
-        y[r] = horizontal_sum(_mm256_add_ps(accs[0], accs[1])) - 32.0f * offsets;
+        y[r] = horizontal_sum(_mm256_add_ps(accs[0], accs[1])) - 32.0f * _mm512_reduce_add_ps(offsets);
     }
 }
 
 VNNI_TARGET
 int gemma3_q8_gemv(int type, const void *data, long row_bytes, long row_begin, long row_end,
-                   const int8_t *qs, const float *scale, const int32_t *sum, const int32_t *sum_low16,
+                   const int8_t *qs, const float *scale, const float *block_sums, const float *half_sums,
                    long blocks, float *y) {
     const uint8_t *bytes = (const uint8_t *)data;
     switch (type) {
-    case 2: gemv_q4_q5_0(0, bytes, row_bytes, row_begin, row_end, qs, scale, sum, blocks, y); return 0;
-    case 6: gemv_q4_q5_0(1, bytes, row_bytes, row_begin, row_end, qs, scale, sum, blocks, y); return 0;
+    case 2: gemv_q4_q5_0(0, bytes, row_bytes, row_begin, row_end, qs, scale, block_sums, blocks, y); return 0;
+    case 6: gemv_q4_q5_0(1, bytes, row_bytes, row_begin, row_end, qs, scale, block_sums, blocks, y); return 0;
     case 8: gemv_q8_0(bytes, row_bytes, row_begin, row_end, qs, scale, blocks, y); return 0;
-    case 12: gemv_q4_K(bytes, row_bytes, row_begin, row_end, qs, scale, sum, blocks, y); return 0;
-    case 14: gemv_q6_K(bytes, row_bytes, row_begin, row_end, qs, scale, sum, sum_low16, blocks, y); return 0;
+    case 12: gemv_q4_K(bytes, row_bytes, row_begin, row_end, qs, scale, block_sums, blocks, y); return 0;
+    case 14: gemv_q6_K(bytes, row_bytes, row_begin, row_end, qs, scale, half_sums, blocks, y); return 0;
     default: return -1;
     }
 }
@@ -224,14 +237,14 @@ int gemma3_q8_gemv(int type, const void *data, long row_bytes, long row_begin, l
 #else  // not x86-64: never supported.
 
 int gemma3_has_avx512_vnni(void) { return 0; }
-void gemma3_quantize_q8_blocks(const float *x, long count, int8_t *qs, float *scale, int32_t *sum, int32_t *sum_low16) {
-    (void)x; (void)count; (void)qs; (void)scale; (void)sum; (void)sum_low16;
+void gemma3_quantize_q8_blocks(const float *x, long count, int8_t *qs, float *scale, float *block_sums, float *half_sums) {
+    (void)x; (void)count; (void)qs; (void)scale; (void)block_sums; (void)half_sums;
 }
 int gemma3_q8_gemv(int type, const void *data, long row_bytes, long row_begin, long row_end,
-                   const int8_t *qs, const float *scale, const int32_t *sum, const int32_t *sum_low16,
+                   const int8_t *qs, const float *scale, const float *block_sums, const float *half_sums,
                    long blocks, float *y) {
     (void)type; (void)data; (void)row_bytes; (void)row_begin; (void)row_end; (void)qs; (void)scale;
-    (void)sum; (void)sum_low16; (void)blocks; (void)y;
+    (void)block_sums; (void)half_sums; (void)blocks; (void)y;
     return -1;
 }
 

@@ -193,11 +193,11 @@ public final class QuantizedLinear: LinearWeight, @unchecked Sendable {
         let n = inFeatures, blocks = inFeatures / 32
         withUnsafeTemporaryAllocation(of: Int8.self, capacity: n) { qs in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: blocks) { scale in
-                withUnsafeTemporaryAllocation(of: Int32.self, capacity: 2 * blocks) { sums in
-                    let sum = sums.baseAddress!, low = sum + blocks
-                    gemma3_quantize_q8_blocks(x, n, qs.baseAddress!, scale.baseAddress!, sum, low)
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: 3 * blocks) { sums in
+                    let blockSums = sums.baseAddress!, halfSums = blockSums + blocks
+                    gemma3_quantize_q8_blocks(x, n, qs.baseAddress!, scale.baseAddress!, blockSums, halfSums)
                     let status = gemma3_q8_gemv(Int32(type.rawValue), data, rowBytes, rows.lowerBound, rows.upperBound,
-                                                qs.baseAddress!, scale.baseAddress!, sum, low, blocks, y)
+                                                qs.baseAddress!, scale.baseAddress!, blockSums, halfSums, blocks, y)
                     precondition(status == 0, "no 8-bit kernel for \(type.name)")  // hasKernels types all have one
                 }
             }

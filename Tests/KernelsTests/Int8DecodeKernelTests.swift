@@ -36,17 +36,17 @@ import Testing
         return bytes
     }
 
-    struct Activations { var qs: [Int8]; var scale: [Float]; var sum: [Int32]; var low: [Int32] }
+    struct Activations { var qs: [Int8]; var scale: [Float]; var blockSums: [Float]; var halfSums: [Float] }
 
     func quantize(_ x: [Float]) -> Activations {
         let blocks = x.count / 32
         var a = Activations(qs: .init(repeating: 0, count: x.count), scale: .init(repeating: 0, count: blocks),
-                            sum: .init(repeating: 0, count: blocks), low: .init(repeating: 0, count: blocks))
-        gemma3_quantize_q8_blocks(x, x.count, &a.qs, &a.scale, &a.sum, &a.low)
+                            blockSums: .init(repeating: 0, count: blocks), halfSums: .init(repeating: 0, count: 2 * blocks))
+        gemma3_quantize_q8_blocks(x, x.count, &a.qs, &a.scale, &a.blockSums, &a.halfSums)
         return a
     }
 
-    @Test("activations: 8 bits per block of 32 within half a step, sums of all and of the first 16 values")
+    @Test("activations: 8 bits per block of 32 within half a step; scaled sums of each block and of its halves")
     func activationQuantization() {
         guard QuantizedLinear.int8Supported else {
             print("NOTICE: this CPU has no AVX-512 VNNI: the 8-bit decode kernels were not run (decoding uses the 16-bit kernels)")
@@ -68,7 +68,9 @@ import Testing
                 #expect(abs(Float(q) * a.scale[b] - x[32 * b + j]) <= a.scale[b] * 0.5001 + 1e-7, "block \(b) value \(j)")
                 sum += Int32(q); if j < 16 { low += Int32(q) }
             }
-            #expect(a.sum[b] == sum && a.low[b] == low, "block \(b) sums")
+            let d = a.scale[b]
+            #expect(a.blockSums[b] == d * Float(sum) && a.halfSums[2 * b] == d * Float(low)
+                    && a.halfSums[2 * b + 1] == d * Float(sum - low), "block \(b) sums")
         }
         #expect(a.qs[70] == -127)
     }

@@ -41,17 +41,19 @@ void gemma3_bf16_gemm(const uint16_t *packed, long k_pairs, long panel_begin, lo
 int gemma3_has_avx512_vnni(void);
 
 /// Activations quantized to 8 bits per block of 32 (as llama.cpp's Q8_0): for block b,
-/// x[32b + j] ≈ scale[b] · qs[32b + j], |qs| ≤ 127, round to nearest even; `sum[b]` = Σ_j qs and
-/// `sum_low16[b]` = the sum over its first 16 values (for Q6_K's 16-value scales).
-/// `count` must be a multiple of 32. Requires AVX-512 VNNI support as above.
+/// x[32b + j] ≈ scale[b] · qs[32b + j], |qs| ≤ 127, round to nearest even. Also, already times
+/// scale[b]: `block_sums[b]` = scale[b] · Σ_j qs, and `half_sums[2b]`, `half_sums[2b + 1]` the same
+/// over its first and last 16 values (for Q6_K's 16-value scales); the kernels apply the formats'
+/// offsets and minimums through them. `count` must be a multiple of 32. Requires AVX-512 VNNI
+/// support as above.
 void gemma3_quantize_q8_blocks(const float *x, long count, int8_t *qs, float *scale,
-                               int32_t *sum, int32_t *sum_low16);
+                               float *block_sums, float *half_sums);
 
 /// y[r] = Σ_k W[r, k] · x[k] for rows r in [row_begin, row_end) of a matrix in a ggml block
 /// format (`type`: the GGML type id, 2 = Q4_0, 6 = Q5_0, 8 = Q8_0, 12 = Q4_K, 14 = Q6_K), rows
 /// `row_bytes` apart, against activations from `gemma3_quantize_q8_blocks` (`blocks` = k / 32).
 /// Returns 0, or -1 for an unsupported type (nothing written). Requires AVX-512 VNNI support.
 int gemma3_q8_gemv(int type, const void *data, long row_bytes, long row_begin, long row_end,
-                   const int8_t *qs, const float *scale, const int32_t *sum, const int32_t *sum_low16,
+                   const int8_t *qs, const float *scale, const float *block_sums, const float *half_sums,
                    long blocks, float *y);
 #endif
