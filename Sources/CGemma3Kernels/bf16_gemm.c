@@ -5,6 +5,31 @@
 
 #include <string.h>
 
+// Portable parts.
+static uint16_t round_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static void pack_panel_scalar(const float *rows, long ld, long count, long k, uint16_t *panel) {
+    const long pairs = (k + 1) / 2;
+    for (long kp = 0; kp < pairs; kp++) {
+        uint16_t *group = panel + kp * 2 * GEMMA3_BF16_PANEL_ROWS;
+        for (long r = 0; r < GEMMA3_BF16_PANEL_ROWS; r++) {
+            uint16_t lo = 0, hi = 0;
+            if (r < count) {
+                lo = round_to_bf16(rows[r * ld + 2 * kp]);
+                if (2 * kp + 1 < k) hi = round_to_bf16(rows[r * ld + 2 * kp + 1]);
+            }
+            group[2 * r] = lo;
+            group[2 * r + 1] = hi;
+        }
+    }
+}
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define GEMMA3_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
@@ -15,12 +40,32 @@ int gemma3_has_avx512_bf16(void) {
         && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
 }
 
-static uint16_t round_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // quiet NaN
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
+GEMMA3_BF16_TARGET
+static void pack_panel_bf16(const float *rows, long ld, long count, long k, uint16_t *panel) {
+    const long pairs = (k + 1) / 2;
+    memset(panel, 0, (size_t)pairs * 2 * GEMMA3_BF16_PANEL_ROWS * sizeof(uint16_t));
+    uint32_t *groups = (uint32_t *)panel;  // (pair kp, row r) at kp·32 + r
+    for (long r = 0; r < count; r++) {
+        const float *row = rows + r * ld;
+        long j = 0;
+        for (; j + 32 <= k; j += 32) {
+            // 16 pairs of this row: (2i, 2i+1) rounded side by side in one 32-bit lane each.
+            uint32_t lanes[16];
+            __m512bh both = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + j + 16), _mm512_loadu_ps(row + j));
+            _mm512_storeu_si512((void *)lanes, (__m512i)both);
+            for (int i = 0; i < 16; i++) groups[(j / 2 + i) * GEMMA3_BF16_PANEL_ROWS + r] = lanes[i];
+        }
+        for (; j < k; j += 2) {
+            uint32_t lo = round_to_bf16(row[j]), hi = j + 1 < k ? round_to_bf16(row[j + 1]) : 0;
+            groups[(j / 2) * GEMMA3_BF16_PANEL_ROWS + r] = lo | (hi << 16);
+        }
+    }
+}
+
+// Not compiled for AVX-512: it only chooses.
+void gemma3_bf16_pack_panel(const float *rows, long ld, long count, long k, uint16_t *panel) {
+    if (gemma3_has_avx512_bf16()) pack_panel_bf16(rows, ld, count, k, panel);
+    else pack_panel_scalar(rows, ld, count, k, panel);
 }
 
 GEMMA3_BF16_TARGET
@@ -85,6 +130,9 @@ void gemma3_bf16_gemm(const uint16_t *packed, long k_pairs, long panel_begin, lo
 #else  // not x86-64: never supported, the callers use float32.
 
 int gemma3_has_avx512_bf16(void) { return 0; }
+void gemma3_bf16_pack_panel(const float *rows, long ld, long count, long k, uint16_t *panel) {
+    pack_panel_scalar(rows, ld, count, k, panel);
+}
 void gemma3_bf16_round_rows(const float *x, long ldx, long rows, long count, uint16_t *out, long padded_count) {
     (void)x; (void)ldx; (void)rows; (void)count; (void)out; (void)padded_count;
 }

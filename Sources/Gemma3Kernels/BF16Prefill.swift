@@ -47,32 +47,23 @@ public final class BF16Panels: @unchecked Sendable {
         panelCount = (outFeatures + rowsPerPanel - 1) / rowsPerPanel
         let panelValues = kPairs * 2 * rowsPerPanel
         let bytes = max(1, panelCount * panelValues) * 2
-        packed = LargeAllocation.allocate(byteCount: bytes).bindMemory(to: UInt16.self, capacity: bytes / 2)
-        let (dst, cols, out, pairs) = (UncheckedSendable(packed), inFeatures, outFeatures, kPairs)
+        // Ordinary pages: prefill is compute-bound, and faulting in huge pages (zeroing, compaction)
+        // made building up to 10× slower.
+        packed = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64).bindMemory(to: UInt16.self, capacity: bytes / 2)
+        let (dst, cols, out) = (UncheckedSendable(packed), inFeatures, outFeatures)
         Parallel.chunks(panelCount) { panels in
-            // Per worker: the panel's rows as float32, then as bfloat16 rows (padded to 2·kPairs).
+            // Per worker: one panel's rows as float32, then rounded and interleaved into place.
             let rows = UnsafeMutablePointer<Float>.allocate(capacity: rowsPerPanel * cols)
-            let rounded = UnsafeMutablePointer<UInt16>.allocate(capacity: rowsPerPanel * 2 * pairs)
-            defer { rows.deallocate(); rounded.deallocate() }
+            defer { rows.deallocate() }
             for p in panels {
                 let first = p * rowsPerPanel, count = min(rowsPerPanel, out - first)
                 weight.dequantize(rows: first..<(first + count), into: rows)
-                rounded.initialize(repeating: 0, count: rowsPerPanel * 2 * pairs)
-                gemma3_bf16_round_rows(rows, cols, count, cols, rounded, 2 * pairs)
-                // Interleave: (pair kp, row r) holds row r's values 2kp and 2kp+1.
-                let panel = UnsafeMutableRawPointer(dst.value + p * panelValues)
-                let source = UnsafeRawPointer(rounded)
-                for kp in 0..<pairs {
-                    for r in 0..<rowsPerPanel {
-                        let pair = source.loadUnaligned(fromByteOffset: (r * 2 * pairs + 2 * kp) * 2, as: UInt32.self)
-                        panel.storeBytes(of: pair, toByteOffset: (kp * rowsPerPanel + r) * 4, as: UInt32.self)
-                    }
-                }
+                gemma3_bf16_pack_panel(rows, cols, count, cols, dst.value + p * panelValues)
             }
         }
     }
 
-    deinit { LargeAllocation.deallocate(UnsafeMutableRawPointer(packed)) }
+    deinit { packed.deallocate() }
 
     /// Bytes of the packed copy.
     public var storageBytes: Int { panelCount * kPairs * 2 * Int(GEMMA3_BF16_PANEL_ROWS) * 2 }
@@ -98,8 +89,12 @@ public final class BF16Panels: @unchecked Sendable {
     }
 }
 
-/// A `LinearWeight` whose batched products (`gemm`) run in bfloat16 (`BF16Panels`, built on the
-/// first batched call) while decoding (`gemv`) and row lookups use the wrapped weight unchanged.
+/// A `LinearWeight` whose batched products (`gemm`) run in bfloat16 (`BF16Panels`) while decoding
+/// (`gemv`) and row lookups use the wrapped weight unchanged.
+///
+/// The panels are built on the first product of at least `minimumTokensToBuild` tokens (building
+/// costs about as much as a few float32 prefills, so a short prompt alone does not pay for it);
+/// until then short products use the wrapped weight's float32 path.
 public final class BF16PrefillLinear: LinearWeight, @unchecked Sendable {
     public let base: any LinearWeight
     private let panels = Mutex<BF16Panels?>(nil)
@@ -133,7 +128,15 @@ public final class BF16PrefillLinear: LinearWeight, @unchecked Sendable {
         }
     }
 
+    /// Tokens from which a batched product builds the panels.
+    public static let minimumTokensToBuild = 32
+
     public func gemm(n: Int, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
-        bf16Panels.gemm(n: n, x: x, ldx: ldx, y: y, ldy: ldy)
+        let ready: BF16Panels? = n >= Self.minimumTokensToBuild ? bf16Panels : panels.withLock { $0 }
+        if let ready {
+            ready.gemm(n: n, x: x, ldx: ldx, y: y, ldy: ldy)
+        } else {
+            base.gemm(n: n, x: x, ldx: ldx, y: y, ldy: ldy)
+        }
     }
 }

@@ -58,7 +58,7 @@ import Testing
             print("NOTICE: this CPU has no AVX-512 BF16: BF16PrefillLinear was not exercised")
             return
         }
-        let out = 70, inp = 96, n = 5
+        let out = 70, inp = 96, n = BF16PrefillLinear.minimumTokensToBuild + 1
         let w = values(out * inp, seed: 3, scale: 0.5)
         let base = w.withUnsafeBufferPointer { F32Linear(copying: $0, outFeatures: out, inFeatures: inp) }
         let wrapped = BF16PrefillLinear(base)
@@ -71,6 +71,19 @@ import Testing
             viaWrapper.withUnsafeMutableBufferPointer { wrapped.gemm(n: n, x: xp, ldx: inp, y: $0.baseAddress!, ldy: out) }
         }
         #expect(viaWrapper == viaPanels)
+        // Fewer tokens than the threshold: float32 before the panels exist, the panels after.
+        let fresh = BF16PrefillLinear(base)
+        var short = [Float](repeating: 0, count: 2 * out), shortExact = short, shortPanels = short
+        x.withUnsafeBufferPointer { xb in
+            let xp = xb.baseAddress!
+            shortExact.withUnsafeMutableBufferPointer { base.gemm(n: 2, x: xp, ldx: inp, y: $0.baseAddress!, ldy: out) }
+            short.withUnsafeMutableBufferPointer { fresh.gemm(n: 2, x: xp, ldx: inp, y: $0.baseAddress!, ldy: out) }
+            #expect(short == shortExact)
+            _ = fresh.bf16Panels
+            short.withUnsafeMutableBufferPointer { fresh.gemm(n: 2, x: xp, ldx: inp, y: $0.baseAddress!, ldy: out) }
+            shortPanels.withUnsafeMutableBufferPointer { fresh.bf16Panels.gemm(n: 2, x: xp, ldx: inp, y: $0.baseAddress!, ldy: out) }
+            #expect(short == shortPanels && short != shortExact)
+        }
         // bfloat16 rounding of both operands: well under 1% of the output scale, but not exact.
         let scale = exact.map { abs($0) }.max()!
         let diff = zip(exact, viaWrapper).map { abs($0 - $1) }.max()!

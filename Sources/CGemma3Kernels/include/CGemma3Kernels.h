@@ -20,6 +20,11 @@ int gemma3_has_avx512_bf16(void);
 void gemma3_bf16_round_rows(const float *x, long ldx, long rows, long count,
                             uint16_t *out, long padded_count);
 
+/// Packs `count` ≤ 32 float32 rows of `k` values (row stride `ld`) into one panel of
+/// `gemma3_bf16_gemm`'s layout (k_pairs = ⌈k/2⌉ groups of 32 rows × 2 values), rounded to bfloat16
+/// (nearest even); rows past `count` and the odd k's partner are zero. Runs on any x86-64.
+void gemma3_bf16_pack_panel(const float *rows, long ld, long count, long k, uint16_t *panel);
+
 /// Y[t][r] = Σ_k X[t][k] · W[r][k] for tokens t < `tokens` and the rows r of panels
 /// [`panel_begin`, `panel_end`), accumulated in float32. Requires AVX-512 BF16.
 ///
