@@ -62,9 +62,11 @@ static void pack_panel_bf16(const float *rows, long ld, long count, long k, uint
     }
 }
 
-// Not compiled for AVX-512: it only chooses.
+// Not compiled for AVX-512: it only chooses (the CPU check once; a racing first call is harmless).
 void gemma3_bf16_pack_panel(const float *rows, long ld, long count, long k, uint16_t *panel) {
-    if (gemma3_has_avx512_bf16()) pack_panel_bf16(rows, ld, count, k, panel);
+    static int supported = -1;
+    if (supported < 0) supported = gemma3_has_avx512_bf16();
+    if (supported) pack_panel_bf16(rows, ld, count, k, panel);
     else pack_panel_scalar(rows, ld, count, k, panel);
 }
 

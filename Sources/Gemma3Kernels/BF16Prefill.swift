@@ -21,8 +21,8 @@ public enum PrefillPrecision: String, Sendable, CaseIterable {
 }
 
 /// A weight matrix rounded to bfloat16 and laid out for `gemma3_bf16_gemm`: panels of 32 rows, each
-/// holding, for every pair of input features, the 32 rows' two values side by side (one 64-byte
-/// vector per pair), so the kernel streams a panel front to back.
+/// holding, for every pair of input features, the 32 rows' two values side by side (128 bytes, two
+/// 64-byte vectors, per pair), so the kernel streams a panel front to back.
 ///
 /// Why: prefill is compute-bound, and AVX-512 BF16 performs twice the multiply-adds per
 /// instruction of float32 FMA (measured ≈ 2.1× `sgemm` per core on Zen 4). Rounding weights and

@@ -175,19 +175,23 @@ public enum GGUFGemma3 {
     // MARK: Weights
 
     /// Inference weights that use the file's blocks in place (`QuantizedLinear` borrowing the
-    /// mapping). Norm weights are converted to the (1 + w) convention. With `widenSmallBlocks`,
-    /// every quantized matrix is unpacked to bytes with float scales for decoding, with identical
-    /// values (`UnpackedBlockLinear`; see `QuantizedLinear.widenedForDecode`).
+    /// mapping). Norm weights are converted to the (1 + w) convention. With `widenSmallBlocks`, every
+    /// quantized matrix gets its fastest decode form with identical values
+    /// (`QuantizedLinear.widenedForDecode`): with `.int8` activations on an AVX-512 VNNI CPU a copy of
+    /// the packed blocks in huge pages, otherwise bytes with float scales (`UnpackedBlockLinear`).
     ///
     /// `prefill` chooses the arithmetic of batched products (prompts, several tokens at once): with
     /// `.bfloat16` on a CPU that has AVX-512 BF16, the layer matrices stored in block formats
     /// (Q4_0 … Q8_0, Q4_K, Q6_K) or BF16 get a bfloat16 copy for those products (`BF16PrefillLinear`,
-    /// built on first use). F32 and F16 matrices, decoding and the LM head always stay as they are,
-    /// and `activations: .float` (exact arithmetic on the stored weights) keeps float32 prefill too.
+    /// built by the first product of ≥ 32 tokens; shorter products use float32 until then, so results
+    /// can depend on earlier calls). F32 and F16 matrices, decoding and the LM head always stay as
+    /// they are, and `activations: .float` (exact arithmetic on the stored weights) keeps float32
+    /// prefill too. The default, `.float32`, gives the same numbers on every CPU; the command-line
+    /// tool passes `PrefillPrecision.automatic`.
     public static func inferenceWeights(from file: GGUFFile, config: Gemma3Config? = nil,
                                         activations: QuantizedLinear.ActivationPrecision = .int16,
                                         widenSmallBlocks: Bool = false,
-                                        prefill: PrefillPrecision = .automatic) throws -> InferenceWeights {
+                                        prefill: PrefillPrecision = .float32) throws -> InferenceWeights {
         let config = try config ?? self.config(from: file)
         let bf16Prefill = prefill == .bfloat16 && activations != .float && PrefillPrecision.bfloat16Supported
         func matrix(_ name: String) throws -> any LinearWeight {

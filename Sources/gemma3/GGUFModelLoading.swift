@@ -20,7 +20,7 @@ enum PrefillChoice: String, ExpressibleByArgument, CaseIterable {
     case f32
     case bf16
 
-    static let help = "Prompt prefill arithmetic on GGUF models: auto (bf16 on CPUs with AVX-512 BF16, else f32), f32 or bf16."
+    static let help = "Prompt prefill arithmetic on GGUF models (ignored for other models): auto (bf16 on CPUs with AVX-512 BF16 unless GEMMA3_BF16_PREFILL=0, else f32), f32 or bf16."
 
     /// The precision to use; a one-line error for bf16 on a CPU without AVX-512 BF16.
     func precision() throws -> PrefillPrecision {

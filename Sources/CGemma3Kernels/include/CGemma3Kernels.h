@@ -1,6 +1,8 @@
-// Kernels that need instructions Swift cannot request per function: AVX-512 BF16 (vdpbf16ps).
-// Each is compiled for its instruction set with a function attribute and is only called after
-// `gemma3_has_avx512_bf16()` returned 1, so the rest of the package still runs on any x86-64.
+// Kernels that need instructions Swift cannot request per function: AVX-512 BF16 (vdpbf16ps) for
+// prefill, AVX-512 VNNI (vpdpbusd) for decoding. Each is compiled for its instruction set with a
+// function attribute and may only be called after its check (`gemma3_has_avx512_bf16()`,
+// `gemma3_has_avx512_vnni()`) returned 1; the checks and `gemma3_bf16_pack_panel` run anywhere, so
+// the package still runs on any x86-64.
 #ifndef CGEMMA3KERNELS_H
 #define CGEMMA3KERNELS_H
 
@@ -31,7 +33,7 @@ void gemma3_bf16_pack_panel(const float *rows, long ld, long count, long k, uint
 /// - `packed`: W in panels of 32 rows; a panel holds `k_pairs` groups of 32 rows × 2 consecutive
 ///   k values (bfloat16), i.e. element (r, k) of panel p is at
 ///   p·k_pairs·64 + (k/2)·64 + (r mod 32)·2 + k mod 2. Rows past `out_features` are zero.
-/// - `x`: bfloat16 activations, row stride `x_stride` = 2·k_pairs, with at least `tokens` rounded up
+/// - `x`: bfloat16 activations, row stride 2·k_pairs, with at least `tokens` rounded up
 ///   to a multiple of GEMMA3_BF16_TOKEN_BLOCK rows readable (the padding rows are read, not used).
 /// - `y`: float32 outputs, row stride `ldy`; only columns < `out_features` are written.
 void gemma3_bf16_gemm(const uint16_t *packed, long k_pairs, long panel_begin, long panel_end,
