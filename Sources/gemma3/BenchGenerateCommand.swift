@@ -167,7 +167,9 @@ struct BenchGenerateCommand: ParsableCommand {
             var object: [String: Any] = [
                 "model": model ?? preset, "dtype": model == nil ? dtype : label, "prompt_tokens": promptTokens, "new_tokens": newTokens, "runs": runs,
                 "threads": Parallel.threadCount, "build": BuildInfo.description, "host_cpu": BuildInfo.hostCPU,
-                "prefill_precision": prefillPrecision.rawValue, "prefill_seconds": prefillSeconds, "prefill_tokens_per_second": prefillTPS,
+                "prefill_precision": prefillPrecision.rawValue,
+                "decode_activations": model == nil ? "float" : QuantizedLinear.defaultActivations.rawValue,
+                "prefill_seconds": prefillSeconds, "prefill_tokens_per_second": prefillTPS,
                 "prefill_gflops_per_second": prefillGFLOPs, "sgemm_gflops_per_second": sgemm,
                 "decode_seconds": decodeSeconds, "decode_tokens_per_second": decodeTPS,
                 "decode_from_start_tokens_per_second": startDecodeTPS,
@@ -206,6 +208,10 @@ struct BenchGenerateCommand: ParsableCommand {
             func mb(_ b: Int) -> String { String(format: "%.1f MB", Double(b) / 1e6) }
             print("bench generate: \(label) (\(mb(weights.totalBytes))), \(Parallel.threadCount) threads, median of \(runs) runs, \(BuildInfo.description)")
             print("  host CPU: \(BuildInfo.hostCPU)")
+            if model != nil {
+                print("  decode kernels: " + (QuantizedLinear.defaultActivations == .int8
+                    ? "8-bit activations on the packed blocks (AVX-512 VNNI)" : "14/16-bit activations on unpacked blocks"))
+            }
             print(String(format: "  prefill %d tokens (\(prefillPrecision.rawValue) products): %.3f s, %.1f tokens/s, %.1f GFLOP/s (float32 sgemm of the MLP shape here: %.1f GFLOP/s, %.0f%%)",
                          promptTokens, prefillSeconds, prefillTPS, prefillGFLOPs, sgemm, 100 * prefillGFLOPs / sgemm))
             print(String(format: "  decode %d tokens: %.3f s, %.1f tokens/s, ", newTokens, decodeSeconds, decodeTPS)
