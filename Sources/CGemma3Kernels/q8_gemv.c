@@ -9,8 +9,6 @@
 // the activations; Q8_0 as |w| with w's sign moved onto the activation.
 #include "CGemma3Kernels.h"
 
-#include <math.h>
-
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define VNNI_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))

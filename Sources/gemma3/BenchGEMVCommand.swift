@@ -113,7 +113,7 @@ struct BenchGEMVCommand: ParsableCommand {
                 print("  " + name.padding(toLength: 10, withPad: " ", startingAt: 0) + String(format: " %7d", row["tensors"] as! Int)
                       + f(Double(row["bytes"] as! Int) / 1e6, 9, 1) + " | " + f(ms, 16, 2) + f(row["int16_gb_per_second"] as! Double, 6, 1)
                       + " " + share + " | "
-                      + ((row["int8_ms"] as? Double).map { f($0, 15, 2) + f(row["int8_gb_per_second"] as! Double, 6, 1) } ?? f(0, 15, 0).replacingOccurrences(of: "0", with: "—") + "      ")
+                      + ((row["int8_ms"] as? Double).map { f($0, 15, 2) + f(row["int8_gb_per_second"] as! Double, 6, 1) } ?? String(repeating: " ", count: 14) + "—" + String(repeating: " ", count: 6))
                       + " | " + f(fms, 9, 2) + f(row["float_gb_per_second"] as! Double, 6, 1))
             }
             let packed = totals["packed_int16"] ?? 1, float = totals["packed_float"] ?? 1, decode = totals["decode_int16"] ?? 1

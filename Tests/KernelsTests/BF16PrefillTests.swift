@@ -6,11 +6,8 @@ import Testing
 @Suite struct BF16PrefillTests {
     /// Deterministic values in [-scale, scale).
     func values(_ count: Int, seed: UInt64, scale: Float) -> [Float] {
-        var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
-        return (0..<count).map { _ in
-            state = state &* 6364136223846793005 &+ 1442695040888963407
-            return (Float(state >> 40) / Float(1 << 24) * 2 - 1) * scale
-        }
+        var rng = SplitMix64(seed: seed)
+        return (0..<count).map { _ in rng.float(scale) }
     }
 
     func rounded(_ x: Float) -> Double { Double(NumberFormats.bf16ToFloat(NumberFormats.floatToBF16(x))) }

@@ -6,18 +6,10 @@ import Testing
 /// the weights as `GGMLBlocks` dequantizes them (Swift, independent of the C code) and the
 /// activations as quantized.
 @Suite struct Int8DecodeKernelTests {
-    struct Generator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state = state &* 6364136223846793005 &+ 1442695040888963407
-            return state >> 11
-        }
-        mutating func float(_ scale: Float) -> Float { (Float(next() % (1 << 24)) / Float(1 << 23) - 1) * scale }
-    }
 
     /// Random bytes for every block (all bit patterns of quants, high bits and packed scales), with
     /// the fp16 scale fields set to finite values of either sign.
-    func randomBlocks(_ type: GGMLType, rows: Int, cols: Int, rng: inout Generator) -> [UInt8] {
+    func randomBlocks(_ type: GGMLType, rows: Int, cols: Int, rng: inout SplitMix64) -> [UInt8] {
         let blocks = rows * cols / type.blockSize
         var bytes = (0..<(blocks * type.bytesPerBlock)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
         let halfOffsets: [Int] = switch type {
@@ -53,7 +45,7 @@ import Testing
             #expect(QuantizedLinear.defaultActivations == .int16)
             return
         }
-        var rng = Generator(state: 5)
+        var rng = SplitMix64(seed: 5)
         var x = (0..<256).map { _ in rng.float(3) }
         for j in 32..<64 { x[j] = 0 }   // an all-zero block
         x[70] = -9                      // a block whose largest magnitude is negative
@@ -81,7 +73,7 @@ import Testing
             print("NOTICE: this CPU has no AVX-512 VNNI: the 8-bit decode kernels were not run")
             return
         }
-        var rng = Generator(state: 11)
+        var rng = SplitMix64(seed: 11)
         // 11 blocks per row for the 32-value types: the kernels' odd last block.
         for type in [GGMLType.q4_0, .q5_0, .q8_0, .q4_K, .q6_K] {
             let rows = 37, cols = type.blockSize == 256 ? 768 : 352
@@ -120,7 +112,7 @@ import Testing
 
     @Test("decode form: .int8 matrices are packed copies with the same values; other CPUs unpack")
     func decodeForm() throws {
-        var rng = Generator(state: 17)
+        var rng = SplitMix64(seed: 17)
         let bytes = randomBlocks(.q5_0, rows: 8, cols: 64, rng: &rng)
         let matrix = try QuantizedLinear(type: .q5_0, bytes: bytes, outFeatures: 8, inFeatures: 64, activations: .int8)
         let form = matrix.widenedForDecode()
@@ -135,4 +127,9 @@ import Testing
             #expect(QuantizedLinear.unpackForDecode ? form is UnpackedBlockLinear : form is QuantizedLinear)
         }
     }
+}
+
+extension SplitMix64 {
+    /// Uniform in [-scale, scale).
+    mutating func float(_ scale: Float) -> Float { Float(nextUniform() * 2 - 1) * scale }
 }

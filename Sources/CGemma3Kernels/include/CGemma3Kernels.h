@@ -39,8 +39,6 @@ void gemma3_bf16_pack_panel(const float *rows, long ld, long count, long k, uint
 void gemma3_bf16_gemm(const uint16_t *packed, long k_pairs, long panel_begin, long panel_end,
                       long out_features, const uint16_t *x, long tokens, float *y, long ldy);
 
-
-
 // MARK: - 8-bit decode kernels (AVX-512 VNNI)
 
 /// 1 when the CPU executes AVX-512 VNNI (vpdpbusd on 256-bit vectors), AVX-512 BW/VL and F16C,
@@ -63,4 +61,5 @@ void gemma3_quantize_q8_blocks(const float *x, long count, int8_t *qs, float *sc
 int gemma3_q8_gemv(int type, const void *data, long row_bytes, long row_begin, long row_end,
                    const int8_t *qs, const float *scale, const float *block_sums, const float *half_sums,
                    long blocks, float *y);
+
 #endif
