@@ -13,11 +13,8 @@ public enum PrefillPrecision: String, Sendable, CaseIterable {
     /// Whether this CPU runs the bfloat16 kernels.
     public static let bfloat16Supported: Bool = gemma3_has_avx512_bf16() != 0
 
-    /// bfloat16 where the CPU runs it and `GEMMA3_BF16_PREFILL` is not `0`, else float32.
-    public static let automatic: PrefillPrecision = {
-        guard bfloat16Supported else { return .float32 }
-        return ProcessInfo.processInfo.environment["GEMMA3_BF16_PREFILL"] == "0" ? .float32 : .bfloat16
-    }()
+    /// What `RuntimeSettings.current` chooses on this CPU: bfloat16 where it runs, else float32.
+    public static var automatic: PrefillPrecision { RuntimeSettings.current.resolvedPrefill }
 }
 
 /// A weight matrix rounded to bfloat16 and laid out for `gemma3_bf16_gemm`: panels of 32 rows, each

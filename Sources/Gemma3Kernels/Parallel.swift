@@ -11,12 +11,8 @@ import Glibc
 /// sleeping: a decode step opens ~150 regions of a few microseconds each, and waking a parked
 /// Dispatch worker for every one of them costs about as much as the work itself.
 public enum Parallel {
-    /// Number of worker threads used by `forEach`/`chunks` (defaults to the active core count,
-    /// overridable with `GEMMA3_THREADS`).
-    nonisolated(unsafe) public static var threadCount: Int = {
-        if let s = ProcessInfo.processInfo.environment["GEMMA3_THREADS"], let n = Int(s), n > 0 { return n }
-        return max(1, ProcessInfo.processInfo.activeProcessorCount)
-    }()
+    /// Number of worker threads used by `forEach`/`chunks`: `RuntimeSettings.current.threads`.
+    public static var threadCount: Int { RuntimeSettings.threads }
 
     /// Calls `body(range)` on contiguous, near-equal sub-ranges of `0..<count`, one per worker.
     /// Runs inline when the work is small or one thread is configured.
@@ -42,8 +38,8 @@ public enum Parallel {
         }
     }
 
-    /// `GEMMA3_POOL=0` uses Dispatch for every region (to measure what the pool saves).
-    static let usePool = ProcessInfo.processInfo.environment["GEMMA3_POOL"] != "0"
+    /// `RuntimeSettings.usesWorkerPool` false uses Dispatch for every region (to measure what the pool saves).
+    static var usePool: Bool { RuntimeSettings.usesWorkerPool }
 
     /// Calls `body(part)` for part in 0..<parts, concurrently, and returns when all have finished.
     /// The calling thread works on parts too, but which parts run where is not fixed (on the pool,

@@ -26,11 +26,8 @@ public final class QuantizedLinear: LinearWeight, @unchecked Sendable {
     /// Whether this CPU runs the `.int8` kernels (AVX-512 VNNI, BW, VL and F16C).
     public static let int8Supported: Bool = gemma3_has_avx512_vnni() != 0
 
-    /// The decode kernels to use by default: `.int8` where the CPU runs them and `GEMMA3_VNNI` is
-    /// not `0`, else `.int16`.
-    public static let defaultActivations: ActivationPrecision = {
-        int8Supported && ProcessInfo.processInfo.environment["GEMMA3_VNNI"] != "0" ? .int8 : .int16
-    }()
+    /// The decode kernels `RuntimeSettings.current` chooses on this CPU (`.int8` where it has VNNI).
+    public static var defaultActivations: ActivationPrecision { RuntimeSettings.current.resolvedDecodeActivations }
 
     public let type: GGMLType
     public let outFeatures: Int

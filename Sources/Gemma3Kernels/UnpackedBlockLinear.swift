@@ -165,9 +165,9 @@ public final class UnpackedBlockLinear: LinearWeight, @unchecked Sendable {
 }
 
 extension QuantizedLinear {
-    /// `GEMMA3_UNPACK=0` keeps the packed blocks for decoding, with Q4_0/Q5_0 widened to Q8_0
-    /// (to measure what unpacking saves).
-    static let unpackForDecode = ProcessInfo.processInfo.environment["GEMMA3_UNPACK"] != "0"
+    /// `RuntimeSettings.unpacksForDecode` false keeps the packed blocks for decoding, with Q4_0/Q5_0
+    /// widened to Q8_0 (to measure what unpacking saves).
+    static var unpackForDecode: Bool { RuntimeSettings.current.unpacksForDecode }
 
     /// The fastest decode form of this matrix with identical values. With `.int8` activations on a
     /// CPU that runs them: the packed blocks copied to huge pages (the VNNI kernels unpack them in

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import Gemma3Tokenizers
 
 /// The outcome of evaluating a model over a token sequence.
 public struct EvaluationResult: Sendable {
@@ -94,7 +95,7 @@ extension Evaluation {
     /// - Without: windows of T + 1 tokens starting at 0, T, 2T, … as `evaluate(config:…)`, so every
     ///   token but the first is predicted once.
     public static func evaluate(
-        engine: InferenceEngine, tokens: [Int], context T: Int, bos: Int? = nil,
+        engine: InferenceEngine, tokens: [TokenID], context T: Int, bos: TokenID? = nil,
         progress: ((Int, Double) -> Void)? = nil
     ) throws -> EvaluationResult {
         guard T >= 1, T + 1 <= engine.maxContext else {
@@ -106,7 +107,7 @@ extension Evaluation {
         var lossSum = 0.0, predicted = 0, windows = 0
         var first = 0
         while bos == nil ? first < tokens.count - 1 : first < tokens.count {
-            let window: [Int]
+            let window: [TokenID]
             if let bos {
                 window = [bos] + tokens[first..<min(first + T, tokens.count)]
             } else {

@@ -1,23 +1,6 @@
 import Foundation
 import Gemma3Tokenizers
 
-/// What generation needs from a tokenizer: prompt text to ids, and the raw bytes of one id
-/// (streamed through `StreamingUTF8Decoder`, so a character split over two tokens is never broken).
-public protocol GenerationTokenizer: Sendable {
-    /// Token ids of a prompt (no special tokens added unless the model's format requires them).
-    func encodePrompt(_ text: String) throws -> [Int]
-    /// The bytes a token stands for; nil for an id the tokenizer does not know.
-    func bytes(of token: Int) -> [UInt8]?
-}
-
-extension GPT2Tokenizer: GenerationTokenizer {
-    /// GPT-2 prompts are plain text: `encode_ordinary` (no special tokens, no BOS).
-    public func encodePrompt(_ text: String) throws -> [Int] { encodeOrdinary(text).map(Int.init) }
-    public func bytes(of token: Int) -> [UInt8]? {
-        token >= 0 && token <= Int(Int32.max) ? tokenBytes(Int32(token)) : nil
-    }
-}
-
 /// Limits and stop conditions of one generation.
 public struct GenerationOptions: Sendable {
     /// At most this many new tokens (fewer when a stop condition or the context end comes first).
@@ -25,11 +8,11 @@ public struct GenerationOptions: Sendable {
     public var sampling: SamplingOptions
     /// Generation ends after producing one of these (e.g. 50256 `<|endoftext|>`); the id is kept
     /// in `generatedIds` but not in the text.
-    public var stopTokenIds: Set<Int>
+    public var stopTokenIds: Set<TokenID>
     /// Generation ends when the text contains one of these; the text is cut before it.
     public var stopStrings: [String]
 
-    public init(maxNewTokens: Int = 128, sampling: SamplingOptions = .greedy, stopTokenIds: Set<Int> = [], stopStrings: [String] = []) {
+    public init(maxNewTokens: Int = 128, sampling: SamplingOptions = .greedy, stopTokenIds: Set<TokenID> = [], stopStrings: [String] = []) {
         self.maxNewTokens = maxNewTokens
         self.sampling = sampling
         self.stopTokenIds = stopTokenIds
@@ -47,8 +30,8 @@ public enum StopReason: String, Sendable, Codable {
 
 /// The outcome of one generation, with its timings.
 public struct GenerationResult: Sendable {
-    public var promptIds: [Int]
-    public var generatedIds: [Int]
+    public var promptIds: [TokenID]
+    public var generatedIds: [TokenID]
     /// Text of the generated tokens (without a stop token, cut before a stop string).
     public var text: String
     public var stopReason: StopReason
@@ -63,36 +46,55 @@ public struct GenerationResult: Sendable {
     public var decodeTokensPerSecond: Double { decodeSeconds > 0 ? Double(decodeSteps) / decodeSeconds : 0 }
 }
 
-/// Prompt → streamed text: prefill, then sample and decode one token at a time.
+/// Prompt → streamed text: prefill, then sample and decode one token at a time. The one decode
+/// loop of the package: single prompts start from an empty cache, conversations (`GemmaChatSession`)
+/// continue from the cache.
 public final class Generator: @unchecked Sendable {
     public let engine: InferenceEngine
-    public let tokenizer: any GenerationTokenizer
+    /// Turns ids into text; nil generates ids only (`GenerationResult.text` stays empty).
+    public let tokenizer: (any TextTokenizer)?
+    /// Every token in the engine's cache, in order: prompts and generated tokens that were fed back.
+    public private(set) var cachedTokens: [TokenID] = []
 
-    public init(engine: InferenceEngine, tokenizer: any GenerationTokenizer) {
+    public init(engine: InferenceEngine, tokenizer: (any TextTokenizer)?) {
         self.engine = engine
         self.tokenizer = tokenizer
+        engine.reset()
     }
 
-    /// Encodes `prompt` and generates (see `generate(promptIds:options:onText:)`).
+    /// Encodes `prompt` with the tokenizer and generates from an empty cache.
     public func generate(prompt: String, options: GenerationOptions, onText: ((String) -> Void)? = nil) throws -> GenerationResult {
         guard !prompt.isEmpty else { throw GenerationError("the prompt is empty") }
-        return try generate(promptIds: try tokenizer.encodePrompt(prompt), options: options, onText: onText)
+        guard let tokenizer else { throw GenerationError("this generator has no tokenizer: pass prompt ids") }
+        return try generate(promptIds: tokenizer.encode(prompt), options: options, onText: onText)
     }
 
-    /// Generates after `promptIds` from a fresh cache. `onText` receives the text as it is produced,
-    /// in pieces that never split a UTF-8 character and never show part of a stop string.
-    public func generate(promptIds: [Int], options: GenerationOptions, onText: ((String) -> Void)? = nil) throws -> GenerationResult {
+    /// Generates after `promptIds`. `onText` receives the text as it is produced, in pieces that
+    /// never split a UTF-8 character and never show part of a stop string.
+    ///
+    /// `continuing: false` starts from an empty cache, and the last generated token is not fed
+    /// back (nothing would read its logits). `continuing: true` appends `promptIds` to what the
+    /// cache holds, and on return every generated token except a stop token is in the cache, so
+    /// the next call continues the same sequence (`cachedTokens`).
+    public func generate(promptIds: [TokenID], options: GenerationOptions, continuing: Bool = false,
+                         onText: ((String) -> Void)? = nil) throws -> GenerationResult {
         guard !promptIds.isEmpty else { throw GenerationError("the prompt is empty (no tokens)") }
-        guard promptIds.count <= engine.maxContext else {
-            throw GenerationError("the prompt has \(promptIds.count) tokens, longer than the context length \(engine.maxContext)")
+        if !continuing {
+            engine.reset()
+            cachedTokens.removeAll(keepingCapacity: true)
+        }
+        guard engine.position + promptIds.count <= engine.maxContext else {
+            throw GenerationError(engine.position == 0
+                ? "the prompt has \(promptIds.count) tokens, longer than the context length \(engine.maxContext)"
+                : "the sequence (\(engine.position + promptIds.count) tokens) no longer fits the context of \(engine.maxContext)")
         }
         guard options.maxNewTokens >= 0 else { throw GenerationError("--max-new-tokens must be ≥ 0, got \(options.maxNewTokens)") }
         try options.sampling.validate()
 
-        engine.reset()
+        let penalised = options.sampling.repetitionPenalty != 1
         var sampler = Sampler(options: options.sampling)
-        var seen = options.sampling.repetitionPenalty != 1 ? promptIds : []
-        var generated: [Int] = []
+        var seen = penalised ? cachedTokens + promptIds : []
+        var generated: [TokenID] = []
         var utf8 = StreamingUTF8Decoder()
         var stops = StopStringFilter(options.stopStrings)
         var text = ""
@@ -106,6 +108,7 @@ public final class Generator: @unchecked Sendable {
         let clock = ContinuousClock()
         let t0 = clock.now
         var logits = try engine.prefill(promptIds)
+        cachedTokens += promptIds
         let prefillSeconds = Self.seconds(clock.now - t0)
         let decodeStart = clock.now
         var steps = 0
@@ -113,27 +116,36 @@ public final class Generator: @unchecked Sendable {
         while generated.count < options.maxNewTokens {
             let token = sampler.sample(logits, seen: seen)
             generated.append(token)
-            if options.sampling.repetitionPenalty != 1 { seen.append(token) }
+            if penalised { seen.append(token) }
             if options.stopTokenIds.contains(token) {
                 reason = .stopToken
                 break
             }
-            guard let bytes = tokenizer.bytes(of: token) else {
-                throw GenerationError("the model produced token \(token), which the tokenizer does not know (vocabulary mismatch?)")
+            var stopped = false
+            if let tokenizer {
+                guard let bytes = tokenizer.bytes(of: token) else {
+                    throw GenerationError("the model produced token \(token), which the tokenizer does not know (vocabulary mismatch?)")
+                }
+                let (safe, completed) = stops.push(utf8.push(bytes))
+                emit(safe)
+                stopped = completed
             }
-            let (safe, stopped) = stops.push(utf8.push(bytes))
-            emit(safe)
-            if stopped {
-                reason = .stopString
+            // A one-shot generation stops here when nothing will read the next logits.
+            if !continuing && (stopped || generated.count == options.maxNewTokens) {
+                if stopped { reason = .stopString }
                 break
             }
-            guard generated.count < options.maxNewTokens else { break }
             guard engine.position < engine.maxContext else {
                 reason = .contextFull
                 break
             }
             logits = try engine.decode(token)
+            cachedTokens.append(token)
             steps += 1
+            if stopped {
+                reason = .stopString
+                break
+            }
         }
         let decodeSeconds = steps > 0 ? Self.seconds(clock.now - decodeStart) : 0
         if reason != .stopString {
@@ -143,6 +155,12 @@ public final class Generator: @unchecked Sendable {
         }
         return GenerationResult(promptIds: promptIds, generatedIds: generated, text: text, stopReason: reason,
                                 prefillSeconds: prefillSeconds, decodeSeconds: decodeSeconds, decodeSteps: steps)
+    }
+
+    /// Clears the cache (the next `generate(…, continuing: true)` starts a new sequence).
+    public func reset() {
+        engine.reset()
+        cachedTokens.removeAll(keepingCapacity: true)
     }
 
     static func seconds(_ d: Duration) -> Double {

@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Tokenizers
 import Gemma3Kernels
 
 /// Runs a Gemma 3 model for generation: a batched prefill of the prompt (matrix-matrix products,
@@ -117,7 +118,7 @@ public final class InferenceEngine: @unchecked Sendable {
 
     /// Feeds `tokens` at the next positions in chunks of `prefillChunk` and returns the logits
     /// after the last one (a view of an engine buffer, valid until the next call).
-    public func prefill(_ tokens: [Int]) throws -> UnsafeMutableBufferPointer<Float> {
+    public func prefill(_ tokens: [TokenID]) throws -> UnsafeMutableBufferPointer<Float> {
         guard !tokens.isEmpty else { throw GenerationError("the prompt is empty") }
         try checkTokens(tokens)
         var start = 0
@@ -134,14 +135,14 @@ public final class InferenceEngine: @unchecked Sendable {
     }
 
     /// Feeds one token and returns the logits that predict the next (an engine buffer, valid until the next call).
-    public func decode(_ token: Int) throws -> UnsafeMutableBufferPointer<Float> {
+    public func decode(_ token: TokenID) throws -> UnsafeMutableBufferPointer<Float> {
         try prefill([token])
     }
 
     /// Feeds `tokens` as one sequence from an empty cache and returns the summed natural-log
     /// cross-entropy of predicting `tokens[t + 1]` from positions 0…t, over t = 0 … count − 2,
     /// with the training forward's numerics (float32, batched products, no sampling).
-    public func crossEntropySum(_ tokens: [Int]) throws -> (sum: Double, count: Int) {
+    public func crossEntropySum(_ tokens: [TokenID]) throws -> (sum: Double, count: Int) {
         reset()
         guard tokens.count >= 2 else { return (0, 0) }
         try checkTokens(tokens)
@@ -166,7 +167,7 @@ public final class InferenceEngine: @unchecked Sendable {
     /// float32 once for the whole chunk and multiplied with one sgemm, and every row keeps an online
     /// log-sum-exp (running maximum and rescaled sum) — so a quantized 262144-row head is decoded
     /// once per chunk rather than once per handful of rows, and no [n × vocabulary] buffer is needed.
-    private func headCrossEntropy(rows n: Int, targets: [Int], firstTarget: Int) -> Double {
+    private func headCrossEntropy(rows n: Int, targets: [TokenID], firstTarget: Int) -> Double {
         let P = evalPanelRows, C = prefillChunk
         if evalPanel == nil { evalPanel = .allocate(capacity: P * H); evalLogits = .allocate(capacity: C * P) }
         let (panel, logits) = (UncheckedSendable(evalPanel!), UncheckedSendable(evalLogits!))
@@ -197,7 +198,7 @@ public final class InferenceEngine: @unchecked Sendable {
                     let rescale = m.value[r] == -.infinity ? 0 : Double(expf(m.value[r] - newMax))
                     s.value[r] = s.value[r] * rescale + VectorMath.sumExp(row, count, shift: newMax)
                     m.value[r] = newMax
-                    let target = rowTargets.value[r]
+                    let target = Int(rowTargets.value[r])
                     if target >= first && target < first + count { t.value[r] = row[target - first] }
                 }
             }
@@ -208,11 +209,11 @@ public final class InferenceEngine: @unchecked Sendable {
         return total
     }
 
-    private func checkTokens(_ tokens: [Int]) throws {
+    private func checkTokens(_ tokens: [TokenID]) throws {
         guard cache.count + tokens.count <= maxContext else {
             throw GenerationError("sequence of \(cache.count + tokens.count) tokens exceeds the context length \(maxContext)")
         }
-        for t in tokens where t < 0 || t >= V {
+        for t in tokens where t < 0 || Int(t) >= V {
             throw GenerationError("token id \(t) is outside the vocabulary (size \(V))")
         }
     }
@@ -222,7 +223,7 @@ public final class InferenceEngine: @unchecked Sendable {
     /// Runs `tokens` (at most `prefillChunk`) through every layer at positions `cache.count…`,
     /// appending their keys/values to the cache. On return, rows `finalRows` of `xn` hold the final
     /// RMSNorm output (the LM head input) of those positions.
-    private func forward(_ tokens: UnsafeBufferPointer<Int>, finalRows: Range<Int>) {
+    private func forward(_ tokens: UnsafeBufferPointer<TokenID>, finalRows: Range<Int>) {
         let n = tokens.count
         let p0 = cache.count
         cache.reserve(positions: p0 + n)
@@ -240,7 +241,7 @@ public final class InferenceEngine: @unchecked Sendable {
         Parallel.chunks(n, minimumPerChunk: 16) { rows in
             for i in rows {
                 let row = xp.value + i * H
-                emb.row(tokens[i], into: row)
+                emb.row(Int(tokens[i]), into: row)
                 for j in 0..<H { row[j] *= scale }
             }
         }

@@ -70,7 +70,7 @@ public struct ReferenceReport: Sendable, Codable {
     public let loss: Double
     public let referenceLoss: Double
     public let comparisons: [ReferenceComparison]
-    /// Whether greedy ids were compared (needs an inference engine hooked in via `greedyDecoder`).
+    /// Whether greedy ids were compared (the directory has `greedy_ids` and the check was asked for).
     public let greedyChecked: Bool
     public var passed: Bool { comparisons.allSatisfy(\.passed) }
     /// The worst comparison of each kind.
@@ -82,14 +82,11 @@ public struct ReferenceReport: Sendable, Codable {
 /// Checks the forward and backward passes against a directory in the golden layout
 /// (`config.json` + `golden.safetensors`, see shared/golden/README.md).
 public enum ReferenceVerifier {
-    /// Greedy decoding hook for the `greedy_ids` check: (config, weights, prompt ids, new tokens) → prompt + new ids.
-    /// The inference engine sets this (or passes it to `verify`); nil skips the check.
-    public typealias GreedyDecoder = @Sendable (Gemma3Config, ParameterStore, [Int32], Int) throws -> [Int32]
-
     /// Loads the directory, runs forward + backward with next-token targets, and compares logits, loss,
-    /// every gradient, the `act.*` activations present, and (with `greedyDecoder`) the greedy ids.
+    /// every gradient, the `act.*` activations present, and (with `checksGreedy`) the greedy ids
+    /// that `Generator` decodes with the KV-cache engine.
     public static func verify(directory: URL, tolerances: ReferenceTolerances = ReferenceTolerances(),
-                              greedyDecoder: GreedyDecoder? = nil) throws -> ReferenceReport {
+                              checksGreedy: Bool = true) throws -> ReferenceReport {
         let config = try Gemma3Config.load(from: directory.appendingPathComponent("config.json"))
         let file = try SafeTensorsFile(url: directory.appendingPathComponent("golden.safetensors"))
         guard let idsInfo = file.info("input_ids"), idsInfo.shape.count == 2 else {
@@ -136,12 +133,14 @@ public enum ReferenceVerifier {
         }
 
         var greedyChecked = false
-        if let greedyDecoder, let info = file.info("greedy_ids"), info.shape.count == 2 {
+        if checksGreedy, let info = file.info("greedy_ids"), info.shape.count == 2 {
             let reference = try file.integers("greedy_ids")
-            let generated = reference.count - min(5, T)
             let prompt = Array(ids.prefix(min(5, T)))
-            let ours = try greedyDecoder(config, params, prompt, generated)
-            comparisons.append(ReferenceComparison(name: "greedy_ids", ours: ours.map(Int.init), reference: reference))
+            let generator = Generator(engine: try InferenceEngine(weights: try InferenceWeights(config: config, parameters: params)),
+                                      tokenizer: nil)
+            let result = try generator.generate(promptIds: prompt, options: GenerationOptions(maxNewTokens: reference.count - prompt.count))
+            let ours = (prompt + result.generatedIds).map(Int.init)
+            comparisons.append(ReferenceComparison(name: "greedy_ids", ours: ours, reference: reference))
             greedyChecked = true
         }
         let referenceLoss = try file.info("loss") != nil ? Double(file.floats("loss")[0]) : .nan

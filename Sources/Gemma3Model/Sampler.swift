@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Tokenizers
 import Gemma3Kernels
 
 /// How the next token is chosen from the logits, with Hugging Face `generate` semantics.
@@ -61,7 +62,7 @@ public struct GenerationError: Error, CustomStringConvertible, Equatable {
 public struct Sampler: Sendable {
     public let options: SamplingOptions
     private var rng: SplitMix64
-    private var candidates: [Int32] = []
+    private var candidates: [TokenID] = []
     private var weights: [Double] = []
 
     public init(options: SamplingOptions) {
@@ -70,12 +71,12 @@ public struct Sampler: Sendable {
     }
 
     /// Applies HF's repetition penalty in place to every distinct token of `seen`.
-    public static func applyRepetitionPenalty(_ logits: UnsafeMutableBufferPointer<Float>, seen: some Sequence<Int>, penalty: Float) {
+    public static func applyRepetitionPenalty(_ logits: UnsafeMutableBufferPointer<Float>, seen: some Sequence<TokenID>, penalty: Float) {
         guard penalty != 1 else { return }
-        var done = Set<Int>()
-        for t in seen where t >= 0 && t < logits.count && done.insert(t).inserted {
-            let v = logits[t]
-            logits[t] = v < 0 ? v * penalty : v / penalty
+        var done = Set<TokenID>()
+        for t in seen where t >= 0 && Int(t) < logits.count && done.insert(t).inserted {
+            let v = logits[Int(t)]
+            logits[Int(t)] = v < 0 ? v * penalty : v / penalty
         }
     }
 
@@ -93,26 +94,26 @@ public struct Sampler: Sendable {
     /// The probabilities (summing to 1) of the tokens that survive the filters, for inspection and
     /// tests: returns (token ids, probabilities). For greedy options this is the argmax with 1.
     /// `logits` is modified (repetition penalty applied).
-    public mutating func distribution(_ logits: UnsafeMutableBufferPointer<Float>, seen: [Int] = []) -> [(Int, Double)] {
+    public mutating func distribution(_ logits: UnsafeMutableBufferPointer<Float>, seen: [TokenID] = []) -> [(TokenID, Double)] {
         Sampler.applyRepetitionPenalty(logits, seen: seen, penalty: options.repetitionPenalty)
-        guard options.isSampling else { return [(Sampler.argmax(UnsafeBufferPointer(logits)), 1)] }
+        guard options.isSampling else { return [(TokenID(Sampler.argmax(UnsafeBufferPointer(logits))), 1)] }
         let total = filter(UnsafeBufferPointer(logits))
-        return (0..<candidates.count).map { (Int(candidates[$0]), weights[$0] / total) }
+        return (0..<candidates.count).map { (candidates[$0], weights[$0] / total) }
     }
 
     /// Picks the next token. `seen` are the tokens the repetition penalty applies to (prompt and
     /// generated ids). `logits` is modified (penalty applied).
-    public mutating func sample(_ logits: UnsafeMutableBufferPointer<Float>, seen: [Int] = []) -> Int {
+    public mutating func sample(_ logits: UnsafeMutableBufferPointer<Float>, seen: [TokenID] = []) -> TokenID {
         Sampler.applyRepetitionPenalty(logits, seen: seen, penalty: options.repetitionPenalty)
-        guard options.isSampling else { return Sampler.argmax(UnsafeBufferPointer(logits)) }
+        guard options.isSampling else { return TokenID(Sampler.argmax(UnsafeBufferPointer(logits))) }
         let total = filter(UnsafeBufferPointer(logits))
         let u = rng.nextUniform() * total
         var acc = 0.0
         for i in 0..<candidates.count {
             acc += weights[i]
-            if u < acc { return Int(candidates[i]) }
+            if u < acc { return candidates[i] }
         }
-        return Int(candidates[candidates.count - 1])
+        return candidates[candidates.count - 1]
     }
 
     private mutating func allTokens(_ logits: UnsafeBufferPointer<Float>, invT: Double) -> Double {

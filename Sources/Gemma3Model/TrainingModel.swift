@@ -50,7 +50,7 @@ public enum StepPhase: Int, CaseIterable, Sendable {
 /// ```
 /// Threading: matrix products are split over `Parallel` workers with single-threaded OpenBLAS
 /// (`forward`/`backward` set `BLAS.setThreads(1)`); everything else is split over rows, so only one thread
-/// pool is ever busy. `GEMMA3_GEMM=openblas` instead lets OpenBLAS thread each product itself (for A/B timing).
+/// pool is ever busy. `RuntimeSettings.gemmThreading = .openBLAS` instead lets OpenBLAS thread each product itself (for A/B timing).
 public final class Gemma3TrainingModel {
     public let config: Gemma3Config
     public let batchSize: Int
@@ -275,7 +275,7 @@ public final class Gemma3TrainingModel {
     private func gemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
                       a: UnsafePointer<Float>, lda: Int? = nil, b: UnsafePointer<Float>, ldb: Int? = nil,
                       beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int? = nil) {
-        if Self.openBLASThreading {
+        if openBLASThreading {
             BLAS.setThreads(workers)
             BLAS.sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
                        a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
@@ -297,7 +297,8 @@ public final class Gemma3TrainingModel {
     /// (for `gemma3 bench train --gemms`: how close each product runs to the sgemm peak).
     public var gemmProfile: [String: (seconds: Double, flops: Double)]?
 
-    static let openBLASThreading = ProcessInfo.processInfo.environment["GEMMA3_GEMM"] == "openblas"
+    /// Whether OpenBLAS threads each product itself (`RuntimeSettings.gemmThreading`), read once per model.
+    private let openBLASThreading = RuntimeSettings.current.gemmThreading == .openBLAS
 
     /// Runs `body(worker, rows)` over `count` rows split into `workers` contiguous parts.
     @inline(__always)

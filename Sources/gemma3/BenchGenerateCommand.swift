@@ -32,7 +32,7 @@ struct BenchGenerateCommand: ParsableCommand {
     var preset = "tinystories-270m"
 
     @Option(help: "Weight storage: f32 or bf16.")
-    var dtype = "f32"
+    var dtype: WeightDType = .f32
 
     @Option(help: "Prompt length (prefill tokens).")
     var promptTokens = 128
@@ -73,7 +73,6 @@ struct BenchGenerateCommand: ParsableCommand {
         guard Gemma3Config.preset(named: preset) != nil else {
             throw ValidationError("unknown preset \"\(preset)\" (choose from \(Gemma3Config.presetNames.joined(separator: ", ")))")
         }
-        guard WeightDType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be f32 or bf16, got \"\(dtype)\"") }
         if promptTokens < 1 { throw ValidationError("--prompt-tokens must be at least 1") }
         if newTokens < 1 { throw ValidationError("--new-tokens must be at least 1") }
         if runs < 1 { throw ValidationError("--runs must be at least 1") }
@@ -92,17 +91,18 @@ struct BenchGenerateCommand: ParsableCommand {
         var prefillPrecision = PrefillPrecision.float32
         var rng = SplitMix64(seed: seed ^ 0x5EED)
         if let model {
-            prefillPrecision = try prefill.precision()
-            let loaded = try loadGGUFModel(model, prefill: prefillPrecision)
+            prefillPrecision = try prefill.precision() ?? PrefillPrecision.automatic
+            guard LanguageModel.isGGUF(model) else { throw ValidationError("--model must be a GGUF file") }
+            let loaded = try loadModel(model, options: LoadOptions(prefill: prefillPrecision))
             weights = loaded.weights
-            label = "\(URL(fileURLWithPath: model).lastPathComponent) (\(GGUFGemma3.formatName(of: loaded.file)))"
+            label = "\(URL(fileURLWithPath: model).lastPathComponent) (\(GGUFGemma3.formatName(of: loaded.ggufFile!)))"
         } else {
             let config = Gemma3Config.preset(named: preset)!
             let store = ParameterStore(config: config)
             store.initializeForTraining(config: config, seed: seed)
             // Random norm weights too, so the activations are not degenerate.
             for t in store.layout.tensors where !t.isMatrix { rng.fillNormal(store.view(t), std: 0.1) }
-            weights = try InferenceWeights(config: config, parameters: store, dtype: WeightDType(rawValue: dtype)!)
+            weights = try InferenceWeights(config: config, parameters: store, dtype: dtype)
             label = "\(preset), \(dtype) weights"
         }
         let config = weights.config
@@ -111,7 +111,7 @@ struct BenchGenerateCommand: ParsableCommand {
             throw ValidationError("--prompt-tokens + --new-tokens = \(context) exceeds the model's context \(config.maxPositionEmbeddings)")
         }
         let engine = try InferenceEngine(weights: weights, maxContext: context)
-        let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(config.vocabSize)) }
+        let prompt = (0..<promptTokens).map { _ in TokenID(rng.next() % UInt64(config.vocabSize)) }
 
         var prefillTimes: [Double] = [], decodeTimes: [Double] = []
         for run in 0...runs {
@@ -121,7 +121,7 @@ struct BenchGenerateCommand: ParsableCommand {
             let prefill = seconds(since: start)
             start = DispatchTime.now().uptimeNanoseconds
             for _ in 0..<newTokens {
-                logits = try engine.decode(Sampler.argmax(UnsafeBufferPointer(logits)))
+                logits = try engine.decode(TokenID(Sampler.argmax(UnsafeBufferPointer(logits))))
             }
             let decode = seconds(since: start)
             if run > 0 {  // run 0 warms up (page faults, caches)
@@ -137,7 +137,7 @@ struct BenchGenerateCommand: ParsableCommand {
             var logits = try engine.prefill([prompt[0]])
             let start = DispatchTime.now().uptimeNanoseconds
             for _ in 0..<newTokens {
-                logits = try engine.decode(Sampler.argmax(UnsafeBufferPointer(logits)))
+                logits = try engine.decode(TokenID(Sampler.argmax(UnsafeBufferPointer(logits))))
             }
             if run > 0 { startDecodeTimes.append(seconds(since: start)) }
         }
@@ -149,7 +149,7 @@ struct BenchGenerateCommand: ParsableCommand {
         let prefillShares = EngineProfile.Stage.allCases.map { ($0.name, prefillProfile.share($0)) }
         let profile = EngineProfile()
         engine.profile = profile
-        for _ in 0..<newTokens { logits = try engine.decode(Sampler.argmax(UnsafeBufferPointer(logits))) }
+        for _ in 0..<newTokens { logits = try engine.decode(TokenID(Sampler.argmax(UnsafeBufferPointer(logits)))) }
         engine.profile = nil
         let stages = decodeStages(weights: weights, profile: profile)
         let llama = llamaBench.map { runLlamaBench($0, model: model!) }
@@ -165,7 +165,7 @@ struct BenchGenerateCommand: ParsableCommand {
 
         if json {
             var object: [String: Any] = [
-                "model": model ?? preset, "dtype": model == nil ? dtype : label, "prompt_tokens": promptTokens, "new_tokens": newTokens, "runs": runs,
+                "model": model ?? preset, "dtype": model == nil ? dtype.rawValue : label, "prompt_tokens": promptTokens, "new_tokens": newTokens, "runs": runs,
                 "threads": Parallel.threadCount, "build": BuildInfo.description, "host_cpu": BuildInfo.hostCPU,
                 "prefill_precision": prefillPrecision.rawValue,
                 "decode_activations": model == nil ? "float" : QuantizedLinear.defaultActivations.rawValue,
@@ -329,7 +329,7 @@ struct BenchGenerateCommand: ParsableCommand {
     func runTransformers(python: String) -> [String: Any] {
         guard preset == "tinystories-270m" else { return ["error": "the reference script builds tinystories-270m only"] }
         let arguments = ["--prompt-tokens", String(promptTokens), "--new-tokens", String(newTokens),
-                         "--runs", String(runs), "--threads", String(Parallel.threadCount), "--dtype", dtype]
+                         "--runs", String(runs), "--threads", String(Parallel.threadCount), "--dtype", dtype.rawValue]
         switch runReferenceScript(python: python, script: transformersScript, optionName: "--transformers-script", arguments) {
         case .success(let object): return object
         case .failure(let error): return ["error": error.message]

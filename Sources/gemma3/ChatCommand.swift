@@ -27,23 +27,11 @@ struct ChatCommand: ParsableCommand {
     @Option(help: "Most tokens per reply.")
     var maxNewTokens = 256
 
-    @Option(help: "Sampling temperature; 0 = greedy (Gemma's recommended setting: 1).")
-    var temperature: Float = 1
+    @OptionGroup(title: "Sampling")
+    var sampling: SamplingFlags
 
-    @Option(help: "Keep the k most likely tokens (0 = off).")
-    var topK = 64
-
-    @Option(help: "Nucleus sampling mass (1 = off).")
-    var topP: Float = 0.95
-
-    @Option(help: "Drop tokens less likely than min-p × the top probability (0 = off).")
-    var minP: Float = 0
-
-    @Option(help: "Penalty for tokens already present (1 = off).")
-    var repetitionPenalty: Float = 1
-
-    @Option(help: "Random seed (default: a fresh one).")
-    var seed: UInt64?
+    /// chat's sampling defaults: Gemma's recommended settings (temperature 1, top-k 64, top-p 0.95).
+    static let samplingDefaults = SamplingOptions(temperature: 1, topK: 64, topP: 0.95)
 
     @Option(help: "Context length (default 8192; the model allows 32768).")
     var context = 8192
@@ -57,27 +45,22 @@ struct ChatCommand: ParsableCommand {
     func validate() throws {
         if context < 16 { throw ValidationError("--context must be at least 16") }
         if maxNewTokens < 0 { throw ValidationError("--max-new-tokens must be ≥ 0") }
+        try sampling.validate(defaults: Self.samplingDefaults)
     }
 
     func run() throws {
-        let config: Gemma3Config, weights: InferenceWeights, tokenizer: GemmaTokenizer
-        if isGGUFPath(model) {
-            let gguf = try loadGGUFModel(model, prefill: try prefill.precision())
-            (config, weights, tokenizer) = (gguf.config, gguf.weights, gguf.tokenizer)
-        } else if let directory = try loadDirectoryGemmaModel(model) {
-            (config, weights, tokenizer) = (directory.config, directory.weights, directory.tokenizer)
-        } else {
+        let loaded = try loadModel(model, options: LoadOptions(prefill: try prefill.precision()))
+        guard loaded.gemmaTokenizer != nil else {
             throw ModelCommandError("\(model): chat needs a Gemma 3 GGUF file or a model directory with Gemma's tokenizer.json")
         }
-        let engine = try InferenceEngine(weights: weights, maxContext: min(context, config.maxPositionEmbeddings))
-        let session = try GemmaChatSession(engine: engine, tokenizer: tokenizer)
-        let seed = self.seed ?? UInt64.random(in: 0...UInt64(UInt32.max))
+        let session = try loaded.makeChatSession(context: context)
+        let engine = session.engine
+        let seed = sampling.startSeed
         var turns: [[String: Any]] = []
         var turn = 0
         func answer(_ message: String) throws {
-            let sampling = SamplingOptions(temperature: temperature, topK: topK, topP: topP, minP: minP,
-                                           repetitionPenalty: repetitionPenalty, seed: seed &+ UInt64(turn))
-            let options = GenerationOptions(maxNewTokens: maxNewTokens, sampling: sampling)
+            let options = GenerationOptions(maxNewTokens: maxNewTokens,
+                                            sampling: sampling.options(defaults: Self.samplingDefaults, seed: seed &+ UInt64(turn)))
             turn += 1
             if json {
                 let r = try session.reply(to: message, options: options)
@@ -94,7 +77,7 @@ struct ChatCommand: ParsableCommand {
             }
         }
         if messages.isEmpty {
-            if !json { writeStderr("[\(weights.formatName) \(URL(fileURLWithPath: model).lastPathComponent): one message per line; end with Ctrl-D]") }
+            if !json { writeStderr("[\(loaded.weights.formatName) \(URL(fileURLWithPath: model).lastPathComponent): one message per line; end with Ctrl-D]") }
             while let line = readLine(strippingNewline: true) {
                 if line.isEmpty { continue }
                 try answer(line)
@@ -103,7 +86,7 @@ struct ChatCommand: ParsableCommand {
             for m in messages { try answer(m) }
         }
         if json {
-            print(try jsonLine(["model": model, "format": weights.formatName, "seed": seed, "turns": turns,
+            print(try jsonLine(["model": model, "format": loaded.weights.formatName, "seed": seed, "turns": turns,
                                 "history_ids": session.history]))
         }
     }

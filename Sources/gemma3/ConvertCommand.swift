@@ -64,7 +64,7 @@ struct ConvertCommand: ParsableCommand {
             object["direction"] = "hf-to-gguf"
             object["type"] = matrixType.name
         } else {
-            guard isGGUFPath(input) else { throw ModelCommandError("\(input) is neither a GGUF file nor a directory") }
+            guard LanguageModel.isGGUF(input) else { throw ModelCommandError("\(input) is neither a GGUF file nor a directory") }
             let dtype: SafeTensorsDType
             switch (type ?? "bf16").lowercased() {
             case "bf16": dtype = .bf16

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Gemma3Model
 import Gemma3Tokenizers
 
 /// `gemma3 detokenize`: GPT-2 (or, with --model, Gemma) token ids -> text.
@@ -14,10 +15,10 @@ struct DetokenizeCommand: ParsableCommand {
         """
     )
 
-    @Option(help: ArgumentHelp("Directory with the GPT-2 tokenizer files (default: \(GPT2Tokenizer.defaultDirectory.path)).", valueName: "dir"))
+    @Option(help: ArgumentHelp("Directory with the GPT-2 tokenizer files (default: \(CLIEnvironment.gpt2TokenizerDirectory.path)).", valueName: "dir"))
     var tokenizer: String?
 
-    @Option(help: ArgumentHelp("Use the Gemma tokenizer of this GGUF model, Hugging Face model directory or tokenizer.json instead of GPT-2.", valueName: "file|dir"))
+    @Option(help: ArgumentHelp("Use the tokenizer of this model (GGUF file, model directory or tokenizer.json) instead of the GPT-2 files.", valueName: "file|dir"))
     var model: String?
 
     @Flag(help: "Gemma: write the text of control tokens such as <bos> and <end_of_turn> (hidden by default).")
@@ -38,9 +39,10 @@ struct DetokenizeCommand: ParsableCommand {
 
     func run() throws {
         if model != nil && tokenizer != nil { throw ValidationError("give --model or --tokenizer, not both") }
-        if special && model == nil { throw ValidationError("--special applies to Gemma tokenizers (--model)") }
-        let gemma = try model.map(loadGemmaTokenizer)
-        let gpt2 = gemma == nil ? try loadGPT2Tokenizer(tokenizer) : nil
+        let modelTokenizer = try model.map { try loadModelTokenizer($0) }
+        let gemma = modelTokenizer as? GemmaTokenizer
+        if special && gemma == nil { throw ValidationError("--special applies to Gemma tokenizers (--model)") }
+        let gpt2 = gemma == nil ? try (modelTokenizer as? GPT2Tokenizer) ?? loadGPT2Tokenizer(tokenizer) : nil
         var text: String
         if let file {
             text = String(decoding: try readTextFile(file), as: UTF8.self)

@@ -60,11 +60,11 @@ struct EvalCommand: ParsableCommand {
     func run() throws {
         if let text { return try runText(text) }
         let data = self.data!
-        let tokenizerJSON = URL(fileURLWithPath: model).appendingPathComponent("tokenizer.json")
-        if isGGUFPath(model) || GemmaTokenizer.isGemmaTokenizerJSON(at: tokenizerJSON) {
+        let loaded = try loadModel(model)
+        guard loaded.format == .gpt2Checkpoint, let store = loaded.parameters else {
             throw ModelCommandError("\(data) holds GPT-2 token ids; evaluate a Gemma model on text with --text FILE")
         }
-        let (config, store) = try loadModelDirectory(model)
+        let config = loaded.config
         let dataURL = URL(fileURLWithPath: data)
         let file = try TokenFile(url: dataURL)
         let count = min(file.count, maxTokens ?? file.count)
@@ -128,20 +128,13 @@ struct EvalCommand: ParsableCommand {
         let tokenCount: Int, T: Int
         var fullTokenCount = 0
         let progress = progressReporter()
-        let gemma: (config: Gemma3Config, weights: InferenceWeights, tokenizer: GemmaTokenizer)?
-        if isGGUFPath(model) {
-            // 16-bit activations for any single-token product (a last window of one token): eval's
-            // figures stay within 1e-4 of exact arithmetic on the stored weights.
-            let m = try loadGGUFModel(model, activations: .int16, prefill: try prefill.precision())
-            gemma = (m.config, m.weights, m.tokenizer)
-        } else if let m = try loadDirectoryGemmaModel(model) {
-            gemma = (m.config, m.weights, m.tokenizer)
-        } else {
-            gemma = nil
-        }
+        // 16-bit activations for any single-token product (a last window of one token): eval's
+        // figures stay within 1e-4 of exact arithmetic on the stored weights.
+        let loaded = try loadModel(model, options: LoadOptions(decodeActivations: .int16, prefill: try prefill.precision()))
+        let gemma = loaded.gemmaTokenizer.map { (config: loaded.config, weights: loaded.weights, tokenizer: $0) }
         if let gemma {
             let all = bytes.withUnsafeBufferPointer { gemma.tokenizer.encode(utf8: $0, addBOS: false) }
-            let tokens = all.prefix(maxTokens ?? Int.max).map { Int($0) }
+            let tokens = Array(all.prefix(maxTokens ?? Int.max))
             guard !tokens.isEmpty else { throw ModelCommandError("\(path) is empty") }
             fullTokenCount = all.count
             if let context, context + 1 > gemma.config.maxPositionEmbeddings {
@@ -149,11 +142,13 @@ struct EvalCommand: ParsableCommand {
             }
             T = min(context ?? min(512, gemma.config.maxPositionEmbeddings - 1), tokens.count)
             let engine = try InferenceEngine(weights: gemma.weights, maxContext: T + 1)
-            result = try Evaluation.evaluate(engine: engine, tokens: tokens, context: T, bos: Int(gemma.tokenizer.bosTokenID), progress: progress)
+            result = try Evaluation.evaluate(engine: engine, tokens: tokens, context: T, bos: gemma.tokenizer.bosTokenID, progress: progress)
             tokenCount = tokens.count
         } else {
-            let (config, store) = try loadModelDirectory(model)
-            let tokenizer = try loadGenerationTokenizer(modelDirectory: model, override: nil)
+            guard let tokenizer = loaded.tokenizer as? GPT2Tokenizer, let store = loaded.parameters else {
+                throw ModelCommandError("\(model): no GPT-2 tokenizer")
+            }
+            let config = loaded.config
             var ids: [Int32] = []
             bytes.withUnsafeBufferPointer { tokenizer.encode(utf8: $0, allowSpecial: true, into: &ids) }
             guard ids.count >= 2 else { throw ModelCommandError("\(path) has \(ids.count) tokens; at least 2 are needed") }

@@ -32,23 +32,11 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Most tokens to generate.")
     var maxNewTokens = 200
 
-    @Option(help: "Sampling temperature; 0 = greedy.")
-    var temperature: Float = 0.8
+    @OptionGroup(title: "Sampling")
+    var sampling: SamplingFlags
 
-    @Option(help: "Keep the k most likely tokens (0 = off).")
-    var topK = 200
-
-    @Option(help: "Nucleus sampling: keep the most likely tokens up to this probability mass (1 = off).")
-    var topP: Float = 1
-
-    @Option(help: "Drop tokens less likely than min-p × the top probability (0 = off).")
-    var minP: Float = 0
-
-    @Option(help: "Penalty for tokens already present (HF semantics; 1 = off).")
-    var repetitionPenalty: Float = 1
-
-    @Option(help: "Random seed (default: a fresh one, printed with the statistics).")
-    var seed: UInt64?
+    /// generate's sampling defaults (nanoGPT's sample.py: temperature 0.8, top-k 200).
+    static let samplingDefaults = SamplingOptions(temperature: 0.8, topK: 200, topP: 1)
 
     @Option(name: .customLong("stop"), help: ArgumentHelp("Stop when the text contains this string (repeatable).", valueName: "text"))
     var stopStrings: [String] = []
@@ -56,8 +44,8 @@ struct GenerateCommand: ParsableCommand {
     @Flag(help: "Do not stop at the end-of-text token.")
     var ignoreEos = false
 
-    @Option(help: "Weight storage in memory: f32 or bf16 (half the bytes per token).")
-    var dtype = "f32"
+    @Option(help: "Weight storage in memory of directory models: f32 or bf16 (half the bytes per token).")
+    var dtype: WeightDType = .f32
 
     @Option(help: "Longest sequence (prompt + generation); default the model's max_position_embeddings.")
     var context: Int?
@@ -78,57 +66,26 @@ struct GenerateCommand: ParsableCommand {
         if interactive == (prompt != nil) { throw ValidationError("give either --prompt TEXT or --interactive") }
         if let prompt, prompt.isEmpty { throw ValidationError("the prompt is empty") }
         if maxNewTokens < 0 { throw ValidationError("--max-new-tokens must be ≥ 0") }
-        guard WeightDType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be f32 or bf16, got \"\(dtype)\"") }
         if let context, context < 1 { throw ValidationError("--context must be positive") }
-        do { try sampling(seed: 0).validate() } catch let e as GenerationError { throw ValidationError(e.message) }
-    }
-
-    func sampling(seed: UInt64) -> SamplingOptions {
-        SamplingOptions(temperature: temperature, topK: topK, topP: topP, minP: minP,
-                        repetitionPenalty: repetitionPenalty, seed: seed)
+        try sampling.validate(defaults: Self.samplingDefaults)
     }
 
     func run() throws {
-        let config: Gemma3Config, weights: InferenceWeights, generator: Generator
-        var stopIds: Set<Int>
-        if isGGUFPath(model) {
-            // A GGUF file (e.g. the real Gemma 3 270M): quantized weights in place, its own tokenizer.
-            let gguf = try loadGGUFModel(model, prefill: try prefill.precision())
-            (config, weights) = (gguf.config, gguf.weights)
-            generator = Generator(engine: try InferenceEngine(weights: weights, maxContext: context ?? config.maxPositionEmbeddings),
-                                  tokenizer: gguf.tokenizer)
-            stopIds = Set(config.eosTokenIds).union([Int(gguf.tokenizer.eosTokenID)])
-        } else if self.tokenizer == nil, let gemma = try loadDirectoryGemmaModel(model, dtype: WeightDType(rawValue: dtype)!) {
-            // A Hugging Face directory with Gemma's SentencePiece tokenizer.json (e.g. google/gemma-3-270m).
-            (config, weights) = (gemma.config, gemma.weights)
-            generator = Generator(engine: try InferenceEngine(weights: weights, maxContext: context ?? config.maxPositionEmbeddings),
-                                  tokenizer: gemma.tokenizer)
-            stopIds = Set(config.eosTokenIds).union([Int(gemma.tokenizer.eosTokenID)])
-        } else {
-            let (directoryConfig, store) = try loadModelDirectory(model)
-            config = directoryConfig
-            let tokenizer = try loadGenerationTokenizer(modelDirectory: model, override: self.tokenizer)
-            guard tokenizer.vocabularySize <= config.vocabSize else {
-                throw ModelCommandError("the tokenizer has \(tokenizer.vocabularySize) tokens but the model only \(config.vocabSize)")
-            }
-            weights = try InferenceWeights(config: config, parameters: store, dtype: WeightDType(rawValue: dtype)!)
-            generator = Generator(engine: try InferenceEngine(weights: weights, maxContext: context ?? config.maxPositionEmbeddings),
-                                  tokenizer: tokenizer)
-            stopIds = Set(config.eosTokenIds)
-            if config.vocabSize > Int(tokenizer.endOfTextTokenID) { stopIds.insert(Int(tokenizer.endOfTextTokenID)) }
-        }
+        let loaded = try loadModel(model, options: LoadOptions(weightDType: dtype, prefill: try prefill.precision(),
+                                                               tokenizerDirectory: tokenizer.map { URL(fileURLWithPath: $0, isDirectory: true) }))
+        let generator = try loaded.makeGenerator(context: context)
         let engine = generator.engine
-        if ignoreEos { stopIds = [] }
+        let stopIds = ignoreEos ? [] : loaded.stopTokens
 
-        var seed = self.seed ?? UInt64.random(in: 0...UInt64(UInt32.max))
+        var seed = sampling.startSeed
         func answer(_ text: String) throws {
-            let options = GenerationOptions(maxNewTokens: maxNewTokens, sampling: sampling(seed: seed),
+            let options = GenerationOptions(maxNewTokens: maxNewTokens, sampling: sampling.options(defaults: Self.samplingDefaults, seed: seed),
                                             stopTokenIds: stopIds, stopStrings: stopStrings)
             if json {
                 let r = try generator.generate(prompt: text, options: options)
                 print(try jsonLine([
                     "prompt": text, "prompt_ids": r.promptIds, "generated_ids": r.generatedIds, "text": r.text,
-                    "stop_reason": r.stopReason.rawValue, "seed": seed, "dtype": isGGUFPath(model) ? weights.formatName : dtype,
+                    "stop_reason": r.stopReason.rawValue, "seed": seed, "dtype": loaded.format == .gguf ? loaded.weights.formatName : dtype.rawValue,
                     "prefill_seconds": r.prefillSeconds, "decode_seconds": r.decodeSeconds, "decode_steps": r.decodeSteps,
                     "prefill_tokens_per_second": r.prefillTokensPerSecond,
                     "decode_tokens_per_second": r.decodeTokensPerSecond,

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Gemma3Kernels
 import Gemma3Model
 import Gemma3Tokenizers
 
@@ -9,34 +10,76 @@ struct ModelCommandError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// Loads a Hugging Face model directory (`config.json` + `model.safetensors`) as written by the
-/// trainer, with a clear error when the directory or its files are missing.
-func loadModelDirectory(_ path: String) throws -> (config: Gemma3Config, parameters: ParameterStore) {
-    let url = URL(fileURLWithPath: path, isDirectory: true)
-    var isDirectory: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory) else {
-        throw ModelCommandError("model directory \(path) does not exist")
+/// Loads any supported model with `LanguageModel.load`; GPT-2 checkpoints without tokenizer files
+/// fall back to the cache's GPT-2 tokenizer.
+func loadModel(_ path: String, options: LoadOptions = LoadOptions()) throws -> LanguageModel {
+    var options = options
+    if options.fallbackTokenizerDirectory == nil { options.fallbackTokenizerDirectory = CLIEnvironment.gpt2TokenizerDirectory }
+    guard FileManager.default.fileExists(atPath: path) else {
+        let hint = path.lowercased().hasSuffix(".gguf") ? " (`gemma3 download gemma3-270m` fetches Gemma 3 270M)" : ""
+        throw ModelCommandError("model \(path) does not exist\(hint)")
     }
-    guard isDirectory.boolValue else {
-        throw ModelCommandError("\(path) is not a directory (expected config.json + model.safetensors)")
-    }
-    guard FileManager.default.fileExists(atPath: url.appendingPathComponent("config.json").path) else {
-        throw ModelCommandError("\(path) has no config.json")
-    }
-    return try HFCheckpoint.load(directory: url)
+    return try LanguageModel.load(path, options: options)
 }
 
-/// The GPT-2 tokenizer of a model: `--tokenizer DIR` when given, else the model directory's own
-/// `vocab.json` + `merges.txt` (or `tokenizer.json`, as the trainer writes them), else the default
-/// download location.
-func loadGenerationTokenizer(modelDirectory: String, override: String?) throws -> GPT2Tokenizer {
-    if let override { return try loadGPT2Tokenizer(override) }
-    let dir = URL(fileURLWithPath: modelDirectory, isDirectory: true)
-    let fm = FileManager.default
-    let hasFiles = (fm.fileExists(atPath: dir.appendingPathComponent("vocab.json").path)
-        && fm.fileExists(atPath: dir.appendingPathComponent("merges.txt").path))
-        || fm.fileExists(atPath: dir.appendingPathComponent("tokenizer.json").path)
-    return try loadGPT2Tokenizer(hasFiles ? modelDirectory : nil)
+/// `--prefill`: the arithmetic of batched prompt products on GGUF models.
+enum PrefillChoice: String, ExpressibleByArgument, CaseIterable {
+    /// bfloat16 where the CPU has AVX-512 BF16 (and `GEMMA3_BF16_PREFILL` is not 0), else float32.
+    case auto
+    case f32
+    case bf16
+
+    static let help = "Prompt prefill arithmetic on GGUF models (ignored for other models): auto (bf16 on CPUs with AVX-512 BF16 unless GEMMA3_BF16_PREFILL=0, else f32), f32 or bf16."
+
+    /// The precision to use (nil: the runtime settings' choice); a one-line error for bf16 on a CPU without AVX-512 BF16.
+    func precision() throws -> PrefillPrecision? {
+        switch self {
+        case .auto: return nil
+        case .f32: return .float32
+        case .bf16:
+            guard PrefillPrecision.bfloat16Supported else {
+                throw ModelCommandError("--prefill bf16 needs a CPU with AVX-512 BF16 (this one: \(BuildInfo.hostCPU)); use --prefill f32")
+            }
+            return .bfloat16
+        }
+    }
+}
+
+extension WeightDType: ExpressibleByArgument {}
+
+/// The sampling flags shared by `generate` and `chat`; each verb gives its own defaults.
+struct SamplingFlags: ParsableArguments {
+    @Option(help: "Sampling temperature; 0 = greedy (default: generate 0.8, chat 1).")
+    var temperature: Float?
+
+    @Option(help: "Keep the k most likely tokens (0 = off; default: generate 200, chat 64).")
+    var topK: Int?
+
+    @Option(help: "Nucleus sampling: keep the most likely tokens up to this probability mass (1 = off; default: generate 1, chat 0.95).")
+    var topP: Float?
+
+    @Option(help: "Drop tokens less likely than min-p × the top probability (0 = off).")
+    var minP: Float = 0
+
+    @Option(help: "Penalty for tokens already present (HF semantics; 1 = off).")
+    var repetitionPenalty: Float = 1
+
+    @Option(help: "Random seed (default: a fresh one, printed with the statistics).")
+    var seed: UInt64?
+
+    /// The options with `defaults` for the flags not given, and `seed` (the flag's, else a fresh one).
+    func options(defaults: SamplingOptions, seed: UInt64) -> SamplingOptions {
+        SamplingOptions(temperature: temperature ?? defaults.temperature, topK: topK ?? defaults.topK,
+                        topP: topP ?? defaults.topP, minP: minP, repetitionPenalty: repetitionPenalty, seed: seed)
+    }
+
+    /// The seed to start from: `--seed`, else a fresh one.
+    var startSeed: UInt64 { seed ?? UInt64.random(in: 0...UInt64(UInt32.max)) }
+
+    /// A one-line usage error for values out of range.
+    func validate(defaults: SamplingOptions) throws {
+        do { try options(defaults: defaults, seed: 0).validate() } catch let e as GenerationError { throw ValidationError(e.message) }
+    }
 }
 
 /// Writes text to stdout immediately (no buffering), for streaming.

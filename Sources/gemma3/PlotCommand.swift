@@ -63,14 +63,9 @@ struct PlotCommand: ParsableCommand {
             if let name {
               do {
                 let dir = runURL.appendingPathComponent(name)
-                let (config, parameters) = try HFCheckpoint.load(directory: dir)
-                let tokDir = tokenizer.map { URL(fileURLWithPath: $0, isDirectory: true) } ?? dir
-                let gpt2 = try GPT2Tokenizer(directory: tokDir)
-                let weights = try InferenceWeights(config: config, parameters: parameters, dtype: .f32)
-                let engine = try InferenceEngine(weights: weights, maxContext: min(config.maxPositionEmbeddings, 1024))
-                let generator = Generator(engine: engine, tokenizer: gpt2)
-                var stop = Set(config.eosTokenIds)
-                if config.vocabSize > Int(gpt2.endOfTextTokenID) { stop.insert(Int(gpt2.endOfTextTokenID)) }
+                let model = try loadModel(dir.path, options: LoadOptions(tokenizerDirectory: tokenizer.map { URL(fileURLWithPath: $0, isDirectory: true) }))
+                let generator = try model.makeGenerator(context: 1024)
+                let stop = model.stopTokens
                 for (k, t) in temps.enumerated() {
                     let options = GenerationOptions(maxNewTokens: maxNewTokens,
                                                     sampling: SamplingOptions(temperature: Float(t), seed: seed + UInt64(k)),

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Gemma3Kernels
+import Gemma3Model
 import Gemma3Tokenizers
 
 /// `gemma3 tokenize`: text -> GPT-2 token ids, like llama.cpp's `llama-tokenize`.
@@ -15,10 +16,10 @@ struct TokenizeCommand: ParsableCommand {
         """
     )
 
-    @Option(help: ArgumentHelp("Directory with the GPT-2 tokenizer files (default: \(GPT2Tokenizer.defaultDirectory.path)).", valueName: "dir"))
+    @Option(help: ArgumentHelp("Directory with the GPT-2 tokenizer files (default: \(CLIEnvironment.gpt2TokenizerDirectory.path)).", valueName: "dir"))
     var tokenizer: String?
 
-    @Option(help: ArgumentHelp("Use the Gemma tokenizer of this GGUF model, Hugging Face model directory or tokenizer.json instead of GPT-2; ids then include the BOS, as llama-tokenize prints them.", valueName: "file|dir"))
+    @Option(help: ArgumentHelp("Use the tokenizer of this model (GGUF file, model directory or tokenizer.json) instead of the GPT-2 files; Gemma ids then include the BOS, as llama-tokenize prints them.", valueName: "file|dir"))
     var model: String?
 
     @Flag(help: "Parse special tokens such as <|endoftext|> (Gemma: <start_of_turn>, <eos>, …).")
@@ -46,16 +47,25 @@ struct TokenizeCommand: ParsableCommand {
         } else {
             bytes = Array(text!.utf8)
         }
-        let gemma = try model.map(loadGemmaTokenizer)
-        let ids: [Int32] = bytes.withUnsafeBufferPointer { utf8 in
-            if let gemma { return gemma.encode(utf8: utf8, parseSpecial: special) }
+        let modelTokenizer = try model.map { try loadModelTokenizer($0) }
+        if let gpt2 = modelTokenizer as? GPT2Tokenizer { return try printIds(encodeGPT2(gpt2, bytes)) }
+        let gemma = modelTokenizer as? GemmaTokenizer
+        if let gemma { return try printIds(bytes.withUnsafeBufferPointer { gemma.encode(utf8: $0, parseSpecial: special) }) }
+        try printIds(encodeGPT2(gpt2!, bytes))
+    }
+
+    func encodeGPT2(_ gpt2: GPT2Tokenizer, _ bytes: [UInt8]) -> [TokenID] {
+        bytes.withUnsafeBufferPointer { utf8 in
             if special {
                 var out: [Int32] = []
-                gpt2!.encode(utf8: utf8, allowSpecial: true, into: &out)
+                gpt2.encode(utf8: utf8, allowSpecial: true, into: &out)
                 return out
             }
-            return gpt2!.encodeOrdinary(utf8: utf8, threads: Parallel.threadCount)
+            return gpt2.encodeOrdinary(utf8: utf8, threads: Parallel.threadCount)
         }
+    }
+
+    func printIds(_ ids: [TokenID]) throws {
         var output = json ? "{\"ids\":[" : ""
         output.reserveCapacity(ids.count * 6 + 32)
         for (k, id) in ids.enumerated() {
@@ -69,8 +79,13 @@ struct TokenizeCommand: ParsableCommand {
 
 /// Loads the GPT-2 tokenizer from `--tokenizer DIR`, or from the default cache directory.
 func loadGPT2Tokenizer(_ directory: String?) throws -> GPT2Tokenizer {
-    let url = directory.map { URL(fileURLWithPath: $0, isDirectory: true) } ?? GPT2Tokenizer.defaultDirectory
+    let url = directory.map { URL(fileURLWithPath: $0, isDirectory: true) } ?? CLIEnvironment.gpt2TokenizerDirectory
     return try GPT2Tokenizer(directory: url)
+}
+
+/// The tokenizer of the model at `path` (`--model`): GGUF file, model directory or tokenizer.json.
+func loadModelTokenizer(_ path: String) throws -> any TextTokenizer {
+    try LanguageModel.loadTokenizer(path, options: LoadOptions(fallbackTokenizerDirectory: CLIEnvironment.gpt2TokenizerDirectory))
 }
 
 /// Reads a text file and checks that it is UTF-8 (one-line error with the byte offset otherwise).

@@ -50,7 +50,7 @@ let conversionTexts: [String] = [
 ]
 
 /// Logits after feeding `tokens` one by one (prefill then decode).
-func logits(_ weights: InferenceWeights, _ tokens: [Int]) throws -> [Float] {
+func logits(_ weights: InferenceWeights, _ tokens: [TokenID]) throws -> [Float] {
     let engine = try InferenceEngine(weights: weights, maxContext: 64)
     _ = try engine.prefill(Array(tokens.dropLast()))
     return Array(try engine.decode(tokens.last!))
@@ -136,7 +136,7 @@ struct ConversionTests {
         let store = tinyStore(config, seed: 11)
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let tokens = tokenizer.encode("the café <b>hello</b>\n\nand the end").map(Int.init)
+        let tokens = tokenizer.encode("the café <b>hello</b>\n\nand the end")
         #expect(tokens.count >= 8)
         // A quantized GGUF (Q8_0 matrices): the directory holds its dequantized values.
         let gguf = dir.appendingPathComponent("tiny.gguf")
@@ -183,7 +183,7 @@ struct ConversionTests {
         let hf = dir.appendingPathComponent("hf")
         try HFCheckpoint.save(config: config, parameters: store, directory: hf, dtype: .f32)
         try GemmaConversion.writeTokenizer(tokenizer, directory: hf, maxLength: config.maxPositionEmbeddings)
-        let tokens = tokenizer.encode("<start_of_turn>user\nthe hello<end_of_turn>", parseSpecial: true).map(Int.init)
+        let tokens = tokenizer.encode("<start_of_turn>user\nthe hello<end_of_turn>", parseSpecial: true)
         let expected = try logits(try InferenceWeights(config: config, parameters: store), tokens)
         for (type, tolerance) in [(GGMLType.f32, Float(1e-5)), (.bf16, 0.1), (.q8_0, 0.1)] {
             let (writer, summary) = try GemmaConversion.ggufWriter(huggingFaceDirectory: hf, matrixType: type)
@@ -252,8 +252,8 @@ struct ConversionTests {
         // Greedy continuation of a short prompt: the directory's weights vs the GGUF float path.
         let (config, store) = try HFCheckpoint.load(directory: dir)
         let reference = try GGUFGemma3.parameters(from: file, config: try GGUFGemma3.config(from: file))
-        let prompt = converted.encode("The capital of France is").map(Int.init)
-        var results: [[Int]] = []
+        let prompt = converted.encode("The capital of France is")
+        var results: [[TokenID]] = []
         var firstLogits: [[Float]] = []
         for parameters in [store, reference] {
             let engine = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: parameters), maxContext: 64)
@@ -265,6 +265,6 @@ struct ConversionTests {
         #expect(results[0] == results[1] && results[0].count == 8)
         #expect(maxDifference(firstLogits[0], firstLogits[1]) == 0)
         let top = firstLogits[0].enumerated().sorted { $0.element > $1.element }.prefix(5)
-        print("real model via HF directory: greedy \(results[0]) (\(try converted.decodeToString(results[0].map(Int32.init)).debugDescription)); top-5 logits after the prompt \(top.map { "\($0.offset): \($0.element)" })")
+        print("real model via HF directory: greedy \(results[0]) (\(try converted.decodeToString(results[0]).debugDescription)); top-5 logits after the prompt \(top.map { "\($0.offset): \($0.element)" })")
     }
 }

@@ -61,8 +61,8 @@ struct ConvertCommandTests {
         let promptIds = try #require(generated["prompt_ids"] as? [Int])
         #expect(promptIds == tokenizer.encode("the hello").map(Int.init))
         let engine = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: store), maxContext: 64)
-        let expected = try Generator(engine: engine, tokenizer: tokenizer).generate(promptIds: promptIds, options: GenerationOptions(maxNewTokens: 6))
-        #expect(generated["generated_ids"] as? [Int] == expected.generatedIds)
+        let expected = try Generator(engine: engine, tokenizer: tokenizer).generate(promptIds: promptIds.map { TokenID($0) }, options: GenerationOptions(maxNewTokens: 6))
+        #expect(generated["generated_ids"] as? [Int] == expected.generatedIds.map(Int.init))
 
         // eval --text: Gemma's tokenizer, <bos> windows; the GGUF file and the directory agree with
         // the library evaluation, and bits per byte use the text's own bytes per token.
@@ -82,7 +82,7 @@ struct ConvertCommandTests {
             losses.append(try #require(o["loss"] as? Double))
         }
         let evalEngine = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: store), maxContext: 17)
-        let reference = try Evaluation.evaluate(engine: evalEngine, tokens: tokenizer.encode(story, addBOS: false).map(Int.init), context: 16, bos: 2)
+        let reference = try Evaluation.evaluate(engine: evalEngine, tokens: tokenizer.encode(story, addBOS: false), context: 16, bos: 2)
         for loss in losses { #expect(abs(loss - reference.loss) < 1e-5, "\(loss) vs \(reference.loss)") }
         r = try gemma3(["eval", "--model", gguf, "--data", evalText.path])
         #expect(r.status != 0 && r.stderr.contains("--text"), "\(r.stderr)")

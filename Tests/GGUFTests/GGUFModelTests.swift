@@ -33,7 +33,7 @@ struct GGUFModelTests {
         let store = tinyStore(config, seed: 42)
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let tokens = [2, 17, 5, 88, 40, 40, 3, 61, 9]
+        let tokens: [TokenID] = [2, 17, 5, 88, 40, 40, 3, 61, 9]
         let reference = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: store), maxContext: 32)
         _ = try reference.prefill(Array(tokens.dropLast()))
         let expected = Array(try reference.decode(tokens.last!))
@@ -133,17 +133,17 @@ struct GGUFModelTests {
         let first = chat.turnTokens("ab")
         let expectedFirst = [2, sot] + tokenizer.encode("user", addBOS: false) + [nl, vocabulary["ab"], eot, nl, sot]
             + tokenizer.encode("model", addBOS: false) + [nl]
-        #expect(first == expectedFirst.map(Int.init))
+        #expect(first == expectedFirst)
         let options = GenerationOptions(maxNewTokens: 3, sampling: .greedy)
         let r1 = try chat.reply(to: "ab", options: options)
         #expect(r1.promptIds == first)
         // Each generated token that is not a stop token is in the cache.
-        let kept = r1.generatedIds.filter { $0 != Int(eot) && $0 != 1 }
+        let kept = r1.generatedIds.filter { $0 != eot && $0 != 1 }
         #expect(engine.position == first.count + kept.count)
         #expect(chat.history == first + kept)
         // The next turn closes the previous one; no second BOS.
         let second = chat.turnTokens("c")
-        #expect(second.first == Int(eot))
+        #expect(second.first == eot)
         #expect(!second.contains(2))
         let before = engine.position
         _ = try chat.reply(to: "c", options: options)

@@ -40,7 +40,7 @@ struct LlamaCppLogitsTests {
         let clock = ContinuousClock()
         var stage = clock.now
         func lap(_ what: String) { print("  \(what): \(clock.now - stage)"); stage = clock.now }
-        let prompt = tokenizer.encode("Once upon a time, in a small village by the sea, there lived a").map(Int.init)
+        let prompt = tokenizer.encode("Once upon a time, in a small village by the sea, there lived a")
 
         // 1. llama.cpp on the F32 file: a greedy 64-token continuation (its KV cache), then the logits
         //    of every position of prompt + continuation in one batch.
@@ -50,7 +50,7 @@ struct LlamaCppLogitsTests {
         try Data(prompt.map(String.init).joined(separator: " ").utf8).write(to: idsURL)
         let r = try run(tool, [f32, idsURL.path, outURL.path, "2", "64"])
         try #require(r.status == 0, "\(tool) failed: \(String(decoding: r.stderr, as: UTF8.self).suffix(800))")
-        let continuation = String(decoding: r.stdout, as: UTF8.self).split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
+        let continuation = String(decoding: r.stdout, as: UTF8.self).split(whereSeparator: \.isWhitespace).compactMap { TokenID($0) }
         try #require(continuation.count == 64)
         let ids = prompt + continuation
         lap("llama.cpp")
@@ -66,7 +66,7 @@ struct LlamaCppLogitsTests {
         //    ours: RealModelTests compares them with gguf-py), so no debug-build dequantization is timed here.
         let store = try GGUFGemma3.parameters(from: try GGUFFile(path: f32), config: config)
         let model = try Gemma3TrainingModel(config: config, batchSize: 1, sequenceLength: ids.count, parameters: store, training: false)
-        _ = try ids.map { Int32($0) }.withUnsafeBufferPointer { try model.forward(inputs: $0, targets: nil) }
+        _ = try ids.withUnsafeBufferPointer { try model.forward(inputs: $0, targets: nil) }
         let ours = model.logits
         lap("float path")
         var floatMax: Float = 0, mismatches = 0
@@ -110,7 +110,7 @@ struct LlamaCppLogitsTests {
                 for (x, y) in zip(got, row) { bf16Max = max(bf16Max, abs(x - y)) }
                 var best = 0
                 for i in 0..<V where got[i] > got[best] { best = i }
-                if best != ids[cut] { bf16Mismatches += 1 }
+                if best != Int(ids[cut]) { bf16Mismatches += 1 }
             }
             lap("bf16 prefill")
         } else {
@@ -159,7 +159,7 @@ struct LlamaCppLogitsTests {
                 for i in 0..<V where theirsQuantized[t * V + i] > theirsQuantized[t * V + theirBest] { theirBest = i }
                 // A different greedy token counts only where llama.cpp's float path prefers its own by
                 // more than 0.25 (8-bit activations flip near-ties, as they do in llama.cpp's own Q4_K_M path).
-                let wanted = continuation[step + 1]
+                let wanted = Int(continuation[step + 1])
                 if best != wanted {
                     let gap = theirs[t * V + wanted] - theirs[t * V + best]
                     print("  int8 step \(step): ours \(best), F32 greedy \(wanted) (its margin \(gap)), llama.cpp Q4_K_M \(theirBest)")

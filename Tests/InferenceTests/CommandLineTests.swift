@@ -61,8 +61,8 @@ private final class TinyModelDirectory {
         #expect((object["prefill_tokens_per_second"] as? Double ?? 0) > 0)
         // The same greedy continuation in process.
         let engine = try InferenceEngine(weights: try InferenceWeights(config: dir.config, parameters: dir.store), maxContext: 64)
-        let expected = try Generator(engine: engine, tokenizer: tokenizer).generate(promptIds: promptIds, options: GenerationOptions(maxNewTokens: 12))
-        #expect(generated == expected.generatedIds)
+        let expected = try Generator(engine: engine, tokenizer: tokenizer).generate(promptIds: promptIds.map { TokenID($0) }, options: GenerationOptions(maxNewTokens: 12))
+        #expect(generated == expected.generatedIds.map(Int.init))
     }
 
     @Test func generateStreamsTextAndStatistics() throws {

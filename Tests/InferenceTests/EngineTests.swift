@@ -13,13 +13,13 @@ import Gemma3Formats
         let weights = try InferenceWeights(config: config, parameters: store)
         let engine = try InferenceEngine(weights: weights, maxContext: 512, prefillChunk: chunk)
         var rng = SplitMix64(seed: seed + 1)
-        let prompt = (0..<promptLength).map { _ in Int(rng.next() % UInt64(config.vocabSize)) }
+        let prompt = (0..<promptLength).map { _ in TokenID(rng.next() % UInt64(config.vocabSize)) }
         var sequence = prompt
         var stepLogits: [[Float]] = []
         var logits = try engine.prefill(prompt)
         for step in 0..<newTokens {
             stepLogits.append(Array(logits))
-            let token = Sampler.argmax(UnsafeBufferPointer(logits))
+            let token = TokenID(Sampler.argmax(UnsafeBufferPointer(logits)))
             sequence.append(token)
             if step + 1 < newTokens { logits = try engine.decode(token) }
         }
@@ -30,7 +30,7 @@ import Gemma3Formats
             let position = promptLength - 1 + step
             let ref = reference[(position * V)..<((position + 1) * V)]
             worst = max(worst, stepLogits[step].withUnsafeBufferPointer { maxAbsDifference($0, ref) })
-            #expect(argmax(ref) == sequence[promptLength + step], "step \(step): cached greedy token differs from recompute")
+            #expect(TokenID(argmax(ref)) == sequence[promptLength + step], "step \(step): cached greedy token differs from recompute")
         }
         #expect(worst < 1e-4, "max |Δ logits| cache vs recompute = \(worst)")
         #expect(engine.position == promptLength + newTokens - 1)
@@ -63,7 +63,7 @@ import Gemma3Formats
     }
 
     /// The engine's summed cross-entropy over `tokens` equals the training forward's mean loss.
-    func checkEngineLossAgainstTrainingForward(_ config: Gemma3Config, seed: UInt64, tokens: [Int], maxContext: Int, chunk: Int) throws {
+    func checkEngineLossAgainstTrainingForward(_ config: Gemma3Config, seed: UInt64, tokens: [TokenID], maxContext: Int, chunk: Int) throws {
         let store = randomStore(config, seed: seed)
         let engine = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: store), maxContext: maxContext, prefillChunk: chunk)
         let (sum, count) = try engine.crossEntropySum(tokens)
@@ -75,7 +75,7 @@ import Gemma3Formats
 
     @Test func evaluationLossMatchesTheTrainingForward() throws {
         let config = smallConfig(window: 5)
-        try checkEngineLossAgainstTrainingForward(config, seed: 21, tokens: (0..<41).map { ($0 * 37 + 11) % config.vocabSize },
+        try checkEngineLossAgainstTrainingForward(config, seed: 21, tokens: (0..<41).map { TokenID(($0 * 37 + 11) % config.vocabSize) },
                                                   maxContext: 64, chunk: 16)
     }
 
@@ -84,7 +84,7 @@ import Gemma3Formats
         // with targets in every panel; the training forward computes the full-row log-softmax.
         for tied in [false, true] {
             let config = smallConfig(window: 5, tied: tied, vocab: 9000)
-            try checkEngineLossAgainstTrainingForward(config, seed: tied ? 23 : 22, tokens: (0..<70).map { ($0 * 4099 + 13) % config.vocabSize },
+            try checkEngineLossAgainstTrainingForward(config, seed: tied ? 23 : 22, tokens: (0..<70).map { TokenID(($0 * 4099 + 13) % config.vocabSize) },
                                                       maxContext: 80, chunk: 32)
         }
     }
@@ -93,8 +93,8 @@ import Gemma3Formats
         let config = smallConfig(window: 5)
         let store = randomStore(config, seed: 24)
         let engine = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: store), maxContext: 17, prefillChunk: 8)
-        let bos = 2
-        let tokens = (0..<37).map { ($0 * 29 + 5) % config.vocabSize }
+        let bos: TokenID = 2
+        let tokens = (0..<37).map { TokenID(($0 * 29 + 5) % config.vocabSize) }
         let result = try Evaluation.evaluate(engine: engine, tokens: tokens, context: 16, bos: bos)
         #expect(result.predictedTokens == 37)
         #expect(result.windows == 3)
@@ -125,13 +125,13 @@ import Gemma3Formats
         let bf16 = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: store, dtype: .bf16), maxContext: 128)
         let f32 = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: rounded), maxContext: 128)
         #expect(bf16.weights.decodeBytesPerToken * 2 < f32.weights.decodeBytesPerToken + 4 * config.hiddenSize)
-        let prompt = [5, 17, 2, 88, 40, 3, 9]
+        let prompt: [TokenID] = [5, 17, 2, 88, 40, 3, 9]
         var a = Array(try bf16.prefill(prompt)), b = Array(try f32.prefill(prompt))
         for step in 0..<20 {
             var worst: Float = 0
             for i in 0..<a.count { worst = max(worst, abs(a[i] - b[i])) }
             #expect(worst < 1e-4, "step \(step)")
-            let t = argmax(b[...])
+            let t = TokenID(argmax(b[...]))
             a = Array(try bf16.decode(t)); b = Array(try f32.decode(t))
         }
     }
@@ -141,7 +141,7 @@ import Gemma3Formats
         let engine = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: randomStore(config, seed: 1)), maxContext: 8)
         #expect(throws: GenerationError.self) { try engine.prefill(Array(repeating: 1, count: 9)) }
         #expect(throws: GenerationError.self) { try engine.prefill([]) }
-        #expect(throws: GenerationError.self) { try engine.prefill([config.vocabSize]) }
+        #expect(throws: GenerationError.self) { try engine.prefill([TokenID(config.vocabSize)]) }
         _ = try engine.prefill(Array(repeating: 1, count: 8))
         #expect(throws: GenerationError.self) { try engine.decode(1) }
         #expect(throws: GenerationError.self) {
@@ -170,8 +170,8 @@ import Gemma3Formats
             for chunk in [512, 2] {
                 let engine = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: store, dtype: dtype), maxContext: 64, prefillChunk: chunk)
                 let generator = Generator(engine: engine, tokenizer: ByteTokenizer())
-                let result = try generator.generate(promptIds: Array(inputs[0..<5]), options: GenerationOptions(maxNewTokens: 16))
-                #expect(result.promptIds + result.generatedIds == expected, "chunk \(chunk)")
+                let result = try generator.generate(promptIds: inputs[0..<5].map { TokenID($0) }, options: GenerationOptions(maxNewTokens: 16))
+                #expect((result.promptIds + result.generatedIds).map(Int.init) == expected, "chunk \(chunk)")
             }
         }
     }
@@ -188,13 +188,13 @@ import Gemma3Formats
         for b in 0..<2 {
             engine.reset()
             for t in 0..<T {
-                let logits = try engine.decode(inputs[b * T + t])
+                let logits = try engine.decode(TokenID(inputs[b * T + t]))
                 worst = max(worst, maxAbsDifference(UnsafeBufferPointer(logits), golden[((b * T + t) * V)..<((b * T + t + 1) * V)]))
             }
             engine.reset()
             for end in [3, 9, 17, 24] {  // prefill chunks of 5 over prefixes of several lengths
                 engine.reset()
-                let logits = try engine.prefill(Array(inputs[(b * T)..<(b * T + end)]))
+                let logits = try engine.prefill(inputs[(b * T)..<(b * T + end)].map { TokenID($0) })
                 worst = max(worst, maxAbsDifference(UnsafeBufferPointer(logits), golden[((b * T + end - 1) * V)..<((b * T + end) * V)]))
             }
         }
@@ -208,7 +208,7 @@ import Gemma3Formats
         let engine = try InferenceEngine(weights: try InferenceWeights(config: config, parameters: store), maxContext: 24, prefillChunk: 7)
         var sum = 0.0, count = 0
         for b in 0..<2 {
-            let r = try engine.crossEntropySum(Array(inputs[(b * 24)..<(b * 24 + 24)]))
+            let r = try engine.crossEntropySum(inputs[(b * 24)..<(b * 24 + 24)].map { TokenID($0) })
             sum += r.sum
             count += r.count
         }
@@ -218,10 +218,13 @@ import Gemma3Formats
 }
 
 /// A tokenizer whose every token is the same few bytes, to test streaming without a vocabulary.
-struct ByteTokenizer: GenerationTokenizer {
+struct ByteTokenizer: TextTokenizer {
     var bytes: [UInt8] = [0x61]
-    func encodePrompt(_ text: String) throws -> [Int] { text.utf8.map { Int($0) } }
-    func bytes(of token: Int) -> [UInt8]? { bytes }
+    var vocabularySize: Int { 256 }
+    var endOfTextID: TokenID { 0 }
+    func encode(_ text: String) -> [TokenID] { text.utf8.map { TokenID($0) } }
+    func bytes(of token: TokenID) -> [UInt8]? { bytes }
+    func text(of ids: [TokenID]) throws -> String { String(decoding: ids.flatMap { _ in bytes }, as: UTF8.self) }
 }
 
 @Suite struct GenerationTests {
@@ -254,7 +257,7 @@ struct ByteTokenizer: GenerationTokenizer {
         #expect(r.stopReason == .stopString)
         #expect(r.generatedIds.count == 2)
 
-        let all = Set(0..<300)
+        let all = Set((0..<300).map { TokenID($0) })
         let s = try g.generate(promptIds: [1, 2], options: GenerationOptions(maxNewTokens: 50, stopTokenIds: all))
         #expect(s.generatedIds.count == 1 && s.text.isEmpty && s.stopReason == .stopToken)
 
@@ -302,7 +305,7 @@ struct ByteTokenizer: GenerationTokenizer {
             var sum = 0.0
             var start = 0
             while start < count - 1 {
-                let window = tokens[start...min(start + effectiveT, count - 1)].map(Int.init)
+                let window = tokens[start...min(start + effectiveT, count - 1)].map(TokenID.init)
                 sum += try engine.crossEntropySum(window).sum
                 start += effectiveT
             }

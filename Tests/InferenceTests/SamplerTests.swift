@@ -66,7 +66,7 @@ func referenceDistribution(_ logits: [Float], _ o: SamplingOptions) -> [Int: Dou
                 let want = referenceDistribution(logits, options)
                 #expect(got.count == want.count, "case \(c) scale \(scale): kept \(got.count), HF keeps \(want.count)")
                 for (id, p) in got {
-                    #expect(abs(p - (want[id] ?? -1)) < 1e-9, "case \(c): token \(id)")
+                    #expect(abs(p - (want[Int(id)] ?? -1)) < 1e-9, "case \(c): token \(id)")
                 }
             }
         }
@@ -78,14 +78,14 @@ func referenceDistribution(_ logits: [Float], _ o: SamplingOptions) -> [Int: Dou
             var sampler = Sampler(options: .init(temperature: 1.7, topK: 1, seed: seed))
             var a = logits, b = logits
             let sampled = a.withUnsafeMutableBufferPointer { sampler.sample($0) }
-            let greedy = b.withUnsafeBufferPointer { Sampler.argmax($0) }
+            let greedy = b.withUnsafeBufferPointer { TokenID(Sampler.argmax($0)) }
             #expect(sampled == greedy)
         }
     }
 
     @Test func aSeedReproducesTheSamples() {
         let logits = randomLogits(1000, seed: 7, scale: 2)
-        func draw(_ seed: UInt64) -> [Int] {
+        func draw(_ seed: UInt64) -> [TokenID] {
             var sampler = Sampler(options: .init(temperature: 1, topP: 0.95, seed: seed))
             return (0..<200).map { _ in var l = logits; return l.withUnsafeMutableBufferPointer { sampler.sample($0) } }
         }
@@ -101,7 +101,7 @@ func referenceDistribution(_ logits: [Float], _ o: SamplingOptions) -> [Int: Dou
         var counts = [Int](repeating: 0, count: logits.count)
         for _ in 0..<draws {
             var l = logits
-            counts[l.withUnsafeMutableBufferPointer { sampler.sample($0) }] += 1
+            counts[Int(l.withUnsafeMutableBufferPointer { sampler.sample($0) })] += 1
         }
         let p = referenceDistribution(logits, options)
         for i in 0..<logits.count {
@@ -118,7 +118,7 @@ func referenceDistribution(_ logits: [Float], _ o: SamplingOptions) -> [Int: Dou
         func kept(_ o: SamplingOptions) -> [Int] {
             var s = Sampler(options: o)
             var l = logits
-            return l.withUnsafeMutableBufferPointer { s.distribution($0) }.map(\.0).sorted()
+            return l.withUnsafeMutableBufferPointer { s.distribution($0) }.map { Int($0.0) }.sorted()
         }
         #expect(kept(.init(temperature: 1, topP: 0.7)) == [0, 1])       // 0.5 < 0.7 ≤ 0.8
         #expect(kept(.init(temperature: 1, topP: 0.85)) == [0, 1, 2])   // 0.8 < 0.85 ≤ 0.92

@@ -31,10 +31,10 @@ func randomStore(_ config: Gemma3Config, seed: UInt64, std: Double = 0.2) -> Par
 }
 
 /// Logits of every position of `tokens` from the training model's forward pass (no cache).
-func referenceLogits(_ config: Gemma3Config, _ store: ParameterStore, _ tokens: [Int]) throws -> [Float] {
+func referenceLogits(_ config: Gemma3Config, _ store: ParameterStore, _ tokens: [TokenID]) throws -> [Float] {
     let model = try Gemma3TrainingModel(config: config, batchSize: 1, sequenceLength: tokens.count,
                                         parameters: store, training: false)
-    _ = try model.forward(inputs: tokens.map { Int32($0) }, targets: nil)
+    _ = try model.forward(inputs: tokens, targets: nil)
     return Array(model.logits)
 }
 

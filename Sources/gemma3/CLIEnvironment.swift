@@ -1,0 +1,26 @@
+import Foundation
+import Gemma3Kernels
+import Gemma3Tokenizers
+
+/// Everything the tool reads from its environment, in one place: the libraries read none.
+enum CLIEnvironment {
+    static let variables = ProcessInfo.processInfo.environment
+
+    /// `RuntimeSettings` from `GEMMA3_THREADS` (worker threads), `GEMMA3_POOL=0` (Dispatch instead of
+    /// the spinning pool), `GEMMA3_GEMM=openblas` (OpenBLAS threads training products itself),
+    /// `GEMMA3_VNNI=0` (16-bit decode kernels), `GEMMA3_UNPACK=0` (packed decode blocks) and
+    /// `GEMMA3_BF16_PREFILL=0` (float32 prefill).
+    static func runtimeSettings() -> RuntimeSettings {
+        var settings = RuntimeSettings()
+        if let s = variables["GEMMA3_THREADS"], let n = Int(s), n > 0 { settings.threads = n }
+        settings.usesWorkerPool = variables["GEMMA3_POOL"] != "0"
+        if variables["GEMMA3_GEMM"] == "openblas" { settings.gemmThreading = .openBLAS }
+        if variables["GEMMA3_VNNI"] == "0" { settings.decodeActivations = .int16 }
+        settings.unpacksForDecode = variables["GEMMA3_UNPACK"] != "0"
+        if variables["GEMMA3_BF16_PREFILL"] == "0" { settings.prefill = .float32 }
+        return settings
+    }
+
+    /// The GPT-2 tokenizer files' default directory (in the cache).
+    static var gpt2TokenizerDirectory: URL { GPT2Tokenizer.defaultDirectory }
+}
