@@ -4,9 +4,8 @@ import Foundation
 public enum TrainingDType: String, Codable, Sendable, CaseIterable {
     /// Everything in float32.
     case f32
-    /// float32 master weights and optimizer state; activations kept for backward are stored as
-    /// bfloat16 where the model supports it (see README: this saves memory, not time, on a CPU
-    /// without bf16 arithmetic).
+    /// The original project's setting. Today every training product still runs in float32; only
+    /// the exported `best/` checkpoint is stored as bfloat16 (mixed-precision training is issue 13).
     case bf16
 }
 
