@@ -35,14 +35,15 @@ let package = Package(
         // Kernels in C for instructions Swift cannot enable per function (AVX-512 BF16), compiled
         // with function attributes and chosen at run time; the package still runs on any x86-64.
         .target(name: "CGemma3Kernels"),
-        // Compute layer: BLAS wrapper, parallel loops, element-wise kernels, number formats.
-        // Everything that touches raw floats lives here so a GPU backend can replace it later.
+        // Compute layer: runtime settings, BLAS wrapper, parallel loops, element-wise kernels, number
+        // formats, quantized weights (docs/architecture.md: what a GPU backend would replace).
         .target(name: "Gemma3Kernels", dependencies: ["COpenBLAS", "CGemma3Kernels"], swiftSettings: cpuSettings),
         // GPT-2 byte-level BPE and Gemma's SentencePiece-style tokenizer.
         .target(name: "Gemma3Tokenizers", swiftSettings: cpuSettings),
         // safetensors and GGUF readers/writers, quantized block formats.
         .target(name: "Gemma3Formats", dependencies: ["Gemma3Kernels"], swiftSettings: cpuSettings),
-        // Gemma3Config, parameters, forward/backward, KV-cache inference, sampling.
+        // Gemma3Config, parameters, forward/backward, KV-cache inference, sampling, generation,
+        // LanguageModel.load (any supported model file with the fastest kernels by default).
         .target(name: "Gemma3Model", dependencies: ["Gemma3Kernels", "Gemma3Formats", "Gemma3Tokenizers"], swiftSettings: cpuSettings),
         // Data preparation, batches, AdamW, schedules, the training loop, checkpoints.
         .target(name: "Gemma3Training", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Tokenizers", "Gemma3Kernels"], swiftSettings: cpuSettings),
