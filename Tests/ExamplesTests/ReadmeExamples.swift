@@ -51,7 +51,7 @@ let realModelPath: String? = {
         let dir = try makeCheckpointDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         let story = try readmeGenerate(path: dir.path)
-        // Greedy: the same continuation as the engine fed token by token; 50 tokens unless a stop token came.
+        // Greedy decoding: 50 new tokens unless a stop token came first; the prompt as tiktoken encodes it.
         #expect(story.generatedIds.count == 50 || story.stopReason == .stopToken)
         let ids = try readmeTokenize(path: dir.path)
         #expect(ids == [7454, 2402, 257, 640])  // tiktoken's gpt2 ids of "Once upon a time"
