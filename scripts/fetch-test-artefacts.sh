@@ -46,7 +46,8 @@ build_llama_cpp() {
 }
 
 if [ ! -f "$stamp" ]; then
-    (build_llama_cpp) || notice "building llama.cpp failed: the llama.cpp and gguf-py comparisons will print NOTICE"
+    # (A subshell outside any `||` so that `set -e` inside it stops at the first failing step.)
+    (build_llama_cpp); [ $? -eq 0 ] || notice "building llama.cpp failed: the llama.cpp and gguf-py comparisons will print NOTICE"
 fi
 
 swift build -c release --product gemma3 >/dev/null || { echo "fetch-test-artefacts: build failed" >&2; exit 1; }
