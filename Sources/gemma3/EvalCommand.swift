@@ -60,8 +60,9 @@ struct EvalCommand: ParsableCommand {
     func run() throws {
         if let text { return try runText(text) }
         let data = self.data!
-        let loaded = try loadModel(model)
-        guard loaded.format == .gpt2Checkpoint, let store = loaded.parameters else {
+        // A GGUF file is refused before its weights are mapped and converted.
+        let loaded = LanguageModel.isGGUF(model) ? nil : try loadModel(model)
+        guard let loaded, loaded.format == .gpt2Checkpoint, let store = loaded.parameters else {
             throw ModelCommandError("\(data) holds GPT-2 token ids; evaluate a Gemma model on text with --text FILE")
         }
         let config = loaded.config
