@@ -78,6 +78,9 @@ public struct StepOutcome: Sendable, Equatable {
     public var learningRate: Double
     /// False when the step was skipped because the loss or the gradient was not finite.
     public var applied: Bool
+    /// Wall seconds of the gradient norm, clipping and AdamW update (the rest of the step is
+    /// zeroing the gradients, filling the micro-batches, forward and backward).
+    public var optimizerSeconds: Double
 }
 
 /// One optimizer step, nanoGPT style and exactly as the golden trajectory was produced:
@@ -102,16 +105,18 @@ public func trainingStep(
         model.backward(lossScale: scale)
     }
     let loss = lossSum / Double(accumulation)
+    let optimizerStart = DispatchTime.now().uptimeNanoseconds
+    func optimizerSeconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds - optimizerStart) * 1e-9 }
     let norm = GradientClipping.globalNorm(UnsafeBufferPointer(gradients.buffer))
     guard loss.isFinite, norm.isFinite else {
-        return StepOutcome(loss: loss, gradNorm: norm, learningRate: learningRate, applied: false)
+        return StepOutcome(loss: loss, gradNorm: norm, learningRate: learningRate, applied: false, optimizerSeconds: optimizerSeconds())
     }
     let clip = GradientClipping.scale(totalNorm: norm, maxNorm: gradClip)
     optimizer.adamStep += 1
     AdamW.update(parameters: model.parameters.buffer, gradients: UnsafeBufferPointer(gradients.buffer),
                  m: optimizer.m.buffer, v: optimizer.v.buffer, segments: optimizer.segments, step: optimizer.adamStep,
                  learningRate: learningRate, gradScale: clip, hyper: optimizer.hyper)
-    return StepOutcome(loss: loss, gradNorm: norm, learningRate: learningRate, applied: true)
+    return StepOutcome(loss: loss, gradNorm: norm, learningRate: learningRate, applied: true, optimizerSeconds: optimizerSeconds())
 }
 
 /// Entropy of the token frequencies of a file, in bits per token: the cross-entropy of the best
@@ -153,8 +158,6 @@ public struct TrainerOptions {
     public var tokenizerDirectory: URL?
     /// Stop with an error after this many non-finite steps in a row.
     public var maxConsecutiveNonFinite = 5
-    /// Print the live progress line and log lines (to stderr).
-    public var verbose = true
     /// Without `resume`: replace a run already in `runDirectory` (its `best/` and `latest/` are
     /// deleted) instead of refusing to start.
     public var replaceExisting = false
@@ -191,6 +194,8 @@ public struct TrainingSummary: Sendable {
 public final class Trainer {
     public let options: TrainerOptions
     public let stopFlag: StopFlag
+    /// Receives the run's progress; nil: nobody is told (the metrics file is written regardless).
+    public let observer: (any TrainingObserver)?
     public private(set) var config: Gemma3Config
     public private(set) var recipe: TrainingRecipe
 
@@ -199,12 +204,11 @@ public final class Trainer {
     private let valTokens: TokenFile
     private let tokenizerDirectory: URL?
     private var metricsHandle: FileHandle?
-    private let isTerminal = isatty(2) != 0
-    private var progressShown = false
 
-    public init(options: TrainerOptions, stopFlag: StopFlag = StopFlag()) throws {
+    public init(options: TrainerOptions, stopFlag: StopFlag = StopFlag(), observer: (any TrainingObserver)? = nil) throws {
         self.options = options
         self.stopFlag = stopFlag
+        self.observer = observer
         self.config = options.config
         var recipe = options.recipe
         // Saved recipes always carry an explicit checkpoint interval; normalise so resume compares equal.
@@ -220,12 +224,6 @@ public final class Trainer {
             let recorded = URL(fileURLWithPath: meta.tokenizer.directory, isDirectory: true)
             tokenizerDirectory = FileManager.default.fileExists(atPath: recorded.path) ? recorded : nil
         }
-    }
-
-    private func say(_ s: String) {
-        guard options.verbose else { return }
-        if progressShown && isTerminal { FileHandle.standardError.write(Data("\n".utf8)); progressShown = false }
-        FileHandle.standardError.write(Data((s + "\n").utf8))
     }
 
     private func appendMetrics(_ r: MetricsRecord) {
@@ -259,7 +257,6 @@ public final class Trainer {
             parameters = r.parameters
             state = r.state
             optimizer = OptimizerState(layout: parameters.layout, hyper: AdamWHyperparameters(recipe: recipe), moments: r.moments, adamStep: state.adamStep)
-            say("resuming \(run.path) at step \(state.step)/\(recipe.maxIters)")
         } else {
             if hasLatest || TrainingCheckpoint.exists(runDirectory: run, name: TrainingCheckpoint.best) {
                 guard options.replaceExisting else {
@@ -269,7 +266,7 @@ public final class Trainer {
                     try? fm.removeItem(at: run.appendingPathComponent(name))
                 }
             }
-            if options.resume { say("--resume: no checkpoint in \(run.path) yet; starting from scratch") }
+            if options.resume { observer?.trainingWarning("--resume: no checkpoint in \(run.path) yet; starting from scratch") }
             parameters = ParameterStore(config: config)
             parameters.initializeForTraining(config: config, seed: recipe.seed)
             optimizer = OptimizerState(layout: parameters.layout, hyper: AdamWHyperparameters(recipe: recipe))
@@ -298,14 +295,12 @@ public final class Trainer {
         try prepareMetrics(resumedAt: options.resume && hasLatest ? state : nil)
         defer { try? metricsHandle?.close(); metricsHandle = nil }
         let entropy = unigramEntropyBits(trainTokens)
-        say("model \(options.modelName): \(parameters.count) parameters; \(recipe.tokensPerStep) tokens/step "
-            + "(\(recipe.batchSize) × \(recipe.blockSize) × \(recipe.gradientAccumulationSteps)); "
-            + "train \(trainTokens.count) tokens, val \(valTokens.count)")
-        say(String(format: "baseline: unigram entropy of train.bin = %.4f bits/token = %.4f nats/token (loss of a context-free model)",
-                   entropy, entropy * log(2.0)))
-        appendMetrics(.run(RunInfo(startStep: state.step, resumed: options.resume && hasLatest, parameters: parameters.count,
-                                   model: options.modelName, maxIters: recipe.maxIters, tokensPerStep: recipe.tokensPerStep,
-                                   unigramEntropyBits: entropy, bytesPerTokenVal: meta.val.bytesPerToken)))
+        let runInfo = RunInfo(startStep: state.step, resumed: options.resume && hasLatest, parameters: parameters.count,
+                              model: options.modelName, maxIters: recipe.maxIters, tokensPerStep: recipe.tokensPerStep,
+                              unigramEntropyBits: entropy, bytesPerTokenVal: meta.val.bytesPerToken)
+        appendMetrics(.run(runInfo))
+        observer?.trainingDidStart(TrainingStart(info: runInfo, config: config, recipe: recipe, runDirectory: run,
+                                                 trainTokens: trainTokens.count, valTokens: valTokens.count))
 
         let schedule = LearningRateSchedule(recipe: recipe)
         let start = Date()
@@ -321,6 +316,8 @@ public final class Trainer {
             state.elapsedSeconds = elapsed()
             try TrainingCheckpoint.write(runDirectory: run, name: TrainingCheckpoint.latest, config: config, parameters: parameters,
                                          moments: .init(m: optimizer.m, v: optimizer.v), state: state, tokenizerDirectory: tokenizer)
+            observer?.trainingDidSaveCheckpoint(named: TrainingCheckpoint.latest, at: run.appendingPathComponent(TrainingCheckpoint.latest),
+                                                step: state.step)
         }
 
         /// Evaluates at the current step; returns false if a stop request interrupted it.
@@ -337,12 +334,14 @@ public final class Trainer {
             appendMetrics(.eval(e))
             lastEval = e
             state.pendingEval = false
-            say(String(format: "eval step %d: train loss %.4f, val loss %.4f (perplexity %.2f, %.4f bits/byte) [%.1fs]",
-                       e.step, trainLoss, valLoss, e.valPerplexity, e.valBitsPerByte, Date().timeIntervalSince(t0)))
-            if state.step > 0, valLoss.isFinite, valLoss < (state.bestValLoss ?? .infinity) {
-                state.bestValLoss = valLoss
+            let isBest = state.step > 0 && valLoss.isFinite && valLoss < (state.bestValLoss ?? .infinity)
+            if isBest { state.bestValLoss = valLoss }
+            observer?.trainingDidEvaluate(e, bestValLoss: state.bestValLoss, seconds: Date().timeIntervalSince(t0))
+            if isBest {
                 try TrainingCheckpoint.write(runDirectory: run, name: TrainingCheckpoint.best, config: config, parameters: parameters,
                                              weightsDType: recipe.dtype == .bf16 ? .bf16 : .f32, tokenizerDirectory: tokenizer)
+                observer?.trainingDidSaveCheckpoint(named: TrainingCheckpoint.best, at: run.appendingPathComponent(TrainingCheckpoint.best),
+                                                    step: state.step)
             }
             return true
         }
@@ -355,7 +354,7 @@ public final class Trainer {
 
         func finishInterrupted(_ signal: Int32) throws -> TrainingSummary {
             try saveLatest()
-            say("stopped at step \(state.step)/\(recipe.maxIters); latest/ saved — continue with the same command plus --resume")
+            observer?.trainingDidStop(.interrupted(signal: signal), step: state.step)
             return TrainingSummary(step: state.step, interruptedBy: signal, lastEval: lastEval, bestValLoss: state.bestValLoss,
                                    unigramEntropyBits: entropy, tokensPerSecond: median(speeds))
         }
@@ -363,7 +362,6 @@ public final class Trainer {
         if state.pendingEval {
             if try !evaluate() { return try finishInterrupted(stopFlag.requested ?? 0) }
         }
-        var stepSecondsEMA: Double?
         while state.step < recipe.maxIters {
             if let s = stopRequested() { return try finishInterrupted(s) }
             let stepIndex = state.step
@@ -381,20 +379,19 @@ public final class Trainer {
             state.step += 1
             let speed = Double(recipe.tokensPerStep) / seconds
             speeds.append(speed)
-            stepSecondsEMA = stepSecondsEMA.map { 0.9 * $0 + 0.1 * seconds } ?? seconds
-            appendMetrics(.step(StepMetrics(step: state.step, loss: outcome.loss, learningRate: lr, gradNorm: outcome.gradNorm,
-                                            tokensPerSecond: speed, elapsed: elapsed(), skipped: !outcome.applied)))
+            let stepMetrics = StepMetrics(step: state.step, loss: outcome.loss, learningRate: lr, gradNorm: outcome.gradNorm,
+                                          tokensPerSecond: speed, elapsed: elapsed(), skipped: !outcome.applied)
+            appendMetrics(.step(stepMetrics))
             if outcome.applied {
                 state.consecutiveNonFinite = 0
             } else {
                 state.consecutiveNonFinite += 1
-                say("step \(state.step): non-finite loss (\(outcome.loss)) or gradient norm (\(outcome.gradNorm)); update skipped (\(state.consecutiveNonFinite) in a row)")
+                observer?.trainingWarning("step \(state.step): non-finite loss (\(outcome.loss)) or gradient norm (\(outcome.gradNorm)); update skipped (\(state.consecutiveNonFinite) in a row)")
                 if state.consecutiveNonFinite >= options.maxConsecutiveNonFinite {
                     throw TrainingError.nonFinite("\(state.consecutiveNonFinite) non-finite steps in a row at step \(state.step) (learning rate \(lr)); try a lower --learning-rate; latest/ keeps the last good state")
                 }
             }
-            showProgress(step: state.step, loss: outcome.loss, lr: lr, norm: outcome.gradNorm, speed: speed,
-                         eta: Double(recipe.maxIters - state.step) * (stepSecondsEMA ?? seconds))
+            observer?.trainingDidStep(stepMetrics)
             let last = state.step == recipe.maxIters
             if state.step % recipe.evalInterval == 0 || last {
                 state.pendingEval = true
@@ -404,7 +401,7 @@ public final class Trainer {
                 try saveLatest()
             }
         }
-        if progressShown && isTerminal && options.verbose { FileHandle.standardError.write(Data("\n".utf8)) }
+        observer?.trainingDidStop(.finished, step: state.step)
         return TrainingSummary(step: state.step, interruptedBy: nil, lastEval: lastEval, bestValLoss: state.bestValLoss,
                                unigramEntropyBits: entropy, tokensPerSecond: median(speeds))
     }
@@ -424,25 +421,6 @@ public final class Trainer {
             sum += Double(try model.forward(inputs: UnsafeBufferPointer(inputs), targets: UnsafeBufferPointer(targets)))
         }
         return sum / Double(recipe.evalIters)
-    }
-
-    private func showProgress(step: Int, loss: Double, lr: Double, norm: Double, speed: Double, eta: Double) {
-        guard options.verbose else { return }
-        let line = String(format: "step %d/%d | loss %.4f | lr %.2e | grad norm %.3f | %.0f tokens/s | ETA ",
-                          step, recipe.maxIters, loss, lr, norm, speed) + Trainer.duration(eta)
-        if isTerminal {
-            FileHandle.standardError.write(Data(("\r" + line + "\u{1B}[K").utf8))
-            progressShown = true
-        } else if step == 1 || step % max(1, min(100, recipe.maxIters / 50)) == 0 || step == recipe.maxIters {
-            FileHandle.standardError.write(Data((line + "\n").utf8))
-        }
-    }
-
-    static func duration(_ s: Double) -> String {
-        guard s.isFinite, s >= 0 else { return "?" }
-        let t = Int(s.rounded())
-        if t >= 3600 { return String(format: "%dh%02dm", t / 3600, (t % 3600) / 60) }
-        return String(format: "%dm%02ds", t / 60, t % 60)
     }
 
     /// The batch sampler's seed, distinct from the weight-initialisation stream of the same seed.

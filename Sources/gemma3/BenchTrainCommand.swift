@@ -65,48 +65,39 @@ struct BenchTrainCommand: ParsableCommand {
         let config = Gemma3Config.preset(named: preset)!
         let model = try Gemma3TrainingModel(config: config, batchSize: batch, sequenceLength: seq)
         model.parameters.initializeForTraining(config: config, seed: 1234)
-        let gradients = model.gradients!
-        let m = ParameterStore(layout: model.parameters.layout)
-        let v = ParameterStore(layout: model.parameters.layout)
-        let segments = ParameterSegment.from(shapes: model.parameters.layout.tensors.map(\.shape))
-        let hyper = AdamWHyperparameters()
+        // The optimizer step `gemma3 train` runs (one micro-batch per step), so this times exactly that.
+        let optimizer = OptimizerState(layout: model.parameters.layout, hyper: AdamWHyperparameters())
 
         let sgemmReference = Self.sgemmReferenceGFLOPs(hidden: config.hiddenSize, ffn: config.intermediateSize, rows: batch * seq)
         let cpuStart = Self.processCPUSeconds()
         var rng = SplitMix64(seed: 99)
         let tokensPerStep = batch * seq
+        let inputs = UnsafeMutableBufferPointer<Int32>.allocate(capacity: tokensPerStep)
+        let targets = UnsafeMutableBufferPointer<Int32>.allocate(capacity: tokensPerStep)
+        defer { inputs.deallocate(); targets.deallocate() }
         var stepTimes: [Double] = []
-        var optimizerSeconds = 0.0, otherSeconds = 0.0
+        var optimizerSeconds = 0.0
         var losses: [Float] = []
         for step in 0..<(warmup + steps) {
+            // Random windows of seq + 1 tokens, drawn before the clock starts.
             let window = (0..<(tokensPerStep + batch)).map { _ in Int32(rng.next() % UInt64(config.vocabSize)) }
-            var inputs = [Int32](), targets = [Int32]()
-            inputs.reserveCapacity(tokensPerStep)
-            targets.reserveCapacity(tokensPerStep)
             for b in 0..<batch {
-                let row = window[(b * (seq + 1))..<((b + 1) * (seq + 1))]
-                inputs += row.dropLast()
-                targets += row.dropFirst()
+                for t in 0..<seq {
+                    inputs[b * seq + t] = window[b * (seq + 1) + t]
+                    targets[b * seq + t] = window[b * (seq + 1) + t + 1]
+                }
             }
             let timed = step >= warmup
             if step == warmup { model.resetProfile(); if gemms { model.gemmProfile = [:] } }
             model.profiling = timed
             let start = DispatchTime.now().uptimeNanoseconds
-            model.zeroGradients()
-            let afterZero = DispatchTime.now().uptimeNanoseconds
-            let loss = try model.forward(inputs: inputs, targets: targets)
-            model.backward()
-            let afterBackward = DispatchTime.now().uptimeNanoseconds
-            let norm = GradientClipping.globalNorm(UnsafeBufferPointer(gradients.buffer))
-            AdamW.update(parameters: model.parameters.buffer, gradients: UnsafeBufferPointer(gradients.buffer),
-                         m: m.buffer, v: v.buffer, segments: segments, step: step + 1, learningRate: 1e-4,
-                         gradScale: GradientClipping.scale(totalNorm: norm, maxNorm: 1.0), hyper: hyper)
+            let outcome = try trainingStep(model: model, optimizer: optimizer, learningRate: 1e-4, gradClip: 1.0, accumulation: 1,
+                                           inputs: inputs, targets: targets) { _ in }
             let end = DispatchTime.now().uptimeNanoseconds
             if timed {
                 stepTimes.append(Double(end - start) * 1e-9)
-                optimizerSeconds += Double(end - afterBackward) * 1e-9
-                otherSeconds += Double(afterZero - start) * 1e-9
-                losses.append(loss)
+                optimizerSeconds += outcome.optimizerSeconds
+                losses.append(Float(outcome.loss))
             }
         }
 
@@ -180,7 +171,6 @@ struct BenchTrainCommand: ParsableCommand {
             print("  per phase (wall s / CPU s per step): " + StepPhase.allCases.map {
                 $0.name + String(format: " %.2f/%.2f", model.phaseSeconds[$0.rawValue] / Double(steps), model.phaseCPUSeconds[$0.rawValue] / Double(steps))
             }.joined(separator: ", ") + String(format: ", optimizer %.2f", optimizerSeconds / Double(steps)))
-            _ = otherSeconds
             for name in ["eager", "compile"] {
                 guard let r = references?[name], let tps = r["tokens_per_second"] else { continue }
                 print(String(format: "  PyTorch %@ (same run): %.1f tokens/s, peak %.2f GiB → ours %.2fx", name, tps,

@@ -124,11 +124,10 @@ struct TrainCommand: ParsableCommand {
 
         var options = TrainerOptions(dataDirectory: dataDir, runDirectory: runDir, config: modelConfig, modelName: modelName,
                                      recipe: r, resume: resume, tokenizerDirectory: tokenizer.map { URL(fileURLWithPath: $0, isDirectory: true) })
-        options.verbose = !quiet
         options.replaceExisting = force
         let stop = StopFlag()
         stop.installSignalHandlers()
-        let trainer = try Trainer(options: options, stopFlag: stop)
+        let trainer = try Trainer(options: options, stopFlag: stop, observer: quiet ? nil : TrainingProgressPrinter())
         let summary = try trainer.run()
         if json {
             func n(_ v: Double?) -> String { v.map { $0.isFinite ? "\($0)" : "null" } ?? "null" }

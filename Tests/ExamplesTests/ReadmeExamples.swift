@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import Gemma3Model
+import Gemma3Training
 
 // The README's library examples, compiled and run as written (only the paths differ). If one of
 // these stops compiling, the README is wrong.
@@ -21,6 +22,43 @@ func readmeTokenize(path: String) throws -> [TokenID] {
     return ids
 }
 
+/// README example 3: train the smallest preset for 20 steps, an observer collecting the losses.
+final class LossCollector: TrainingObserver {
+    var losses: [Double] = []
+    func trainingDidStep(_ step: StepMetrics) { losses.append(step.loss) }
+}
+
+func readmeTrain(data: String, run: String) throws -> [Double] {
+    let options = TrainerOptions(
+        dataDirectory: URL(fileURLWithPath: data), runDirectory: URL(fileURLWithPath: run),
+        config: Gemma3Config.preset(named: "tinystories-5m")!, modelName: "tinystories-5m",
+        recipe: .smoke)                                    // 20 steps of 2 micro-batches of 4 × 32 tokens
+    let collector = LossCollector()
+    let summary = try Trainer(options: options, observer: collector).run()
+    print(collector.losses, summary.bestValLoss ?? .nan)
+    return collector.losses
+}
+
+/// A token directory as `gemma3 prepare` writes one, from the first documents of the shared
+/// TinyStories sample (enough for 20 small steps, quick to tokenize).
+func makeTokenDirectory(in dir: URL) throws -> URL {
+    func head(of name: String, bytes: Int) throws -> URL {
+        let text = try String(contentsOf: sharedTinyStories.appendingPathComponent(name), encoding: .utf8)
+        let start = String(decoding: text.utf8.prefix(bytes), as: UTF8.self)
+        let end = start.range(of: "\n<|endoftext|>\n", options: .backwards)!.upperBound  // whole documents only
+        let url = dir.appendingPathComponent(name)
+        try String(start[..<end]).write(to: url, atomically: true, encoding: .utf8)
+        return url
+    }
+    var options = PrepareOptions(trainFiles: [try head(of: "train.txt", bytes: 100_000)],
+                                 validation: .files([try head(of: "valid.txt", bytes: 20_000)]),
+                                 outputDirectory: dir.appendingPathComponent("tokens", isDirectory: true))
+    options.showProgress = false
+    _ = try DataPreparation.run(options, tokenizer: try GPT2Tokenizer(directory: sharedGPT2),
+                                tokenizerRecord: try TokenizerRecord.gpt2(directory: sharedGPT2))
+    return options.outputDirectory
+}
+
 /// A small GPT-2-vocabulary checkpoint directory, as `gemma3 train` writes one (random weights),
 /// with the GPT-2 tokenizer files from ../shared.
 func makeCheckpointDirectory() throws -> URL {
@@ -38,6 +76,7 @@ func makeCheckpointDirectory() throws -> URL {
 
 let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 let sharedGPT2 = repositoryRoot.deletingLastPathComponent().appendingPathComponent("shared/data/gpt2")
+let sharedTinyStories = repositoryRoot.deletingLastPathComponent().appendingPathComponent("shared/data/tinystories")
 
 /// The real Gemma 3 270M GGUF where CI (scripts/fetch-test-artefacts.sh) or `gemma3 download` put it.
 let realModelPath: String? = {
@@ -56,6 +95,20 @@ let realModelPath: String? = {
         let ids = try readmeTokenize(path: dir.path)
         #expect(ids == [7454, 2402, 257, 640])  // tiktoken's gpt2 ids of "Once upon a time"
         #expect(story.promptIds == ids)
+    }
+
+    @Test func trainTheSmallestPresetWithALossObserver() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gemma3-examples-\(UUID().uuidString)", isDirectory: true)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let tokens = try makeTokenDirectory(in: dir)
+        let losses = try readmeTrain(data: tokens.path, run: dir.appendingPathComponent("run").path)
+        // One loss per step, all finite, and training lowered it: the last five steps average below the first.
+        #expect(losses.count == 20)
+        #expect(losses.allSatisfy(\.isFinite), "\(losses)")
+        if let first = losses.first, losses.count >= 5 {
+            #expect(losses.suffix(5).reduce(0, +) / 5 < first, "\(losses)")
+        }
     }
 
     @Test func generateFromTheRealGemmaModel() throws {

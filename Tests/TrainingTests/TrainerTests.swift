@@ -46,7 +46,6 @@ func fileBytes(_ url: URL) throws -> Data { try Data(contentsOf: url) }
     func train(data: URL, out: URL, recipe: TrainingRecipe = tinyRecipe, resume: Bool = false, stopAfter: Int? = nil,
                force: Bool = false) throws -> TrainingSummary {
         var o = TrainerOptions(dataDirectory: data, runDirectory: out, config: try tinyConfig(), modelName: "train-tiny", recipe: recipe, resume: resume)
-        o.verbose = false
         o.replaceExisting = force
         o.stopAfterStep = stopAfter
         return try Trainer(options: o).run()
