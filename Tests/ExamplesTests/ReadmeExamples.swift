@@ -105,7 +105,7 @@ let realModelPath: String? = {
         let losses = try readmeTrain(data: tokens.path, run: dir.appendingPathComponent("run").path)
         // One loss per step, all finite, and training lowered it: the last five steps average below the first.
         #expect(losses.count == 20)
-        #expect(losses.allSatisfy(\.isFinite), "\(losses)")
+        #expect(losses.allSatisfy { $0.isFinite }, "\(losses)")
         if let first = losses.first, losses.count >= 5 {
             #expect(losses.suffix(5).reduce(0, +) / 5 < first, "\(losses)")
         }
