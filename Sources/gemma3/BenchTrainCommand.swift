@@ -68,7 +68,7 @@ struct BenchTrainCommand: ParsableCommand {
         let gradients = model.gradients!
         let m = ParameterStore(layout: model.parameters.layout)
         let v = ParameterStore(layout: model.parameters.layout)
-        let segments = ParameterSegment.from(shapes: model.parameters.layout.tensors.map(\.shape))
+        let segments = ParameterSegment.from(layout: model.parameters.layout)
         let hyper = AdamWHyperparameters()
 
         let sgemmReference = Self.sgemmReferenceGFLOPs(hidden: config.hiddenSize, ffn: config.intermediateSize, rows: batch * seq)
