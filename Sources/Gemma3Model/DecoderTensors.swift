@@ -1,6 +1,6 @@
-/// The tensors of a Gemma 3 model, declared once: their Hugging Face and GGUF names, shapes and
-/// roles. The flat parameter layout (`ParameterLayout`), the inference weights' shape checks, the
-/// safetensors and GGUF readers and writers all derive from these tables.
+// The tensors of a Gemma 3 model, declared once: their Hugging Face and GGUF names, shapes and
+// roles. The flat parameter layout (`ParameterLayout`), the inference weights' shape checks, the
+// safetensors and GGUF readers and writers all derive from these tables.
 
 /// What a tensor is, which decides its initialisation, weight decay and GGUF storage.
 public enum TensorRole: Sendable, Equatable {
