@@ -95,7 +95,7 @@ public final class Gemma3TrainingModel {
     private var hasTargets = false
     private var forwardDone = false
     /// The named regions of `arena`.
-    private let workspace: Workspace
+    private let workspace: TrainingWorkspace
 
     /// Allocates the workspace for `batchSize` sequences of `sequenceLength` tokens.
     /// - Parameters:
@@ -127,16 +127,16 @@ public final class Gemma3TrainingModel {
         workers = max(1, Parallel.threadCount)
 
         // Carve the workspace twice: once to measure it, once in the allocated block.
-        let shape = Workspace.Shape(B: B, T: T, H: H, I: I, V: V, L: L, nh: nh, nkv: nkv, hd: hd, workers: workers)
+        let shape = TrainingWorkspace.Shape(B: B, T: T, H: H, I: I, V: V, L: L, nh: nh, nkv: nkv, hd: hd, workers: workers)
         let placeholder = UnsafeMutablePointer<Float>.allocate(capacity: 1)
         defer { placeholder.deallocate() }
         var measure = RegionCarver(block: placeholder, measuring: true)
-        _ = Workspace(&measure, shape, training: training)
+        _ = TrainingWorkspace(&measure, shape, training: training)
         arenaCount = max(16, measure.floats)
         arena = UnsafeMutableRawPointer.allocate(byteCount: arenaCount * 4, alignment: 64).bindMemory(to: Float.self, capacity: arenaCount)
         arena.initialize(repeating: 0, count: arenaCount)
         var carver = RegionCarver(block: arena, measuring: false)
-        workspace = Workspace(&carver, shape, training: training)
+        workspace = TrainingWorkspace(&carver, shape, training: training)
         tokens = .allocate(capacity: N)
         tokens.initialize(repeating: 0, count: N)
         targets = .allocate(capacity: N)
@@ -409,11 +409,11 @@ public final class Gemma3TrainingModel {
         }
     }
 
-    @inline(__always) private func buffer(_ l: Int) -> Workspace.LayerBuffers { workspace.layers[isTraining ? l : 0] }
+    @inline(__always) private func buffer(_ l: Int) -> TrainingWorkspace.LayerBuffers { workspace.layers[isTraining ? l : 0] }
     @inline(__always) private func residIn(_ l: Int) -> UnsafeMutablePointer<Float> { workspace.resid[isTraining ? l : 0] }
     @inline(__always) private func residOut(_ l: Int) -> UnsafeMutablePointer<Float> { workspace.resid[isTraining ? l + 1 : 0] }
 
-    private func attentionForward(layer l: Int, _ lb: Workspace.LayerBuffers, _ o: LayerOffsets) {
+    private func attentionForward(layer l: Int, _ lb: TrainingWorkspace.LayerBuffers, _ o: LayerOffsets) {
         let P = parameters.pointer
         let (N, H, T, nh, nkv, hd) = (self.N, self.H, self.T, self.nh, self.nkv, self.hd)
         let (qDim, kvDim, qkvDim, qkDim, group) = (self.qDim, self.kvDim, self.qkvDim, self.qkDim, self.group)
@@ -495,7 +495,7 @@ public final class Gemma3TrainingModel {
         return 6 * Double((projections + head) * N) + attention * Double(B * nh)
     }
 
-    private func mlpForward(_ lb: Workspace.LayerBuffers, _ o: LayerOffsets) {
+    private func mlpForward(_ lb: TrainingWorkspace.LayerBuffers, _ o: LayerOffsets) {
         let P = parameters.pointer
         let (N, H, I) = (self.N, self.H, self.I)
         // gate and up in one product: [2I, H] contiguous weights.
@@ -636,7 +636,7 @@ public final class Gemma3TrainingModel {
     }
 
     /// From `dBranch` = d loss/d ffOut to `dXn` = d loss/d xnFF, accumulating the MLP weight gradients.
-    private func mlpBackward(_ lb: Workspace.LayerBuffers, _ o: LayerOffsets, _ G: UnsafeMutablePointer<Float>) {
+    private func mlpBackward(_ lb: TrainingWorkspace.LayerBuffers, _ o: LayerOffsets, _ G: UnsafeMutablePointer<Float>) {
         let P = parameters.pointer
         let (N, H, I) = (self.N, self.H, self.I)
         gemm(m: N, n: I, k: H, a: workspace.dBranch, b: P + o.downProj, c: workspace.dAct)
@@ -651,7 +651,7 @@ public final class Gemma3TrainingModel {
     }
 
     /// From `dBranch` = d loss/d attnProj to `dXn` = d loss/d xnAttn, accumulating the attention weight gradients.
-    private func attentionBackward(layer l: Int, _ lb: Workspace.LayerBuffers, _ o: LayerOffsets, _ G: UnsafeMutablePointer<Float>) {
+    private func attentionBackward(layer l: Int, _ lb: TrainingWorkspace.LayerBuffers, _ o: LayerOffsets, _ G: UnsafeMutablePointer<Float>) {
         let P = parameters.pointer
         let (N, H, T, nh, nkv, hd) = (self.N, self.H, self.T, self.nh, self.nkv, self.hd)
         let (qDim, kvDim, qkvDim, qkDim, group) = (self.qDim, self.kvDim, self.qkvDim, self.qkDim, self.group)
@@ -756,7 +756,7 @@ struct RegionCarver {
 
 /// Every activation, saved tensor and backward scratch buffer of `Gemma3TrainingModel`: named regions of
 /// one contiguous block, carved in the order the initializers below take them (N = B·T rows).
-struct Workspace {
+struct TrainingWorkspace {
     /// The sizes the regions depend on.
     struct Shape {
         var B, T, H, I, V, L, nh, nkv, hd, workers: Int
@@ -773,7 +773,7 @@ struct Workspace {
         var residMid, xnFF, rstdPreFF, gateUp, act, ffOut, rstdPostFF: UnsafeMutablePointer<Float>
 
         /// `residMid` is only carved for training; an evaluation model points it at the residual stream
-        /// (`Workspace.init` does), which the attention block then updates in place.
+        /// (`TrainingWorkspace.init` does), which the attention block then updates in place.
         init(_ c: inout RegionCarver, _ s: Shape, training: Bool) {
             let N = s.N
             xnAttn = c.take(N * s.H)                 // input_layernorm(x)
