@@ -62,7 +62,7 @@ let package = Package(
         .testTarget(name: "TokenizerTests", dependencies: ["Gemma3Tokenizers"]),
         .testTarget(name: "DataTests", dependencies: ["Gemma3TestSupport", "Gemma3Training", "Gemma3Tokenizers"]),
         .testTarget(name: "TrainingTests", dependencies: ["Gemma3TestSupport", "Gemma3Training", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
-        .testTarget(name: "ModelTests", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
+        .testTarget(name: "ModelTests", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Training"]),
         .testTarget(name: "InferenceTests", dependencies: ["Gemma3TestSupport", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers"]),
         // The README's library examples, compiled and run.
         .testTarget(name: "ExamplesTests", dependencies: ["Gemma3Model", "Gemma3Training"]),

@@ -30,14 +30,15 @@ extension ParameterStore {
         }
         if !allowUnexpected {
             let known = Set(layout.tensors.map { prefix + $0.name })
-            let unexpected = file.tensors.map(\.name).filter { !known.contains($0) && $0 != prefix + "lm_head.weight" }
+            let headName = ModelTensor.lmHead.huggingFaceName
+            let unexpected = file.tensors.map(\.name).filter { !known.contains($0) && $0 != prefix + headName }
             guard unexpected.isEmpty else {
                 let list = unexpected.prefix(3).joined(separator: ", ") + (unexpected.count > 3 ? " and \(unexpected.count - 3) more" : "")
                 throw FormatError("\(file.path): unexpected tensor(s) for this config: \(list)")
             }
-            if layout.lmHead == nil, let head = file.info(prefix + "lm_head.weight"),
+            if layout.lmHead == nil, let head = file.info(prefix + headName),
                head.shape != layout.tensors[0].shape {
-                throw FormatError("\(file.path): lm_head.weight has shape \(head.shape) but the model is tied with embedding \(layout.tensors[0].shape)")
+                throw FormatError("\(file.path): \(headName) has shape \(head.shape) but the model is tied with embedding \(layout.tensors[0].shape)")
             }
         }
     }
@@ -69,8 +70,9 @@ public enum HFCheckpoint {
         }
         let store = ParameterStore(config: config)
         let file = try SafeTensorsFile(url: weights)
-        let prefix = file.info("model.embed_tokens.weight") == nil && file.info("language_model.model.embed_tokens.weight") != nil
-            ? "language_model." : ""
+        // Multimodal checkpoints keep the text model under `language_model.`.
+        let embeddingName = ModelTensor.embedding.huggingFaceName, multimodalPrefix = "language_model."
+        let prefix = file.info(embeddingName) == nil && file.info(multimodalPrefix + embeddingName) != nil ? multimodalPrefix : ""
         try store.load(from: file, allowUnexpected: !prefix.isEmpty, prefix: prefix)
         return (config, store)
     }

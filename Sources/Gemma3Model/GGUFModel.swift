@@ -22,57 +22,14 @@ public enum GGUFGemma3 {
 
     // MARK: Tensor names
 
-    /// GGUF tensor name → Hugging Face name (`model.layers.N.…`), or nil when unknown.
+    /// GGUF tensor name → Hugging Face name (`model.layers.N.…`), or nil when unknown (`ModelTensor`'s table).
     public static func huggingFaceName(forGGUF name: String) -> String? {
-        switch name {
-        case "token_embd.weight": return "model.embed_tokens.weight"
-        case "output_norm.weight": return "model.norm.weight"
-        case "output.weight": return "lm_head.weight"
-        default: break
-        }
-        let parts = name.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 4, parts[0] == "blk", let layer = Int(parts[1]), layer >= 0, parts[3] == "weight",
-              let suffix = layerNames.first(where: { $0.gguf == parts[2] })?.hf else { return nil }
-        return "model.layers.\(layer).\(suffix).weight"
+        ModelTensor(ggufName: name)?.huggingFaceName
     }
 
-    /// Hugging Face name → GGUF tensor name, or nil when unknown.
+    /// Hugging Face name → GGUF tensor name, or nil when unknown (`ModelTensor`'s table).
     public static func ggufName(forHuggingFace name: String) -> String? {
-        switch name {
-        case "model.embed_tokens.weight": return "token_embd.weight"
-        case "model.norm.weight": return "output_norm.weight"
-        case "lm_head.weight": return "output.weight"
-        default: break
-        }
-        let prefix = "model.layers."
-        guard name.hasPrefix(prefix), name.hasSuffix(".weight") else { return nil }
-        let rest = name.dropFirst(prefix.count).dropLast(".weight".count)
-        guard let dot = rest.firstIndex(of: "."), let layer = Int(rest[..<dot]), layer >= 0 else { return nil }
-        let suffix = String(rest[rest.index(after: dot)...])
-        guard let gguf = layerNames.first(where: { $0.hf == suffix })?.gguf else { return nil }
-        return "blk.\(layer).\(gguf).weight"
-    }
-
-    /// Per-layer tensor names: GGUF short name and Hugging Face suffix.
-    public static let layerNames: [(gguf: String, hf: String)] = [
-        ("attn_norm", "input_layernorm"),
-        ("attn_q", "self_attn.q_proj"),
-        ("attn_k", "self_attn.k_proj"),
-        ("attn_v", "self_attn.v_proj"),
-        ("attn_q_norm", "self_attn.q_norm"),
-        ("attn_k_norm", "self_attn.k_norm"),
-        ("attn_output", "self_attn.o_proj"),
-        ("post_attention_norm", "post_attention_layernorm"),
-        ("ffn_norm", "pre_feedforward_layernorm"),
-        ("ffn_gate", "mlp.gate_proj"),
-        ("ffn_up", "mlp.up_proj"),
-        ("ffn_down", "mlp.down_proj"),
-        ("post_ffw_norm", "post_feedforward_layernorm"),
-    ]
-
-    /// Whether a Hugging Face parameter name is an RMSNorm weight (stored as 1 + w in GGUF).
-    public static func isNorm(huggingFaceName name: String) -> Bool {
-        name.hasSuffix("norm.weight")
+        ModelTensor(huggingFaceName: name)?.ggufName
     }
 
     // MARK: Configuration
@@ -96,11 +53,12 @@ public enum GGUFGemma3 {
         if let v = try optionalInt("attention.value_length"), v != headDim {
             throw FormatError("\(file.path): value_length \(v) differs from key_length \(headDim), which Gemma 3 does not do")
         }
-        guard let embedding = file.tensor(named: "token_embd.weight"), embedding.dimensions.count == 2 else {
-            throw FormatError("\(file.path): missing 2-D tensor token_embd.weight")
+        let embeddingName = ModelTensor.embedding.ggufName
+        guard let embedding = file.tensor(named: embeddingName), embedding.dimensions.count == 2 else {
+            throw FormatError("\(file.path): missing 2-D tensor \(embeddingName)")
         }
         guard embedding.dimensions[0] == hidden else {
-            throw FormatError("\(file.path): token_embd.weight rows have \(embedding.dimensions[0]) values, embedding_length is \(hidden)")
+            throw FormatError("\(file.path): \(embeddingName) rows have \(embedding.dimensions[0]) values, embedding_length is \(hidden)")
         }
         let window = try optionalInt("attention.sliding_window") ?? 0
         var layerTypes = Gemma3Config.layerTypes(count: layers, slidingWindowPattern: window > 0 ? 6 : 0)
@@ -143,7 +101,7 @@ public enum GGUFGemma3 {
             layerTypes: layerTypes,
             ropeThetaFull: ropeFull, ropeThetaSliding: ropeLocal,
             rmsNormEps: Double(Float(eps)),
-            tieWordEmbeddings: file.tensor(named: "output.weight") == nil,
+            tieWordEmbeddings: file.tensor(named: ModelTensor.lmHead.ggufName) == nil,
             maxPositionEmbeddings: try optionalInt("context_length") ?? 32768,
             bosTokenId: bos, eosTokenIds: eos,
             padTokenId: file["tokenizer.ggml.padding_token_id"]?.intValue)
@@ -206,23 +164,16 @@ public enum GGUFGemma3 {
             return BF16PrefillLinear(m)
         }
         func norm(_ name: String) throws -> [Float] { try file.floats(tensor: name).map { $0 - 1 } }
-        var layers: [LayerWeights] = []
-        for l in 0..<config.numHiddenLayers {
-            let p = "blk.\(l)."
-            layers.append(LayerWeights(
-                q: try layerMatrix(p + "attn_q.weight"), k: try layerMatrix(p + "attn_k.weight"), v: try layerMatrix(p + "attn_v.weight"),
-                o: try layerMatrix(p + "attn_output.weight"),
-                gate: try layerMatrix(p + "ffn_gate.weight"), up: try layerMatrix(p + "ffn_up.weight"),
-                down: try layerMatrix(p + "ffn_down.weight"),
-                inputNorm: try norm(p + "attn_norm.weight"), qNorm: try norm(p + "attn_q_norm.weight"),
-                kNorm: try norm(p + "attn_k_norm.weight"), postAttentionNorm: try norm(p + "post_attention_norm.weight"),
-                preFeedforwardNorm: try norm(p + "ffn_norm.weight"), postFeedforwardNorm: try norm(p + "post_ffw_norm.weight")))
+        let layers = try (0..<config.numHiddenLayers).map { l in
+            try LayerWeights(matrix: { try layerMatrix(ModelTensor.layer(l, $0).ggufName) },
+                             vector: { try norm(ModelTensor.layer(l, $0).ggufName) })
         }
-        let embedding = try matrix("token_embd.weight")
-        let head = file.tensor(named: "output.weight") == nil ? nil : try matrix("output.weight")
+        let embedding = try matrix(ModelTensor.embedding.ggufName)
+        let headName = ModelTensor.lmHead.ggufName
+        let head = file.tensor(named: headName) == nil ? nil : try matrix(headName)
         do {
             return try InferenceWeights(config: config, embedding: embedding, lmHead: head, layers: layers,
-                                        finalNorm: try norm("output_norm.weight"), formatName: formatName(of: file))
+                                        finalNorm: try norm(ModelTensor.finalNorm.ggufName), formatName: formatName(of: file))
         } catch let e as GenerationError {
             throw FormatError("\(file.path): \(e)")
         }
@@ -233,7 +184,7 @@ public enum GGUFGemma3 {
     public static func parameters(from file: GGUFFile, config: Gemma3Config) throws -> ParameterStore {
         let store = ParameterStore(config: config)
         for t in store.layout.tensors {
-            guard let name = ggufName(forHuggingFace: t.name) else { throw FormatError("no GGUF name for \(t.name)") }
+            let name = t.tensor.ggufName
             guard let info = file.tensor(named: name) else { throw FormatError("\(file.path): missing tensor \(name)") }
             guard info.dimensions.reversed() == t.shape else {
                 throw FormatError("\(file.path): tensor \(name) has dimensions \(info.dimensions), the config needs \(Array(t.shape.reversed()))")
@@ -247,7 +198,7 @@ public enum GGUFGemma3 {
             for r in 0..<info.rows {
                 GGMLBlocks.dequantizeRowUnchecked(type, raw.baseAddress! + r * rowBytes, dst + r * info.columns, count: info.columns)
             }
-            if isNorm(huggingFaceName: t.name) {
+            if t.tensor.role == .norm {
                 for i in 0..<t.count { dst[i] -= 1 }
             }
         }
@@ -319,10 +270,10 @@ public enum GGUFGemma3 {
             if let eos = config.eosTokenIds.first { w.set("tokenizer.ggml.eos_token_id", .uint32(UInt32(eos))) }
         }
         for t in store.layout.tensors {
-            guard let name = ggufName(forHuggingFace: t.name) else { throw FormatError("no GGUF name for \(t.name)") }
+            let name = t.tensor.ggufName
             let view = store.view(t)
             let dims = Array(t.shape.reversed())
-            if isNorm(huggingFaceName: t.name) {
+            if t.tensor.role == .norm {
                 try w.addTensor(name, type: .f32, dimensions: dims, values: view.map { $0 + 1 })
             } else {
                 try w.addTensor(name, type: matrixType, dimensions: dims, values: Array(view))

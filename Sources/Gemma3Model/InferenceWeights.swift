@@ -39,6 +39,44 @@ public struct LayerWeights: Sendable {
         self.preFeedforwardNorm = preFeedforwardNorm
         self.postFeedforwardNorm = postFeedforwardNorm
     }
+
+    /// Builds a layer tensor by tensor: `matrix` gives the seven projections, `vector` the six norm weights.
+    public init(matrix: (DecoderLayerTensor) throws -> any LinearWeight,
+                vector: (DecoderLayerTensor) throws -> [Float]) rethrows {
+        self.init(q: try matrix(.qProj), k: try matrix(.kProj), v: try matrix(.vProj), o: try matrix(.oProj),
+                  gate: try matrix(.gateProj), up: try matrix(.upProj), down: try matrix(.downProj),
+                  inputNorm: try vector(.inputNorm), qNorm: try vector(.qNorm), kNorm: try vector(.kNorm),
+                  postAttentionNorm: try vector(.postAttentionNorm), preFeedforwardNorm: try vector(.preFeedforwardNorm),
+                  postFeedforwardNorm: try vector(.postFeedforwardNorm))
+    }
+
+    /// A layer weight: a matrix (projections) or a vector (norm weights).
+    public enum Weight {
+        case matrix(any LinearWeight)
+        case vector([Float])
+    }
+
+    /// The weight stored for `tensor`.
+    public func weight(_ tensor: DecoderLayerTensor) -> Weight {
+        switch tensor {
+        case .qProj: .matrix(q)
+        case .kProj: .matrix(k)
+        case .vProj: .matrix(v)
+        case .oProj: .matrix(o)
+        case .gateProj: .matrix(gate)
+        case .upProj: .matrix(up)
+        case .downProj: .matrix(down)
+        case .inputNorm: .vector(inputNorm)
+        case .qNorm: .vector(qNorm)
+        case .kNorm: .vector(kNorm)
+        case .postAttentionNorm: .vector(postAttentionNorm)
+        case .preFeedforwardNorm: .vector(preFeedforwardNorm)
+        case .postFeedforwardNorm: .vector(postFeedforwardNorm)
+        }
+    }
+
+    /// The seven projection matrices.
+    var matrices: [any LinearWeight] { [q, k, v, o, gate, up, down] }
 }
 
 /// Everything the inference engine reads: the config, the embedding (also the LM head when tied),
@@ -59,32 +97,29 @@ public final class InferenceWeights: @unchecked Sendable {
     /// Checks every shape against `config` and throws a one-line error on a mismatch.
     public init(config: Gemma3Config, embedding: any LinearWeight, lmHead: (any LinearWeight)?,
                 layers: [LayerWeights], finalNorm: [Float], formatName: String) throws {
-        let H = config.hiddenSize, I = config.intermediateSize, hd = config.headDim
-        let qDim = config.numAttentionHeads * hd, kvDim = config.numKeyValueHeads * hd
-        func check(_ w: any LinearWeight, _ out: Int, _ inp: Int, _ name: String) throws {
-            guard w.outFeatures == out, w.inFeatures == inp else {
-                throw GenerationError("weights: \(name) is [\(w.outFeatures), \(w.inFeatures)], the config needs [\(out), \(inp)]")
+        // Every shape comes from the tensor table; messages name the tensor as Hugging Face does.
+        func check(_ t: ModelTensor, _ weight: LayerWeights.Weight) throws {
+            let shape = t.shape(in: config)
+            switch weight {
+            case .matrix(let w):
+                guard [w.outFeatures, w.inFeatures] == shape else {
+                    throw GenerationError("weights: \(t.huggingFaceName) is [\(w.outFeatures), \(w.inFeatures)], the config needs \(shape)")
+                }
+            case .vector(let v):
+                guard [v.count] == shape else {
+                    throw GenerationError("weights: \(t.huggingFaceName) has \(v.count) values, the config needs \(shape[0])")
+                }
             }
         }
-        func check(_ v: [Float], _ n: Int, _ name: String) throws {
-            guard v.count == n else { throw GenerationError("weights: \(name) has \(v.count) values, the config needs \(n)") }
-        }
-        try check(embedding, config.vocabSize, H, "embedding")
-        if let lmHead { try check(lmHead, config.vocabSize, H, "lm_head") }
+        try check(.embedding, .matrix(embedding))
+        if let lmHead { try check(.lmHead, .matrix(lmHead)) }
         guard layers.count == config.numHiddenLayers else {
             throw GenerationError("weights: \(layers.count) layers, the config needs \(config.numHiddenLayers)")
         }
         for (l, w) in layers.enumerated() {
-            let p = "layer \(l) "
-            try check(w.q, qDim, H, p + "q_proj"); try check(w.k, kvDim, H, p + "k_proj"); try check(w.v, kvDim, H, p + "v_proj")
-            try check(w.o, H, qDim, p + "o_proj")
-            try check(w.gate, I, H, p + "gate_proj"); try check(w.up, I, H, p + "up_proj"); try check(w.down, H, I, p + "down_proj")
-            try check(w.inputNorm, H, p + "input_layernorm"); try check(w.qNorm, hd, p + "q_norm"); try check(w.kNorm, hd, p + "k_norm")
-            try check(w.postAttentionNorm, H, p + "post_attention_layernorm")
-            try check(w.preFeedforwardNorm, H, p + "pre_feedforward_layernorm")
-            try check(w.postFeedforwardNorm, H, p + "post_feedforward_layernorm")
+            for t in DecoderLayerTensor.allCases { try check(.layer(l, t), w.weight(t)) }
         }
-        try check(finalNorm, H, "model.norm")
+        try check(.finalNorm, .vector(finalNorm))
         self.config = config
         self.embedding = embedding
         self.lmHead = lmHead ?? embedding
@@ -100,36 +135,30 @@ public final class InferenceWeights: @unchecked Sendable {
         guard layout == ParameterLayout(config: config) else {
             throw GenerationError("weights: the parameter store does not match the config")
         }
-        func matrix(_ offset: Int, _ rows: Int, _ cols: Int) -> any LinearWeight {
+        func matrix(_ t: ModelTensor) -> any LinearWeight {
+            let p = layout.tensor(t)!, rows = p.shape[0], cols = p.shape[1]
             switch dtype {
-            case .f32: return F32Linear(borrowing: store.pointer + offset, outFeatures: rows, inFeatures: cols, owner: store)
-            case .bf16: return BF16Linear(converting: store.pointer + offset, outFeatures: rows, inFeatures: cols)
+            case .f32: return F32Linear(borrowing: store.pointer + p.offset, outFeatures: rows, inFeatures: cols, owner: store)
+            case .bf16: return BF16Linear(converting: store.pointer + p.offset, outFeatures: rows, inFeatures: cols)
             }
         }
-        func vector(_ offset: Int, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: store.pointer + offset, count: n)) }
-        let H = config.hiddenSize, I = config.intermediateSize, hd = config.headDim
-        let qDim = config.numAttentionHeads * hd, kvDim = config.numKeyValueHeads * hd
-        let layers = layout.layers.map { o in
-            LayerWeights(
-                q: matrix(o.qProj, qDim, H), k: matrix(o.kProj, kvDim, H), v: matrix(o.vProj, kvDim, H),
-                o: matrix(o.oProj, H, qDim),
-                gate: matrix(o.gateProj, I, H), up: matrix(o.upProj, I, H), down: matrix(o.downProj, H, I),
-                inputNorm: vector(o.inputNorm, H), qNorm: vector(o.qNorm, hd), kNorm: vector(o.kNorm, hd),
-                postAttentionNorm: vector(o.postAttentionNorm, H),
-                preFeedforwardNorm: vector(o.preFeedforwardNorm, H),
-                postFeedforwardNorm: vector(o.postFeedforwardNorm, H))
+        func vector(_ t: ModelTensor) -> [Float] {
+            let p = layout.tensor(t)!
+            return Array(UnsafeBufferPointer(start: store.pointer + p.offset, count: p.count))
         }
-        let embedding = matrix(layout.embedding, config.vocabSize, H)
-        let head = layout.lmHead.map { matrix($0, config.vocabSize, H) }
-        try self.init(config: config, embedding: embedding, lmHead: head, layers: layers,
-                      finalNorm: vector(layout.finalNorm, H), formatName: dtype.rawValue)
+        let layers = (0..<config.numHiddenLayers).map { l in
+            LayerWeights(matrix: { matrix(.layer(l, $0)) }, vector: { vector(.layer(l, $0)) })
+        }
+        let head = layout.lmHead == nil ? nil : matrix(.lmHead)
+        try self.init(config: config, embedding: matrix(.embedding), lmHead: head, layers: layers,
+                      finalNorm: vector(.finalNorm), formatName: dtype.rawValue)
     }
 
     /// Bytes of weights one decode step reads: every layer matrix, the LM head, one embedding row.
     public var decodeBytesPerToken: Int {
         var total = lmHead.storageBytes + embedding.storageBytes / max(1, config.vocabSize)
         for w in layers {
-            for m in [w.q, w.k, w.v, w.o, w.gate, w.up, w.down] { total += m.storageBytes }
+            for m in w.matrices { total += m.storageBytes }
         }
         return total
     }
@@ -138,7 +167,7 @@ public final class InferenceWeights: @unchecked Sendable {
     public var totalBytes: Int {
         var total = embedding.storageBytes + (lmHead === embedding ? 0 : lmHead.storageBytes)
         for w in layers {
-            for m in [w.q, w.k, w.v, w.o, w.gate, w.up, w.down] { total += m.storageBytes }
+            for m in w.matrices { total += m.storageBytes }
             total += 4 * (w.inputNorm.count + w.qNorm.count + w.kNorm.count + w.postAttentionNorm.count
                 + w.preFeedforwardNorm.count + w.postFeedforwardNorm.count)
         }

@@ -2,6 +2,8 @@ import Gemma3Kernels
 
 /// One named tensor inside a `ParameterStore` buffer.
 public struct ParameterTensor: Sendable, Equatable {
+    /// Which tensor of the model this is (names, role: `ModelTensor`).
+    public let tensor: ModelTensor
     /// Hugging Face name, e.g. `model.layers.3.self_attn.q_proj.weight`.
     public let name: String
     /// Row-major shape; matrices use the `nn.Linear` layout [out, in].
@@ -10,8 +12,10 @@ public struct ParameterTensor: Sendable, Equatable {
     public let offset: Int
     /// Number of elements (product of `shape`).
     public let count: Int
-    /// True for tensors with ≥ 2 dimensions (matrices and the embedding): the ones weight decay applies to.
-    public var isMatrix: Bool { shape.count >= 2 }
+    /// True for the matrices and the embedding; false for RMSNorm weights.
+    public var isMatrix: Bool { tensor.role == .matrix }
+    /// Whether decoupled weight decay applies (`TensorRole.appliesWeightDecay`).
+    public var appliesWeightDecay: Bool { tensor.role.appliesWeightDecay }
 }
 
 /// Offsets (in floats) of one decoder layer's tensors. The hot code uses these, not names.
@@ -22,10 +26,20 @@ public struct LayerOffsets: Sendable, Equatable {
     public var inputNorm = 0, qProj = 0, kProj = 0, vProj = 0, qNorm = 0, kNorm = 0, oProj = 0
     public var postAttentionNorm = 0, preFeedforwardNorm = 0, gateProj = 0, upProj = 0, downProj = 0
     public var postFeedforwardNorm = 0
+
+    /// The offsets of the tensors at `offsets[DecoderLayerTensor.rawValue]`.
+    init(_ offsets: [Int]) {
+        func at(_ t: DecoderLayerTensor) -> Int { offsets[t.rawValue] }
+        inputNorm = at(.inputNorm); qProj = at(.qProj); kProj = at(.kProj); vProj = at(.vProj)
+        qNorm = at(.qNorm); kNorm = at(.kNorm); oProj = at(.oProj)
+        postAttentionNorm = at(.postAttentionNorm); preFeedforwardNorm = at(.preFeedforwardNorm)
+        gateProj = at(.gateProj); upProj = at(.upProj); downProj = at(.downProj)
+        postFeedforwardNorm = at(.postFeedforwardNorm)
+    }
 }
 
-/// The layout of every parameter of a model in one contiguous float buffer, in Hugging Face names and order.
-/// Parameters, gradients and AdamW moments all share one layout (same offsets).
+/// The layout of every parameter of a model in one contiguous float buffer, in Hugging Face names and
+/// order (`ModelTensor.all(config:)`). Parameters, gradients and AdamW moments all share one layout (same offsets).
 public struct ParameterLayout: Sendable, Equatable {
     /// All tensors in storage order.
     public let tensors: [ParameterTensor]
@@ -40,41 +54,38 @@ public struct ParameterLayout: Sendable, Equatable {
     public let count: Int
 
     public init(config: Gemma3Config) {
-        let H = config.hiddenSize, I = config.intermediateSize, hd = config.headDim
-        let q = config.numAttentionHeads * hd, kv = config.numKeyValueHeads * hd
         var tensors: [ParameterTensor] = []
         var cursor = 0
-        func add(_ name: String, _ shape: [Int]) -> Int {
+        for t in ModelTensor.all(config: config) {
+            let shape = t.shape(in: config)
             let n = shape.reduce(1, *)
-            tensors.append(ParameterTensor(name: name, shape: shape, offset: cursor, count: n))
-            defer { cursor += n }
-            return cursor
+            tensors.append(ParameterTensor(tensor: t, name: t.huggingFaceName, shape: shape, offset: cursor, count: n))
+            cursor += n
         }
-        embedding = add("model.embed_tokens.weight", [config.vocabSize, H])
-        var layers: [LayerOffsets] = []
-        for l in 0..<config.numHiddenLayers {
-            let p = "model.layers.\(l)."
-            var o = LayerOffsets()
-            o.inputNorm = add(p + "input_layernorm.weight", [H])
-            o.qProj = add(p + "self_attn.q_proj.weight", [q, H])
-            o.kProj = add(p + "self_attn.k_proj.weight", [kv, H])
-            o.vProj = add(p + "self_attn.v_proj.weight", [kv, H])
-            o.qNorm = add(p + "self_attn.q_norm.weight", [hd])
-            o.kNorm = add(p + "self_attn.k_norm.weight", [hd])
-            o.oProj = add(p + "self_attn.o_proj.weight", [H, q])
-            o.postAttentionNorm = add(p + "post_attention_layernorm.weight", [H])
-            o.preFeedforwardNorm = add(p + "pre_feedforward_layernorm.weight", [H])
-            o.gateProj = add(p + "mlp.gate_proj.weight", [I, H])
-            o.upProj = add(p + "mlp.up_proj.weight", [I, H])
-            o.downProj = add(p + "mlp.down_proj.weight", [H, I])
-            o.postFeedforwardNorm = add(p + "post_feedforward_layernorm.weight", [H])
-            layers.append(o)
-        }
-        self.layers = layers
-        finalNorm = add("model.norm.weight", [H])
-        lmHead = config.tieWordEmbeddings ? nil : add("lm_head.weight", [config.vocabSize, H])
+        let L = config.numHiddenLayers, untied = !config.tieWordEmbeddings
+        func offset(_ t: ModelTensor) -> Int? { Self.index(of: t, layers: L, untied: untied).map { tensors[$0].offset } }
+        embedding = offset(.embedding)!
+        layers = (0..<L).map { l in LayerOffsets(DecoderLayerTensor.allCases.map { offset(.layer(l, $0))! }) }
+        finalNorm = offset(.finalNorm)!
+        lmHead = offset(.lmHead)
         self.tensors = tensors
         count = cursor
+    }
+
+    /// Position of `t` in `tensors` (the order of `ModelTensor.all(config:)`), or nil when absent.
+    private static func index(of t: ModelTensor, layers: Int, untied: Bool) -> Int? {
+        let perLayer = DecoderLayerTensor.allCases.count
+        switch t {
+        case .embedding: return 0
+        case .layer(let l, let part): return l >= 0 && l < layers ? 1 + l * perLayer + part.rawValue : nil
+        case .finalNorm: return 1 + layers * perLayer
+        case .lmHead: return untied ? 2 + layers * perLayer : nil
+        }
+    }
+
+    /// The entry of tensor `t`, or nil when the layout has none (`.lmHead` of a tied model, a layer past the last).
+    public func tensor(_ t: ModelTensor) -> ParameterTensor? {
+        Self.index(of: t, layers: layers.count, untied: lmHead != nil).map { tensors[$0] }
     }
 
     /// The tensor called `name`, or nil.
@@ -150,36 +161,5 @@ public final class ParameterStore: @unchecked Sendable {
                 view(t).update(repeating: 0)
             }
         }
-    }
-
-    /// Sum of squares of every element (in double), e.g. for a global gradient norm.
-    public func sumOfSquares() -> Double {
-        let p = UncheckedSendable(pointer)
-        let n = layout.count
-        let workers = max(1, min(Parallel.threadCount, n / (1 << 16)))
-        var partial = [Double](repeating: 0, count: workers)
-        partial.withUnsafeMutableBufferPointer { out in
-            let o = UncheckedSendable(out)
-            Parallel.forEach(workers) { w in
-                let lo = n * w / workers, hi = n * (w + 1) / workers
-                var acc: Double = 0
-                var i = lo
-                while i < hi {
-                    let end = min(hi, i + 4096)
-                    var a0: Float = 0, a1: Float = 0, a2: Float = 0, a3: Float = 0
-                    var j = i
-                    while j + 4 <= end {
-                        let x0 = p.value[j], x1 = p.value[j + 1], x2 = p.value[j + 2], x3 = p.value[j + 3]
-                        a0 += x0 * x0; a1 += x1 * x1; a2 += x2 * x2; a3 += x3 * x3
-                        j += 4
-                    }
-                    while j < end { a0 += p.value[j] * p.value[j]; j += 1 }
-                    acc += Double(a0) + Double(a1) + Double(a2) + Double(a3)
-                    i = end
-                }
-                o.value[w] = acc
-            }
-        }
-        return partial.reduce(0, +)
     }
 }

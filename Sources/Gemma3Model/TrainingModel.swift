@@ -94,22 +94,8 @@ public final class Gemma3TrainingModel {
     private let targets: UnsafeMutablePointer<Int32>
     private var hasTargets = false
     private var forwardDone = false
-
-    struct LayerBuffers {
-        var xnAttn, rstdIn, qkv, qkRstd, qkRot, probs, attnOut, attnProj, rstdPostAttn: UnsafeMutablePointer<Float>
-        var residMid, xnFF, rstdPreFF, gateUp, act, ffOut, rstdPostFF: UnsafeMutablePointer<Float>
-    }
-    private var layerBuffers: [LayerBuffers] = []
-    private var resid: [UnsafeMutablePointer<Float>] = []
-    private let xnFinal: UnsafeMutablePointer<Float>, rstdFinal: UnsafeMutablePointer<Float>
-    private let logitsBuffer: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>
-    private let rowLoss: UnsafeMutablePointer<Float>
-    private let ropeCos: [UnsafeMutablePointer<Float>]  // [0] sliding base, [1] full base; [T, hd/2]
-    private let ropeSin: [UnsafeMutablePointer<Float>]
-    // Backward scratch (training only; dangling size-0 pointers otherwise).
-    private let dResid, dXn, dBranch, dAct, dGateUp, dAttnOut, dQKV, dQKRot, dScores, dKHeads, dVHeads: UnsafeMutablePointer<Float>
-    private let partials: UnsafeMutablePointer<Float>
-    private let partialStride: Int
+    /// The named regions of `arena`.
+    private let workspace: TrainingWorkspace
 
     /// Allocates the workspace for `batchSize` sequences of `sequenceLength` tokens.
     /// - Parameters:
@@ -140,69 +126,26 @@ public final class Gemma3TrainingModel {
         embedScale = config.embeddingScale
         workers = max(1, Parallel.threadCount)
 
-        // Plan the arena: sizes in floats, each region rounded up to 16 floats (64 bytes).
-        var plan: [Int] = []
-        func region(_ n: Int) -> Int { plan.append((n + 15) & ~15); return plan.count - 1 }
-        let perLayerCopies = training ? L : 1
-        var layerRegions: [[Int]] = []
-        for _ in 0..<perLayerCopies {
-            layerRegions.append([
-                region(N * H), region(N), region(N * qkvDim), region(N * (nh + nkv)), region(N * qkDim),
-                region(B * nh * T * T), region(N * qDim), region(N * H), region(N),
-                training ? region(N * H) : -1, region(N * H), region(N), region(N * 2 * I), region(N * I),
-                region(N * H), region(N),
-            ])
-        }
-        var residRegions: [Int] = []
-        for _ in 0..<(training ? L + 1 : 1) { residRegions.append(region(N * H)) }
-        let finalRegions = [region(N * H), region(N), region(N * V), region(N), region(N)]
-        let half = hd / 2
-        let ropeRegions = [region(T * half), region(T * half), region(T * half), region(T * half)]
-        let maxDim = max(H, hd)
-        let pStride = (maxDim + 15) & ~15
-        let backwardRegions = training ? [
-            region(N * H), region(N * H), region(N * H), region(N * I), region(N * 2 * I), region(N * qDim),
-            region(N * qkvDim), region(N * qkDim), region(B * nh * T * T), region(B * nh * T * hd), region(B * nh * T * hd),
-            region(4 * workers * pStride),
-        ] : []
-        var offsets: [Int] = []
-        var total = 0
-        for n in plan { offsets.append(total); total += n }
-        arenaCount = max(16, total)
+        // Carve the workspace twice: once to measure it, once in the allocated block.
+        let shape = TrainingWorkspace.Shape(B: B, T: T, H: H, I: I, V: V, L: L, nh: nh, nkv: nkv, hd: hd, workers: workers)
+        let placeholder = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+        defer { placeholder.deallocate() }
+        var measure = RegionCarver(block: placeholder, measuring: true)
+        _ = TrainingWorkspace(&measure, shape, training: training)
+        arenaCount = max(16, measure.floats)
         arena = UnsafeMutableRawPointer.allocate(byteCount: arenaCount * 4, alignment: 64).bindMemory(to: Float.self, capacity: arenaCount)
         arena.initialize(repeating: 0, count: arenaCount)
-        let base = arena
-        func ptr(_ r: Int) -> UnsafeMutablePointer<Float> { base + offsets[r] }
-
-        for regions in layerRegions {
-            let r = regions.map { $0 >= 0 ? ptr($0) : ptr(residRegions[0]) }
-            layerBuffers.append(LayerBuffers(
-                xnAttn: r[0], rstdIn: r[1], qkv: r[2], qkRstd: r[3], qkRot: r[4], probs: r[5], attnOut: r[6],
-                attnProj: r[7], rstdPostAttn: r[8], residMid: r[9], xnFF: r[10], rstdPreFF: r[11],
-                gateUp: r[12], act: r[13], ffOut: r[14], rstdPostFF: r[15]))
-        }
-        resid = residRegions.map(ptr)
-        xnFinal = ptr(finalRegions[0]); rstdFinal = ptr(finalRegions[1]); logitsBuffer = ptr(finalRegions[2])
-        lse = ptr(finalRegions[3]); rowLoss = ptr(finalRegions[4])
-        ropeCos = [ptr(ropeRegions[0]), ptr(ropeRegions[2])]
-        ropeSin = [ptr(ropeRegions[1]), ptr(ropeRegions[3])]
-        if training {
-            let r = backwardRegions.map(ptr)
-            dResid = r[0]; dXn = r[1]; dBranch = r[2]; dAct = r[3]; dGateUp = r[4]; dAttnOut = r[5]
-            dQKV = r[6]; dQKRot = r[7]; dScores = r[8]; dKHeads = r[9]; dVHeads = r[10]; partials = r[11]
-        } else {
-            dResid = base; dXn = base; dBranch = base; dAct = base; dGateUp = base; dAttnOut = base
-            dQKV = base; dQKRot = base; dScores = base; dKHeads = base; dVHeads = base; partials = base
-        }
-        partialStride = pStride
+        var carver = RegionCarver(block: arena, measuring: false)
+        workspace = TrainingWorkspace(&carver, shape, training: training)
         tokens = .allocate(capacity: N)
         tokens.initialize(repeating: 0, count: N)
         targets = .allocate(capacity: N)
         targets.initialize(repeating: -100, count: N)
 
+        let half = hd / 2, cos = workspace.ropeCos, sin = workspace.ropeSin
         for t in 0..<T {
-            Kernels.ropeAngles(theta: config.ropeThetaSliding, headDim: hd, position: t, cos: ropeCos[0] + t * half, sin: ropeSin[0] + t * half)
-            Kernels.ropeAngles(theta: config.ropeThetaFull, headDim: hd, position: t, cos: ropeCos[1] + t * half, sin: ropeSin[1] + t * half)
+            Kernels.ropeAngles(theta: config.ropeThetaSliding, headDim: hd, position: t, cos: cos[0] + t * half, sin: sin[0] + t * half)
+            Kernels.ropeAngles(theta: config.ropeThetaFull, headDim: hd, position: t, cos: cos[1] + t * half, sin: sin[1] + t * half)
         }
     }
 
@@ -226,15 +169,15 @@ public final class Gemma3TrainingModel {
 
     /// Logits [batchSize, sequenceLength, vocab] of the last forward (see `keepsLogits`: a training forward with
     /// targets leaves their gradient here instead). `backward` overwrites them with their gradient.
-    public var logits: UnsafeBufferPointer<Float> { UnsafeBufferPointer(start: logitsBuffer, count: N * V) }
+    public var logits: UnsafeBufferPointer<Float> { UnsafeBufferPointer(start: workspace.logitsBuffer, count: N * V) }
 
     /// Intermediate activations of the last forward (training models), named as in the golden files:
     /// `embed` (scaled embedding), `layer.{l}` (residual stream after layer l), `final_norm`. [B, T, H] each.
     public func activation(_ name: String) -> UnsafeBufferPointer<Float>? {
-        if name == "embed" { return UnsafeBufferPointer(start: resid[0], count: N * H) }
-        if name == "final_norm" { return UnsafeBufferPointer(start: xnFinal, count: N * H) }
+        if name == "embed" { return UnsafeBufferPointer(start: workspace.resid[0], count: N * H) }
+        if name == "final_norm" { return UnsafeBufferPointer(start: workspace.xnFinal, count: N * H) }
         if isTraining, name.hasPrefix("layer."), let l = Int(name.dropFirst(6)), l >= 0, l < L {
-            return UnsafeBufferPointer(start: resid[l + 1], count: N * H)
+            return UnsafeBufferPointer(start: workspace.resid[l + 1], count: N * H)
         }
         return nil
     }
@@ -310,11 +253,11 @@ public final class Gemma3TrainingModel {
 
     /// Per-worker accumulator `slot` (0..<4) of worker `w`.
     @inline(__always) private func partial(_ slot: Int, _ w: Int) -> UnsafeMutablePointer<Float> {
-        partials + (slot * workers + w) * partialStride
+        workspace.partials + (slot * workers + w) * workspace.partialStride
     }
 
     private func clearPartials(_ slots: Int) {
-        (partials).update(repeating: 0, count: slots * workers * partialStride)
+        workspace.partials.update(repeating: 0, count: slots * workers * workspace.partialStride)
     }
 
     /// gradient[offset ..< offset+dim] += Σ_workers partial(slot, w).
@@ -360,7 +303,7 @@ public final class Gemma3TrainingModel {
         // Embedding: h0 = E[id] · √H (float32 scale, as HF).
         var t0 = now()
         do {
-            let e = UncheckedSendable(P + layout.embedding), out = UncheckedSendable(resid[0])
+            let e = UncheckedSendable(P + layout.embedding), out = UncheckedSendable(workspace.resid[0])
             let ids = UncheckedSendable(tokens), scale = embedScale
             parallelRows(N) { _, rows in
                 for n in rows {
@@ -374,7 +317,7 @@ public final class Gemma3TrainingModel {
         t0 = now()
         do {
             let lb = buffer(0)
-            let x = UncheckedSendable(resid[0]), w = UncheckedSendable(P + layout.layers[0].inputNorm)
+            let x = UncheckedSendable(workspace.resid[0]), w = UncheckedSendable(P + layout.layers[0].inputNorm)
             let y = UncheckedSendable(lb.xnAttn), r = UncheckedSendable(lb.rstdIn), eps = self.eps
             parallelRows(N) { _, rows in
                 Kernels.rmsNorm(x: x.value, ldx: H, weight: w.value, y: y.value, ldy: H, rstd: r.value, dim: H, eps: eps, rows: rows)
@@ -400,13 +343,13 @@ public final class Gemma3TrainingModel {
             let next = last ? nil : buffer(l + 1)
             residualNormForward(branch: lb.ffOut, postWeight: P + o.postFeedforwardNorm, residIn: lb.residMid, residOut: residOut(l),
                                 rstdPost: lb.rstdPostFF, nextWeight: P + (last ? layout.finalNorm : layout.layers[l + 1].inputNorm),
-                                xnNext: last ? xnFinal : next!.xnAttn, rstdNext: last ? rstdFinal : next!.rstdIn)
+                                xnNext: last ? workspace.xnFinal : next!.xnAttn, rstdNext: last ? workspace.rstdFinal : next!.rstdIn)
             charge(.norms, since: t0)
         }
 
         // LM head: logits = final_norm(x) · Wᵀ (W = embedding when tied).
         t0 = now()
-        gemm(transB: true, m: N, n: V, k: H, a: xnFinal, b: P + layout.outputProjection, c: logitsBuffer)
+        gemm(transB: true, m: N, n: V, k: H, a: workspace.xnFinal, b: P + layout.outputProjection, c: workspace.logitsBuffer)
         var loss: Float = .nan
         gradientInLogits = false
         if hasTargets {
@@ -414,7 +357,7 @@ public final class Gemma3TrainingModel {
             for n in 0..<N where targets[n] != ignoreIndex { count += 1 }
             // Fused classifier: while each row is in cache, turn it into d(mean loss)/d logits.
             let fuse = isTraining && !keepsLogits && count > 0
-            let lg = UncheckedSendable(logitsBuffer), ls = UncheckedSendable(lse), rl = UncheckedSendable(rowLoss)
+            let lg = UncheckedSendable(workspace.logitsBuffer), ls = UncheckedSendable(workspace.lse), rl = UncheckedSendable(workspace.rowLoss)
             let tg = UncheckedSendable(targets), ignore = ignoreIndex, V = self.V
             let invCount = 1 / Float(max(1, count))
             parallelRows(N) { _, rows in
@@ -445,7 +388,7 @@ public final class Gemma3TrainingModel {
             }
             gradientInLogits = fuse
             var sum: Double = 0
-            for n in 0..<N where targets[n] != ignoreIndex { sum += Double(rowLoss[n]) }
+            for n in 0..<N where targets[n] != ignoreIndex { sum += Double(workspace.rowLoss[n]) }
             lastTargetCount = count
             loss = count > 0 ? Float(sum / Double(count)) : 0
             lastLoss = loss
@@ -466,11 +409,11 @@ public final class Gemma3TrainingModel {
         }
     }
 
-    @inline(__always) private func buffer(_ l: Int) -> LayerBuffers { layerBuffers[isTraining ? l : 0] }
-    @inline(__always) private func residIn(_ l: Int) -> UnsafeMutablePointer<Float> { resid[isTraining ? l : 0] }
-    @inline(__always) private func residOut(_ l: Int) -> UnsafeMutablePointer<Float> { resid[isTraining ? l + 1 : 0] }
+    @inline(__always) private func buffer(_ l: Int) -> TrainingWorkspace.LayerBuffers { workspace.layers[isTraining ? l : 0] }
+    @inline(__always) private func residIn(_ l: Int) -> UnsafeMutablePointer<Float> { workspace.resid[isTraining ? l : 0] }
+    @inline(__always) private func residOut(_ l: Int) -> UnsafeMutablePointer<Float> { workspace.resid[isTraining ? l + 1 : 0] }
 
-    private func attentionForward(layer l: Int, _ lb: LayerBuffers, _ o: LayerOffsets) {
+    private func attentionForward(layer l: Int, _ lb: TrainingWorkspace.LayerBuffers, _ o: LayerOffsets) {
         let P = parameters.pointer
         let (N, H, T, nh, nkv, hd) = (self.N, self.H, self.T, self.nh, self.nkv, self.hd)
         let (qDim, kvDim, qkvDim, qkDim, group) = (self.qDim, self.kvDim, self.qkvDim, self.qkDim, self.group)
@@ -479,7 +422,7 @@ public final class Gemma3TrainingModel {
 
         // QK-norm (per head, shared weights) then RoPE, into qkRot [N, qDim + kvDim].
         let sliding = config.isSliding(layer: l)
-        let cosT = UncheckedSendable(ropeCos[sliding ? 0 : 1]), sinT = UncheckedSendable(ropeSin[sliding ? 0 : 1])
+        let cosT = UncheckedSendable(workspace.ropeCos[sliding ? 0 : 1]), sinT = UncheckedSendable(workspace.ropeSin[sliding ? 0 : 1])
         let qkv = UncheckedSendable(lb.qkv), rot = UncheckedSendable(lb.qkRot), rstd = UncheckedSendable(lb.qkRstd)
         let qw = UncheckedSendable(P + o.qNorm), kw = UncheckedSendable(P + o.kNorm), eps = self.eps
         let heads = nh + nkv, half = hd / 2
@@ -541,7 +484,7 @@ public final class Gemma3TrainingModel {
     /// for every projection and the LM head, plus 12 · rows · keys · head_dim per attention block and head.
     public var flopsPerStep: Double {
         let layout = parameters.layout
-        let projections = layout.tensors.filter { $0.isMatrix && $0.name != "model.embed_tokens.weight" }.map(\.count).reduce(0, +)
+        let projections = layout.tensors.filter { $0.isMatrix && $0.tensor != .embedding }.map(\.count).reduce(0, +)
         let head = config.tieWordEmbeddings ? V * H : 0  // untied: lm_head.weight is already in `projections`
         var attention = 0.0
         for l in 0..<L {
@@ -552,7 +495,7 @@ public final class Gemma3TrainingModel {
         return 6 * Double((projections + head) * N) + attention * Double(B * nh)
     }
 
-    private func mlpForward(_ lb: LayerBuffers, _ o: LayerOffsets) {
+    private func mlpForward(_ lb: TrainingWorkspace.LayerBuffers, _ o: LayerOffsets) {
         let P = parameters.pointer
         let (N, H, I) = (self.N, self.H, self.I)
         // gate and up in one product: [2I, H] contiguous weights.
@@ -604,7 +547,7 @@ public final class Gemma3TrainingModel {
         // Cross-entropy gradient, in place over the logits (already there after a fused forward).
         var t0 = now()
         if !gradientInLogits {
-            let lg = UncheckedSendable(logitsBuffer), ls = UncheckedSendable(lse), tg = UncheckedSendable(targets)
+            let lg = UncheckedSendable(workspace.logitsBuffer), ls = UncheckedSendable(workspace.lse), tg = UncheckedSendable(targets)
             let ignore = ignoreIndex, scale = lossScale / Float(lastTargetCount)
             parallelRows(N) { _, rows in
                 for n in rows {
@@ -618,19 +561,19 @@ public final class Gemma3TrainingModel {
         // LM head: dX = dlogits · W; dW += dlogitsᵀ · X (the fused gradient is for lossScale 1).
         let headScale: Float = gradientInLogits ? lossScale : 1
         gradientInLogits = false
-        gemm(m: N, n: H, k: V, alpha: headScale, a: logitsBuffer, b: P + layout.outputProjection, c: dXn)
-        gemm(transA: true, m: V, n: H, k: N, alpha: headScale, a: logitsBuffer, lda: V, b: xnFinal, ldb: H, beta: 1,
+        gemm(m: N, n: H, k: V, alpha: headScale, a: workspace.logitsBuffer, b: P + layout.outputProjection, c: workspace.dXn)
+        gemm(transA: true, m: V, n: H, k: N, alpha: headScale, a: workspace.logitsBuffer, lda: V, b: workspace.xnFinal, ldb: H, beta: 1,
              c: G + layout.outputProjection)
         charge(.head, since: t0)
 
-        dResid.update(repeating: 0, count: N * H)
+        workspace.dResid.update(repeating: 0, count: N * H)
         for l in stride(from: L - 1, through: 0, by: -1) {
             let lb = buffer(l)
             let o = layout.layers[l]
             let last = l == L - 1
             t0 = now()
             residualNormBackward(
-                residOut: resid[l + 1], rstdNext: last ? rstdFinal : buffer(l + 1).rstdIn,
+                residOut: workspace.resid[l + 1], rstdNext: last ? workspace.rstdFinal : buffer(l + 1).rstdIn,
                 nextWeight: P + (last ? layout.finalNorm : layout.layers[l + 1].inputNorm),
                 nextGrad: G + (last ? layout.finalNorm : layout.layers[l + 1].inputNorm),
                 branch: lb.ffOut, rstdPost: lb.rstdPostFF, postWeight: P + o.postFeedforwardNorm, postGrad: G + o.postFeedforwardNorm)
@@ -653,8 +596,8 @@ public final class Gemma3TrainingModel {
         do {
             clearPartials(1)
             let lb = buffer(0)
-            let x = UncheckedSendable(resid[0]), w = UncheckedSendable(P + layout.layers[0].inputNorm)
-            let r = UncheckedSendable(lb.rstdIn), dy = UncheckedSendable(dXn), dx = UncheckedSendable(dResid)
+            let x = UncheckedSendable(workspace.resid[0]), w = UncheckedSendable(P + layout.layers[0].inputNorm)
+            let r = UncheckedSendable(lb.rstdIn), dy = UncheckedSendable(workspace.dXn), dx = UncheckedSendable(workspace.dResid)
             parallelRows(N) { wk, rows in
                 Kernels.rmsNormBackward(x: x.value, ldx: H, weight: w.value, rstd: r.value, dy: dy.value, lddy: H,
                                         dx: dx.value, lddx: H, accumulate: true, dw: self.partial(0, wk), dim: H, rows: rows)
@@ -665,7 +608,7 @@ public final class Gemma3TrainingModel {
         t0 = now()
         let dE = G + layout.embedding, scale = embedScale
         for n in 0..<N {
-            let dst = dE + Int(tokens[n]) * H, src = dResid + n * H
+            let dst = dE + Int(tokens[n]) * H, src = workspace.dResid + n * H
             for i in 0..<H { dst[i] += src[i] * scale }
         }
         charge(.embedding, since: t0)
@@ -680,7 +623,7 @@ public final class Gemma3TrainingModel {
         clearPartials(2)
         let ro = UncheckedSendable(residOut), rn = UncheckedSendable(rstdNext), wn = UncheckedSendable(nextWeight)
         let y = UncheckedSendable(branch), rp = UncheckedSendable(rstdPost), wp = UncheckedSendable(postWeight)
-        let dxn = UncheckedSendable(dXn), dr = UncheckedSendable(dResid), db = UncheckedSendable(dBranch)
+        let dxn = UncheckedSendable(workspace.dXn), dr = UncheckedSendable(workspace.dResid), db = UncheckedSendable(workspace.dBranch)
         let H = self.H
         parallelRows(N) { wk, rows in
             Kernels.rmsNormBackward(x: ro.value, ldx: H, weight: wn.value, rstd: rn.value, dy: dxn.value, lddy: H,
@@ -693,33 +636,33 @@ public final class Gemma3TrainingModel {
     }
 
     /// From `dBranch` = d loss/d ffOut to `dXn` = d loss/d xnFF, accumulating the MLP weight gradients.
-    private func mlpBackward(_ lb: LayerBuffers, _ o: LayerOffsets, _ G: UnsafeMutablePointer<Float>) {
+    private func mlpBackward(_ lb: TrainingWorkspace.LayerBuffers, _ o: LayerOffsets, _ G: UnsafeMutablePointer<Float>) {
         let P = parameters.pointer
         let (N, H, I) = (self.N, self.H, self.I)
-        gemm(m: N, n: I, k: H, a: dBranch, b: P + o.downProj, c: dAct)
-        gemm(transA: true, m: H, n: I, k: N, a: dBranch, lda: H, b: lb.act, ldb: I, beta: 1, c: G + o.downProj)
-        let gu = UncheckedSendable(lb.gateUp), da = UncheckedSendable(dAct), dgu = UncheckedSendable(dGateUp)
+        gemm(m: N, n: I, k: H, a: workspace.dBranch, b: P + o.downProj, c: workspace.dAct)
+        gemm(transA: true, m: H, n: I, k: N, a: workspace.dBranch, lda: H, b: lb.act, ldb: I, beta: 1, c: G + o.downProj)
+        let gu = UncheckedSendable(lb.gateUp), da = UncheckedSendable(workspace.dAct), dgu = UncheckedSendable(workspace.dGateUp)
         parallelRows(N) { _, rows in
             Kernels.gegluBackward(gate: gu.value, up: gu.value + I, ldIn: 2 * I, dOut: da.value, ldDOut: I,
                                   dGate: dgu.value, dUp: dgu.value + I, ldDIn: 2 * I, dim: I, rows: rows)
         }
-        gemm(transA: true, m: 2 * I, n: H, k: N, a: dGateUp, lda: 2 * I, b: lb.xnFF, ldb: H, beta: 1, c: G + o.gateProj)
-        gemm(m: N, n: H, k: 2 * I, a: dGateUp, b: P + o.gateProj, c: dXn)
+        gemm(transA: true, m: 2 * I, n: H, k: N, a: workspace.dGateUp, lda: 2 * I, b: lb.xnFF, ldb: H, beta: 1, c: G + o.gateProj)
+        gemm(m: N, n: H, k: 2 * I, a: workspace.dGateUp, b: P + o.gateProj, c: workspace.dXn)
     }
 
     /// From `dBranch` = d loss/d attnProj to `dXn` = d loss/d xnAttn, accumulating the attention weight gradients.
-    private func attentionBackward(layer l: Int, _ lb: LayerBuffers, _ o: LayerOffsets, _ G: UnsafeMutablePointer<Float>) {
+    private func attentionBackward(layer l: Int, _ lb: TrainingWorkspace.LayerBuffers, _ o: LayerOffsets, _ G: UnsafeMutablePointer<Float>) {
         let P = parameters.pointer
         let (N, H, T, nh, nkv, hd) = (self.N, self.H, self.T, self.nh, self.nkv, self.hd)
         let (qDim, kvDim, qkvDim, qkDim, group) = (self.qDim, self.kvDim, self.qkvDim, self.qkDim, self.group)
-        gemm(m: N, n: qDim, k: H, a: dBranch, b: P + o.oProj, c: dAttnOut)
-        gemm(transA: true, m: H, n: qDim, k: N, a: dBranch, lda: H, b: lb.attnOut, ldb: qDim, beta: 1, c: G + o.oProj)
+        gemm(m: N, n: qDim, k: H, a: workspace.dBranch, b: P + o.oProj, c: workspace.dAttnOut)
+        gemm(transA: true, m: H, n: qDim, k: N, a: workspace.dBranch, lda: H, b: lb.attnOut, ldb: qDim, beta: 1, c: G + o.oProj)
 
         // Per (sequence, head) and query block: dP = dO·Vᵀ, dV_h += Pᵀ·dO, dS = P ⊙ (dP − rowsum(P ⊙ dP)),
         // dQ = s·dS·K, dK_h += s·dSᵀ·Q, over the same blocks as the forward pass.
-        let probs = UncheckedSendable(lb.probs), ds = UncheckedSendable(dScores), dout = UncheckedSendable(dAttnOut)
-        let qkv = UncheckedSendable(lb.qkv), rot = UncheckedSendable(lb.qkRot), drot = UncheckedSendable(dQKRot)
-        let dkh = UncheckedSendable(dKHeads), dvh = UncheckedSendable(dVHeads)
+        let probs = UncheckedSendable(lb.probs), ds = UncheckedSendable(workspace.dScores), dout = UncheckedSendable(workspace.dAttnOut)
+        let qkv = UncheckedSendable(lb.qkv), rot = UncheckedSendable(lb.qkRot), drot = UncheckedSendable(workspace.dQKRot)
+        let dkh = UncheckedSendable(workspace.dKHeads), dvh = UncheckedSendable(workspace.dVHeads)
         let sliding = config.isSliding(layer: l), window = config.slidingWindow, scale = attnScale
         Parallel.forEach(B * nh) { task in
             let b = task / nh, h = task % nh, g = h / group
@@ -755,10 +698,10 @@ public final class Gemma3TrainingModel {
 
         // Sum the per-query-head dK, dV over each KV head's group; then undo RoPE and QK-norm.
         clearPartials(2)
-        let dqkv = UncheckedSendable(dQKV), rstd = UncheckedSendable(lb.qkRstd)
+        let dqkv = UncheckedSendable(workspace.dQKV), rstd = UncheckedSendable(lb.qkRstd)
         let qw = UncheckedSendable(P + o.qNorm), kw = UncheckedSendable(P + o.kNorm)
         let sliding01 = sliding ? 0 : 1
-        let cosT = UncheckedSendable(ropeCos[sliding01]), sinT = UncheckedSendable(ropeSin[sliding01])
+        let cosT = UncheckedSendable(workspace.ropeCos[sliding01]), sinT = UncheckedSendable(workspace.ropeSin[sliding01])
         let heads = nh + nkv, half = hd / 2
         parallelRows(N) { wk, rows in
             let pq = self.partial(0, wk), pk = self.partial(1, wk)
@@ -788,7 +731,118 @@ public final class Gemma3TrainingModel {
         reducePartials(0, dim: hd, into: G + o.qNorm)
         reducePartials(1, dim: hd, into: G + o.kNorm)
 
-        gemm(transA: true, m: qkvDim, n: H, k: N, a: dQKV, lda: qkvDim, b: lb.xnAttn, ldb: H, beta: 1, c: G + o.qProj)
-        gemm(m: N, n: H, k: qkvDim, a: dQKV, b: P + o.qProj, c: dXn)
+        gemm(transA: true, m: qkvDim, n: H, k: N, a: workspace.dQKV, lda: qkvDim, b: lb.xnAttn, ldb: H, beta: 1, c: G + o.qProj)
+        gemm(m: N, n: H, k: qkvDim, a: workspace.dQKV, b: P + o.qProj, c: workspace.dXn)
+    }
+}
+
+/// Hands out consecutive regions of one float block, each rounded up to 16 floats (64 bytes), in the
+/// order asked. A measuring carver only adds up the sizes and returns `block` for every region.
+struct RegionCarver {
+    /// Start of the block (a placeholder when measuring).
+    let block: UnsafeMutablePointer<Float>
+    let measuring: Bool
+    /// Floats handed out so far, padding included.
+    private(set) var floats = 0
+
+    init(block: UnsafeMutablePointer<Float>, measuring: Bool) { self.block = block; self.measuring = measuring }
+
+    mutating func take(_ count: Int) -> UnsafeMutablePointer<Float> {
+        let region = measuring ? block : block + floats
+        floats += (count + 15) & ~15
+        return region
+    }
+}
+
+/// Every activation, saved tensor and backward scratch buffer of `Gemma3TrainingModel`: named regions of
+/// one contiguous block, carved in the order the initializers below take them (N = B·T rows).
+struct TrainingWorkspace {
+    /// The sizes the regions depend on.
+    struct Shape {
+        var B, T, H, I, V, L, nh, nkv, hd, workers: Int
+        var N: Int { B * T }
+        var qDim: Int { nh * hd }
+        var kvDim: Int { nkv * hd }
+        var qkvDim: Int { qDim + 2 * kvDim }
+        var qkDim: Int { qDim + kvDim }
+    }
+
+    /// What one decoder layer saves for the backward pass.
+    struct LayerBuffers {
+        var xnAttn, rstdIn, qkv, qkRstd, qkRot, probs, attnOut, attnProj, rstdPostAttn: UnsafeMutablePointer<Float>
+        var residMid, xnFF, rstdPreFF, gateUp, act, ffOut, rstdPostFF: UnsafeMutablePointer<Float>
+
+        /// `residMid` is only carved for training; an evaluation model points it at the residual stream
+        /// (`TrainingWorkspace.init` does), which the attention block then updates in place.
+        init(_ c: inout RegionCarver, _ s: Shape, training: Bool) {
+            let N = s.N
+            xnAttn = c.take(N * s.H)                 // input_layernorm(x)
+            rstdIn = c.take(N)                       // its 1/rms per row
+            qkv = c.take(N * s.qkvDim)               // fused q, k, v projections
+            qkRstd = c.take(N * (s.nh + s.nkv))      // QK-norm 1/rms per row and head
+            qkRot = c.take(N * s.qkDim)              // q, k after QK-norm and RoPE
+            probs = c.take(s.B * s.nh * s.T * s.T)   // attention probabilities per (sequence, head)
+            attnOut = c.take(N * s.qDim)             // probabilities · values, heads side by side
+            attnProj = c.take(N * s.H)               // o_proj output
+            rstdPostAttn = c.take(N)                 // post_attention_layernorm 1/rms
+            residMid = training ? c.take(N * s.H) : c.block  // residual stream after attention
+            xnFF = c.take(N * s.H)                   // pre_feedforward_layernorm(residMid)
+            rstdPreFF = c.take(N)                    // its 1/rms
+            gateUp = c.take(N * 2 * s.I)             // fused gate, up projections
+            act = c.take(N * s.I)                    // gelu_tanh(gate) · up
+            ffOut = c.take(N * s.H)                  // down_proj output
+            rstdPostFF = c.take(N)                   // post_feedforward_layernorm 1/rms
+        }
+    }
+
+    /// One per layer when training; evaluation reuses a single set.
+    var layers: [LayerBuffers]
+    /// Residual stream: the scaled embedding, then after each layer (training; evaluation keeps one, updated in place).
+    let resid: [UnsafeMutablePointer<Float>]
+    /// Final norm output [N, H] and its 1/rms [N].
+    let xnFinal, rstdFinal: UnsafeMutablePointer<Float>
+    /// Logits [N, V] (or their gradient), log-sum-exp and loss per row [N].
+    let logitsBuffer, lse, rowLoss: UnsafeMutablePointer<Float>
+    /// RoPE tables [T, hd/2]: [0] sliding base, [1] full base.
+    let ropeCos, ropeSin: [UnsafeMutablePointer<Float>]
+    // Backward scratch (training only; otherwise every one is the block start and unused).
+    let dResid, dXn, dBranch: UnsafeMutablePointer<Float>   // [N, H]
+    let dAct, dGateUp: UnsafeMutablePointer<Float>          // [N, I], [N, 2I]
+    let dAttnOut, dQKV, dQKRot: UnsafeMutablePointer<Float> // [N, qDim], [N, qkvDim], [N, qkDim]
+    let dScores: UnsafeMutablePointer<Float>                // [B·nh, T, T]
+    let dKHeads, dVHeads: UnsafeMutablePointer<Float>       // [B·nh, T, hd], before summing over each KV group
+    /// Four per-worker accumulators of `partialStride` floats for norm-weight gradients.
+    let partials: UnsafeMutablePointer<Float>
+    let partialStride: Int
+
+    init(_ c: inout RegionCarver, _ s: Shape, training: Bool) {
+        let N = s.N
+        layers = (0..<(training ? s.L : 1)).map { _ in LayerBuffers(&c, s, training: training) }
+        resid = (0..<(training ? s.L + 1 : 1)).map { _ in c.take(N * s.H) }
+        if !training { layers[0].residMid = resid[0] }
+        xnFinal = c.take(N * s.H)
+        rstdFinal = c.take(N)
+        logitsBuffer = c.take(N * s.V)
+        lse = c.take(N)
+        rowLoss = c.take(N)
+        let half = s.hd / 2
+        let cosSliding = c.take(s.T * half), sinSliding = c.take(s.T * half)
+        let cosFull = c.take(s.T * half), sinFull = c.take(s.T * half)
+        ropeCos = [cosSliding, cosFull]
+        ropeSin = [sinSliding, sinFull]
+        partialStride = (max(s.H, s.hd) + 15) & ~15
+        func scratch(_ count: Int) -> UnsafeMutablePointer<Float> { training ? c.take(count) : c.block }
+        dResid = scratch(N * s.H)
+        dXn = scratch(N * s.H)
+        dBranch = scratch(N * s.H)
+        dAct = scratch(N * s.I)
+        dGateUp = scratch(N * 2 * s.I)
+        dAttnOut = scratch(N * s.qDim)
+        dQKV = scratch(N * s.qkvDim)
+        dQKRot = scratch(N * s.qkDim)
+        dScores = scratch(s.B * s.nh * s.T * s.T)
+        dKHeads = scratch(s.B * s.nh * s.T * s.hd)
+        dVHeads = scratch(s.B * s.nh * s.T * s.hd)
+        partials = scratch(4 * s.workers * partialStride)
     }
 }

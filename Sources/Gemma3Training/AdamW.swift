@@ -1,23 +1,27 @@
 import Foundation
 import Gemma3Kernels
+import Gemma3Model
 
 /// A contiguous run of the flat parameter buffer that shares one weight-decay setting
 /// (one tensor, or several adjacent tensors of the same kind).
 public struct ParameterSegment: Sendable, Equatable {
     public var range: Range<Int>
-    /// Whether decoupled weight decay applies (tensors with ≥ 2 dimensions: matrices and the
+    /// Whether decoupled weight decay applies (`TensorRole.appliesWeightDecay`: matrices and the
     /// embedding; never the RMSNorm weights).
     public var decay: Bool
     public init(range: Range<Int>, decay: Bool) { self.range = range; self.decay = decay }
 
-    /// Segments for tensors laid out back to back in `shapes` order, merging neighbours with the
-    /// same decay flag. Decay applies to tensors with at least two dimensions.
-    public static func from(shapes: [[Int]]) -> [ParameterSegment] {
+    /// Segments for every tensor of `layout`, decaying where the tensor table says so.
+    public static func from(layout: ParameterLayout) -> [ParameterSegment] {
+        from(tensors: layout.tensors.map { (count: $0.count, decay: $0.appliesWeightDecay) })
+    }
+
+    /// Segments for tensors of `count` floats laid out back to back in this order, merging neighbours
+    /// with the same decay flag.
+    public static func from(tensors: [(count: Int, decay: Bool)]) -> [ParameterSegment] {
         var out: [ParameterSegment] = []
         var offset = 0
-        for s in shapes {
-            let n = s.reduce(1, *)
-            let decay = s.count >= 2
+        for (n, decay) in tensors {
             if let last = out.last, last.decay == decay, last.range.upperBound == offset {
                 out[out.count - 1].range = last.range.lowerBound..<(offset + n)
             } else if n > 0 {

@@ -65,7 +65,7 @@ public final class OptimizerState {
         v = moments?.v ?? ParameterStore(layout: layout)
         self.adamStep = adamStep
         self.hyper = hyper
-        segments = ParameterSegment.from(shapes: layout.tensors.map(\.shape))
+        segments = ParameterSegment.from(layout: layout)
     }
 }
 

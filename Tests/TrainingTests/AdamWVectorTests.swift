@@ -8,7 +8,7 @@ import Gemma3Kernels
     /// bit for bit, the same element updated alone (a one-element buffer only takes the tail).
     @Test func vectorLoopIsBitIdenticalToScalarTail() {
         let shapes: [[Int]] = [[37, 41], [5], [70001], [3, 3], [13], [33000, 2], [7]]
-        let segments = ParameterSegment.from(shapes: shapes)
+        let segments = ParameterSegment.from(tensors: shapes.map { (count: $0.reduce(1, *), decay: $0.count >= 2) })
         let n = shapes.map { $0.reduce(1, *) }.reduce(0, +)
         var rng = SplitMix64(seed: 7)
         func draw(_ scale: Double) -> [Float] {

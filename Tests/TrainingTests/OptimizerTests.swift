@@ -23,7 +23,7 @@ import Testing
     @Test func adamWMatchesTheTextbookFormulaAcrossSegmentsAndThreads() {
         // Large enough to be split over the workers, with segment edges inside chunks.
         let shapes: [[Int]] = [[70001], [300, 200], [13], [17, 1000], [50000], [2, 3, 4]]
-        let segments = ParameterSegment.from(shapes: shapes)
+        let segments = ParameterSegment.from(tensors: shapes.map { (count: $0.reduce(1, *), decay: $0.count >= 2) })
         let n = shapes.map { $0.reduce(1, *) }.reduce(0, +)
         var decay = [Bool](repeating: false, count: n)
         var offset = 0
@@ -60,7 +60,7 @@ import Testing
     @Test func weightDecaySkipsVectors() {
         // Zero gradient: the Adam term is 0, so only the decoupled decay moves parameters.
         let shapes: [[Int]] = [[4, 4], [4], [3, 2]]
-        let segments = ParameterSegment.from(shapes: shapes)
+        let segments = ParameterSegment.from(tensors: shapes.map { (count: $0.reduce(1, *), decay: $0.count >= 2) })
         #expect(segments == [ParameterSegment(range: 0..<16, decay: true), ParameterSegment(range: 16..<20, decay: false),
                              ParameterSegment(range: 20..<26, decay: true)])
         var p = [Float](repeating: 1, count: 26)
