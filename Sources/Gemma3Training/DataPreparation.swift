@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Infrastructure
 import Gemma3Kernels
 import Gemma3Tokenizers
 
@@ -88,7 +89,7 @@ public struct FileRecord: Codable, Sendable, Equatable {
         let attrs = try FileManager.default.attributesOfItem(atPath: url.path)
         path = recordPath
         bytes = (attrs[.size] as? NSNumber)?.int64Value ?? 0
-        sha256 = try SHA256.hex(ofFile: url)
+        sha256 = try SHA256Hasher.hex(ofFile: url)
     }
 }
 

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import Gemma3Infrastructure
 import Gemma3Tokenizers
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -113,7 +114,7 @@ public struct HTTPDownloader: Sendable {
             let size = fileSize(dest)
             let sizeOK = request.expectedBytes.map { $0 == size } ?? true
             if sizeOK, let expected = request.sha256 {
-                if try SHA256.hex(ofFile: dest) == expected {
+                if try SHA256Hasher.hex(ofFile: dest) == expected {
                     return DownloadOutcome(kind: .alreadyPresent, path: dest.path, bytes: size, resumedFrom: 0,
                                            verifiedSHA256: expected)
                 }
@@ -153,7 +154,7 @@ public struct HTTPDownloader: Sendable {
             }
             let expectedHash = request.sha256 ?? result.linkedSHA256
             if let expectedHash {
-                let actual = try SHA256.hex(ofFile: part)
+                let actual = try SHA256Hasher.hex(ofFile: part)
                 if actual != expectedHash {
                     unlink(part.path)
                     throw DownloadError.checksumMismatch(path: dest.path, expected: expectedHash, actual: actual)

