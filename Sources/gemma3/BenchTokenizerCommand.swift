@@ -22,7 +22,7 @@ struct BenchTokenizerCommand: ParsableCommand {
     @Argument(help: "UTF-8 text file to encode.")
     var file: String
 
-    @Option(help: ArgumentHelp("Directory with the GPT-2 tokenizer files (default: \(GPT2Tokenizer.defaultDirectory.path)).", valueName: "dir"))
+    @Option(help: ArgumentHelp("Directory with the GPT-2 tokenizer files (default: \(CLIEnvironment.gpt2TokenizerDirectory.path)).", valueName: "dir"))
     var tokenizer: String?
 
     @Option(help: "Timed runs per measurement (the median is reported).")
@@ -88,7 +88,7 @@ struct BenchTokenizerCommand: ParsableCommand {
 
     /// Runs tiktoken on the same file in a python3 subprocess.
     private func runTiktoken(expected: [Int32]) -> TiktokenResult {
-        let directory = (tokenizer.map { URL(fileURLWithPath: $0) } ?? GPT2Tokenizer.defaultDirectory).path
+        let directory = (tokenizer.map { URL(fileURLWithPath: $0) } ?? CLIEnvironment.gpt2TokenizerDirectory).path
         let idsFile = FileManager.default.temporaryDirectory
             .appendingPathComponent("gemma3-bench-tiktoken-\(ProcessInfo.processInfo.processIdentifier).u32")
         defer { try? FileManager.default.removeItem(at: idsFile) }
