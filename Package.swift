@@ -23,6 +23,7 @@ let package = Package(
         .library(name: "Gemma3Model", targets: ["Gemma3Model"]),
         .library(name: "Gemma3Training", targets: ["Gemma3Training"]),
         .library(name: "Gemma3Hub", targets: ["Gemma3Hub"]),
+        .library(name: "Gemma3Plots", targets: ["Gemma3Plots"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -35,6 +36,11 @@ let package = Package(
             name: "COpenBLAS",
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
+        ),
+        // zlib from Debian's zlib1g-dev: the PNG writer's compression and checksums.
+        .systemLibrary(
+            name: "CSystemZlib",
+            providers: [.apt(["zlib1g-dev"])]
         ),
         // Kernels in C for instructions Swift cannot enable per function (AVX-512 BF16), compiled
         // with function attributes and chosen at run time; the package still runs on any x86-64.
@@ -66,11 +72,13 @@ let package = Package(
             dependencies: ["Gemma3Infrastructure", .product(name: "ZIPFoundation", package: "ZIPFoundation")],
             swiftSettings: cpuSettings
         ),
+        // Training-run figures (PNG through zlib, SVG) and report.md from metrics.jsonl.
+        .target(name: "Gemma3Plots", dependencies: ["CSystemZlib", "Gemma3Infrastructure", "Gemma3Training"], swiftSettings: cpuSettings),
         // The command-line tool: a thin layer over the libraries.
         .executableTarget(
             name: "gemma3",
             dependencies: [
-                "Gemma3Infrastructure", "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Formats", "Gemma3Model", "Gemma3Training", "Gemma3Hub",
+                "Gemma3Infrastructure", "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Formats", "Gemma3Model", "Gemma3Training", "Gemma3Hub", "Gemma3Plots",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: cpuSettings
@@ -81,7 +89,8 @@ let package = Package(
         .testTarget(name: "TokenizerTests", dependencies: ["Gemma3Infrastructure", "Gemma3Tokenizers"]),
         .testTarget(name: "DataTests", dependencies: ["Gemma3TestSupport", "Gemma3Infrastructure", "Gemma3Training", "Gemma3Tokenizers"]),
         .testTarget(name: "HubTests", dependencies: ["Gemma3TestSupport", "Gemma3Infrastructure", "Gemma3Hub"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Gemma3TestSupport", "Gemma3Training", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
+        .testTarget(name: "PlotsTests", dependencies: ["Gemma3Plots", "Gemma3Training"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Gemma3TestSupport", "Gemma3Training", "Gemma3Plots", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
         .testTarget(name: "ModelTests", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
         .testTarget(name: "InferenceTests", dependencies: ["Gemma3TestSupport", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers"]),
         // The README's library examples, compiled and run.

@@ -1,6 +1,6 @@
 import Foundation
-import Gemma3Formats
 import Gemma3Infrastructure
+import Gemma3Training
 
 /// A generated story shown in `report.md`.
 public struct ReportSample: Sendable {
