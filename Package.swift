@@ -85,6 +85,7 @@ let package = Package(
         ),
         // Shared by the test targets: locating the built `gemma3` tool, a local HTTP server.
         .target(name: "Gemma3TestSupport", path: "Tests/Gemma3TestSupport"),
+        .testTarget(name: "InfrastructureTests", dependencies: ["Gemma3Infrastructure"]),
         .testTarget(name: "KernelsTests", dependencies: ["Gemma3Kernels", "CGemma3Kernels"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Gemma3Infrastructure", "Gemma3Tokenizers"]),
         .testTarget(name: "DataTests", dependencies: ["Gemma3TestSupport", "Gemma3Infrastructure", "Gemma3Training", "Gemma3Tokenizers"]),
