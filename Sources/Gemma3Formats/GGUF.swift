@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Infrastructure
 import Gemma3Kernels
 
 #if canImport(Glibc)
@@ -543,6 +544,6 @@ public struct GGUFWriter {
 
     /// Writes the file atomically (temporary file, fsync, rename).
     public func write(to url: URL) throws {
-        try AtomicFile.write(to: url) { handle in try handle.write(serialized()) }
+        try AtomicFileWriter.write(to: url) { handle in try handle.write(serialized()) }
     }
 }

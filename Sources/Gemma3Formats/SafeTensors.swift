@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Infrastructure
 import Gemma3Kernels
 
 #if canImport(Glibc)
@@ -288,7 +289,7 @@ public struct SafeTensorsWriter {
     /// Writes the file atomically (temp file, fsync, rename).
     public func write(to url: URL) throws {
         let header = try headerBytes()
-        try AtomicFile.write(to: url) { handle in
+        try AtomicFileWriter.write(to: url) { handle in
             var length = UInt64(header.count).littleEndian
             try withUnsafeBytes(of: &length) { try handle.write($0) }
             try handle.write(header)

@@ -1,5 +1,6 @@
 import Foundation
 import Gemma3Formats
+import Gemma3Infrastructure
 import Gemma3Kernels
 
 /// Loading and saving model weights as Hugging Face safetensors (tensor names as in `Gemma3ForCausalLM`).
@@ -85,6 +86,6 @@ public enum HFCheckpoint {
         var object = try JSONSerialization.jsonObject(with: try config.jsonData()) as? [String: Any] ?? [:]
         object["dtype"] = dtype == .bf16 ? "bfloat16" : dtype == .f16 ? "float16" : "float32"
         let json = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
-        try AtomicFile.write(json, to: directory.appendingPathComponent("config.json"))
+        try AtomicFileWriter.write(json, to: directory.appendingPathComponent("config.json"))
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Gemma3Formats
+import Gemma3Infrastructure
 
 /// A configuration error: one line that says what is wrong and where.
 public struct Gemma3ConfigError: Error, CustomStringConvertible, Equatable {
@@ -230,7 +231,7 @@ public struct Gemma3Config: Codable, Sendable, Equatable {
 
     /// Writes `config.json` atomically (temp file, fsync, rename).
     public func write(to url: URL) throws {
-        try AtomicFile.write(try jsonData(), to: url)
+        try AtomicFileWriter.write(try jsonData(), to: url)
     }
 
     // MARK: Codable

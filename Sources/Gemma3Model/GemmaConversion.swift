@@ -1,5 +1,6 @@
 import Foundation
 import Gemma3Formats
+import Gemma3Infrastructure
 import Gemma3Kernels
 import Gemma3Tokenizers
 
@@ -69,8 +70,8 @@ public enum GemmaConversion {
     @discardableResult
     public static func writeTokenizer(_ tokenizer: GemmaTokenizer, directory: URL, maxLength: Int) throws -> Bool {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        try AtomicFile.write(tokenizer.tokenizerJSONData(), to: directory.appendingPathComponent("tokenizer.json"))
-        try AtomicFile.write(try tokenizerConfigJSON(tokenizer, maxLength: maxLength),
+        try AtomicFileWriter.write(tokenizer.tokenizerJSONData(), to: directory.appendingPathComponent("tokenizer.json"))
+        try AtomicFileWriter.write(try tokenizerConfigJSON(tokenizer, maxLength: maxLength),
                              to: directory.appendingPathComponent("tokenizer_config.json"))
         return tokenizer.scoresDecreaseWithID
     }

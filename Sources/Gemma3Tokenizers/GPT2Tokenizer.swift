@@ -191,18 +191,6 @@ public final class GPT2Tokenizer: Sendable {
         self.byteIDs = ByteIDTable(byteIDs)
     }
 
-    /// Where `gemma3 download gpt2-tokenizer` puts `vocab.json` + `merges.txt`, and where every verb
-    /// looks when `--tokenizer` is not given: `$GEMMA3_CACHE/gpt2`, else `~/.cache/gemma3/gpt2`.
-    public static var defaultDirectory: URL {
-        let environment = ProcessInfo.processInfo.environment
-        if let cache = environment["GEMMA3_CACHE"], !cache.isEmpty {
-            return URL(fileURLWithPath: cache, isDirectory: true).appendingPathComponent("gpt2", isDirectory: true)
-        }
-        let home = environment["HOME"].map { URL(fileURLWithPath: $0, isDirectory: true) }
-            ?? FileManager.default.homeDirectoryForCurrentUser
-        return home.appendingPathComponent(".cache/gemma3/gpt2", isDirectory: true)
-    }
-
     // MARK: - Encoding
 
     /// Encodes text as tiktoken's `gpt2` `encode_ordinary` does: special-token text such as

@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Infrastructure
 
 /// GPT-2's byte-to-unicode alphabet: vocabulary files spell each byte as one printable character —
 /// the byte itself for `!`...`~`, `¡`...`¬`, `®`...`ÿ`, and U+0100 + n for the n-th other byte
@@ -238,7 +239,7 @@ extension GPT2Tokenizer {
     public static func verifyChecksum(file: URL, expected: String) throws {
         let actual: String
         do {
-            actual = try SHA256.hex(ofFile: file)
+            actual = try SHA256Hasher.hex(ofFile: file)
         } catch {
             throw TokenizerError.malformedFile(path: file.path, reason: "cannot read: \(error.localizedDescription)")
         }

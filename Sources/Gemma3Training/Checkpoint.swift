@@ -1,5 +1,6 @@
 import Foundation
 import Gemma3Formats
+import Gemma3Infrastructure
 import Gemma3Kernels
 import Gemma3Model
 
@@ -121,7 +122,7 @@ public enum TrainingCheckpoint {
             } else if rename(old.path, final.path) != 0 {
                 throw TrainingError.checkpoint("cannot restore \(old.path): \(String(cString: strerror(errno)))")
             }
-            fsyncDirectory(runDirectory)
+            syncDirectory(runDirectory)
         }
         let prefix = ".\(name).tmp-"
         for entry in (try? fm.contentsOfDirectory(atPath: runDirectory.path)) ?? [] where entry.hasPrefix(prefix) {
@@ -169,9 +170,9 @@ public enum TrainingCheckpoint {
             if let state {
                 let e = JSONEncoder()
                 e.outputFormatting = [.prettyPrinted, .sortedKeys]
-                try AtomicFile.write(try e.encode(state) + Data("\n".utf8), to: temp.appendingPathComponent("trainer_state.json"))
+                try AtomicFileWriter.write(try e.encode(state) + Data("\n".utf8), to: temp.appendingPathComponent("trainer_state.json"))
             }
-            fsyncDirectory(temp)
+            syncDirectory(temp)
         } catch {
             try? fm.removeItem(at: temp)
             throw error
@@ -190,7 +191,7 @@ public enum TrainingCheckpoint {
             let e = errno
             throw TrainingError.checkpoint("cannot rename \(temp.path) to \(final.path): \(String(cString: strerror(e)))")
         }
-        fsyncDirectory(runDirectory)
+        syncDirectory(runDirectory)
         if fm.fileExists(atPath: old.path) { try fm.removeItem(at: old) }
     }
 
@@ -204,8 +205,8 @@ public enum TrainingCheckpoint {
         guard let vocab = pick(["vocab.json", "encoder.json"]), let merges = pick(["merges.txt", "vocab.bpe"]) else {
             throw TrainingError.checkpoint("\(source.path) has no GPT-2 tokenizer files (vocab.json + merges.txt)")
         }
-        try AtomicFile.write(try Data(contentsOf: vocab), to: destination.appendingPathComponent("vocab.json"))
-        try AtomicFile.write(try Data(contentsOf: merges), to: destination.appendingPathComponent("merges.txt"))
+        try AtomicFileWriter.write(try Data(contentsOf: vocab), to: destination.appendingPathComponent("vocab.json"))
+        try AtomicFileWriter.write(try Data(contentsOf: merges), to: destination.appendingPathComponent("merges.txt"))
         // Without this, AutoTokenizer would pick Gemma's SentencePiece tokenizer from model_type.
         let config = """
         {
@@ -218,7 +219,7 @@ public enum TrainingCheckpoint {
         }
 
         """
-        try AtomicFile.write(Data(config.utf8), to: destination.appendingPathComponent("tokenizer_config.json"))
+        try AtomicFileWriter.write(Data(config.utf8), to: destination.appendingPathComponent("tokenizer_config.json"))
     }
 
     /// Loaded contents of `latest/`.
@@ -279,11 +280,4 @@ public enum TrainingCheckpoint {
             return (0..<workers).allSatisfy { ok[$0] }
         }
     }
-}
-
-/// fsync on a directory makes the renames inside it durable (failures are ignored: some file
-/// systems do not support it, and the data files themselves were already synced).
-func fsyncDirectory(_ dir: URL) {
-    let fd = open(dir.path, O_RDONLY)
-    if fd >= 0 { _ = fsync(fd); close(fd) }
 }

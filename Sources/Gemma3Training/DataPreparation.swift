@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Infrastructure
 import Gemma3Kernels
 import Gemma3Tokenizers
 
@@ -35,8 +36,8 @@ public struct PrepareOptions: Sendable {
     public var outputDirectory: URL
     /// Replace existing `train.bin`/`val.bin`/`meta.json` (otherwise their presence is an error).
     public var overwrite = false
-    /// Show progress on stderr.
-    public var showProgress = true
+    /// Receives progress (input bytes read, tokens written); nil: none reported.
+    public var progress: ProgressHandler?
     /// Approximate size of the pieces that are tokenized in parallel (default: up to 8 MiB, smaller
     /// for small inputs so that every core gets work).
     public var chunkBytes: Int?
@@ -88,7 +89,7 @@ public struct FileRecord: Codable, Sendable, Equatable {
         let attrs = try FileManager.default.attributesOfItem(atPath: url.path)
         path = recordPath
         bytes = (attrs[.size] as? NSNumber)?.int64Value ?? 0
-        sha256 = try SHA256.hex(ofFile: url)
+        sha256 = try SHA256Hasher.hex(ofFile: url)
     }
 }
 
@@ -285,13 +286,16 @@ public enum DataPreparation {
         let threads = max(1, Parallel.threadCount)
         let chunkBytes = options.chunkBytes
             ?? min(8 << 20, max(256 << 10, Int(totalBytes) / (threads * 4)))
-        let progress = ProgressReporter(label: "prepare", totalBytes: totalBytes, enabled: options.showProgress)
         let fraction: Double? = { if case .fraction(let f) = options.validation { return f }; return nil }()
 
         var trainSplit = SplitAccumulator(file: DatasetMeta.trainFileName)
         var valSplit = SplitAccumulator(file: DatasetMeta.valFileName)
         var bytesDone: Int64 = 0
         var tokensDone: Int64 = 0
+        func reportProgress(isFinal: Bool) {
+            options.progress?(ProgressUpdate(label: "prepare", bytesDone: bytesDone, totalBytes: totalBytes, tokens: tokensDone,
+                                             elapsed: Date().timeIntervalSince(started), isFinal: isFinal))
+        }
 
         for (url, destination) in inputs {
             let reader = try CorpusChunkReader(url: url, targetBytes: chunkBytes)
@@ -324,7 +328,7 @@ public enum DataPreparation {
                     bytesDone += Int64(batch[k].bytes.count)
                     tokensDone += Int64(r.train.count + r.val.count)
                 }
-                progress.update(bytesDone: bytesDone, tokens: tokensDone)
+                reportProgress(isFinal: false)
             }
             if trainSource.documents + valSource.documents == 0 { throw DataPreparationError.noDocuments(url.path) }
             let format = reader.format
@@ -340,8 +344,7 @@ public enum DataPreparation {
                 valSplit.add(record(valSource), bytes: valSource.bytes)
             }
         }
-        progress.update(bytesDone: bytesDone, tokens: tokensDone, force: true)
-        progress.finish()
+        reportProgress(isFinal: true)
 
         if let fraction {
             let all = trainSplit.documents + valSplit.documents

@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Infrastructure
 import Gemma3Tokenizers
 
 #if canImport(Glibc)
@@ -58,7 +59,7 @@ final class CorpusChunkReader {
     private var carry: [UInt8] = []
     private var carryOffset: Int64 = 0
     private var atEOF = false
-    private var hasher = SHA256()
+    private var hasher = SHA256Hasher()
     private let readBuffer: UnsafeMutableRawBufferPointer
 
     /// Bytes read from the file so far.

@@ -73,47 +73,42 @@ public struct EvalMetrics: Sendable, Equatable {
     }
 }
 
-extension MetricsRecord {
-    /// One JSON object on one line (non-finite numbers as null).
-    public var jsonLine: String {
-        func n(_ v: Double) -> String { v.isFinite ? "\(v)" : "null" }
-        switch self {
-        case .run(let r):
-            return "{\"kind\":\"run\",\"step\":\(r.startStep),\"resumed\":\(r.resumed),\"parameters\":\(r.parameters),"
-                + "\"model\":\(jsonString(r.model)),\"max_iters\":\(r.maxIters),\"tokens_per_step\":\(r.tokensPerStep),"
-                + "\"unigram_entropy_bits\":\(n(r.unigramEntropyBits)),\"bytes_per_token_val\":\(n(r.bytesPerTokenVal))}"
-        case .step(let s):
-            return "{\"kind\":\"step\",\"step\":\(s.step),\"loss\":\(n(s.loss)),\"lr\":\(n(s.learningRate)),"
-                + "\"grad_norm\":\(n(s.gradNorm)),\"tokens_per_s\":\(n(s.tokensPerSecond)),\"elapsed_s\":\(n(s.elapsed)),\"skipped\":\(s.skipped)}"
-        case .eval(let e):
-            return "{\"kind\":\"eval\",\"step\":\(e.step),\"train_loss\":\(n(e.trainLoss)),\"val_loss\":\(n(e.valLoss)),"
-                + "\"train_perplexity\":\(n(e.trainPerplexity)),\"val_perplexity\":\(n(e.valPerplexity)),"
-                + "\"train_bpb\":\(n(e.trainBitsPerByte)),\"val_bpb\":\(n(e.valBitsPerByte)),\"elapsed_s\":\(n(e.elapsed))}"
+// MARK: - metrics.jsonl lines
+
+extension MetricsRecord: Codable {
+    private enum KindKey: String, CodingKey { case kind }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: KindKey.self)
+        switch try c.decode(String.self, forKey: .kind) {
+        case "run": self = .run(try RunInfo(from: decoder))
+        case "step": self = .step(try StepMetrics(from: decoder))
+        case "eval": self = .eval(try EvalMetrics(from: decoder))
+        case let other: throw DecodingError.dataCorruptedError(forKey: .kind, in: c, debugDescription: "unknown record kind \(other)")
         }
     }
 
-    /// Parses one line of `metrics.jsonl`; nil for blank or unknown lines.
-    public init?(jsonLine line: String) {
-        guard let data = line.data(using: .utf8),
-              let o = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any],
-              let kind = o["kind"] as? String, let step = (o["step"] as? NSNumber)?.intValue else { return nil }
-        func d(_ k: String) -> Double { (o[k] as? NSNumber)?.doubleValue ?? .nan }
-        switch kind {
-        case "run":
-            self = .run(RunInfo(startStep: step, resumed: (o["resumed"] as? Bool) ?? false,
-                                parameters: (o["parameters"] as? NSNumber)?.intValue ?? 0, model: (o["model"] as? String) ?? "",
-                                maxIters: (o["max_iters"] as? NSNumber)?.intValue ?? 0,
-                                tokensPerStep: (o["tokens_per_step"] as? NSNumber)?.intValue ?? 0,
-                                unigramEntropyBits: d("unigram_entropy_bits"), bytesPerTokenVal: d("bytes_per_token_val")))
-        case "step":
-            self = .step(StepMetrics(step: step, loss: d("loss"), learningRate: d("lr"), gradNorm: d("grad_norm"),
-                                     tokensPerSecond: d("tokens_per_s"), elapsed: d("elapsed_s"), skipped: (o["skipped"] as? Bool) ?? false))
-        case "eval":
-            self = .eval(EvalMetrics(step: step, trainLoss: d("train_loss"), valLoss: d("val_loss"),
-                                     trainBitsPerByte: d("train_bpb"), valBitsPerByte: d("val_bpb"), elapsed: d("elapsed_s")))
-        default:
-            return nil
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: KindKey.self)
+        switch self {
+        case .run(let r): try c.encode("run", forKey: .kind); try r.encode(to: encoder)
+        case .step(let s): try c.encode("step", forKey: .kind); try s.encode(to: encoder)
+        case .eval(let e): try c.encode("eval", forKey: .kind); try e.encode(to: encoder)
         }
+    }
+
+    /// One JSON object on one line, keys sorted (non-finite numbers as null).
+    public var jsonLine: String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        // Cannot fail: every number is finite or written as null.
+        return (try? encoder.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+    }
+
+    /// Parses one line of `metrics.jsonl`; nil for blank, cut or unknown lines.
+    public init?(jsonLine line: String) {
+        guard let record = try? JSONDecoder().decode(MetricsRecord.self, from: Data(line.utf8)) else { return nil }
+        self = record
     }
 
     /// Reads every record of a `metrics.jsonl` file (later records for the same step and kind,
@@ -126,19 +121,100 @@ extension MetricsRecord {
     }
 }
 
-/// A JSON string literal.
-func jsonString(_ s: String) -> String {
-    var o = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": o += "\\\""
-        case "\\": o += "\\\\"
-        case "\n": o += "\\n"
-        case "\r": o += "\\r"
-        case "\t": o += "\\t"
-        default:
-            if u.value < 0x20 { o += String(format: "\\u%04x", u.value) } else { o.unicodeScalars.append(u) }
-        }
+extension RunInfo: Codable {
+    enum CodingKeys: String, CodingKey {
+        case startStep = "step", resumed, parameters, model, maxIters = "max_iters", tokensPerStep = "tokens_per_step"
+        case unigramEntropyBits = "unigram_entropy_bits", bytesPerTokenVal = "bytes_per_token_val"
     }
-    return o + "\""
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(startStep: try c.decode(Int.self, forKey: .startStep),
+                  resumed: try c.decodeIfPresent(Bool.self, forKey: .resumed) ?? false,
+                  parameters: try c.decodeIfPresent(Int.self, forKey: .parameters) ?? 0,
+                  model: try c.decodeIfPresent(String.self, forKey: .model) ?? "",
+                  maxIters: try c.decodeIfPresent(Int.self, forKey: .maxIters) ?? 0,
+                  tokensPerStep: try c.decodeIfPresent(Int.self, forKey: .tokensPerStep) ?? 0,
+                  unigramEntropyBits: try c.decodeNumber(.unigramEntropyBits),
+                  bytesPerTokenVal: try c.decodeNumber(.bytesPerTokenVal))
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(startStep, forKey: .startStep)
+        try c.encode(resumed, forKey: .resumed)
+        try c.encode(parameters, forKey: .parameters)
+        try c.encode(model, forKey: .model)
+        try c.encode(maxIters, forKey: .maxIters)
+        try c.encode(tokensPerStep, forKey: .tokensPerStep)
+        try c.encodeNumber(unigramEntropyBits, forKey: .unigramEntropyBits)
+        try c.encodeNumber(bytesPerTokenVal, forKey: .bytesPerTokenVal)
+    }
+}
+
+extension StepMetrics: Codable {
+    enum CodingKeys: String, CodingKey {
+        case step, loss, learningRate = "lr", gradNorm = "grad_norm", tokensPerSecond = "tokens_per_s"
+        case elapsed = "elapsed_s", skipped
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(step: try c.decode(Int.self, forKey: .step), loss: try c.decodeNumber(.loss),
+                  learningRate: try c.decodeNumber(.learningRate), gradNorm: try c.decodeNumber(.gradNorm),
+                  tokensPerSecond: try c.decodeNumber(.tokensPerSecond), elapsed: try c.decodeNumber(.elapsed),
+                  skipped: try c.decodeIfPresent(Bool.self, forKey: .skipped) ?? false)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(step, forKey: .step)
+        try c.encodeNumber(loss, forKey: .loss)
+        try c.encodeNumber(learningRate, forKey: .learningRate)
+        try c.encodeNumber(gradNorm, forKey: .gradNorm)
+        try c.encodeNumber(tokensPerSecond, forKey: .tokensPerSecond)
+        try c.encodeNumber(elapsed, forKey: .elapsed)
+        try c.encode(skipped, forKey: .skipped)
+    }
+}
+
+extension EvalMetrics: Codable {
+    enum CodingKeys: String, CodingKey {
+        case step, trainLoss = "train_loss", valLoss = "val_loss"
+        case trainPerplexity = "train_perplexity", valPerplexity = "val_perplexity"  // written for readers, derived on reading
+        case trainBitsPerByte = "train_bpb", valBitsPerByte = "val_bpb", elapsed = "elapsed_s"
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(step: try c.decode(Int.self, forKey: .step), trainLoss: try c.decodeNumber(.trainLoss),
+                  valLoss: try c.decodeNumber(.valLoss), trainBitsPerByte: try c.decodeNumber(.trainBitsPerByte),
+                  valBitsPerByte: try c.decodeNumber(.valBitsPerByte), elapsed: try c.decodeNumber(.elapsed))
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(step, forKey: .step)
+        try c.encodeNumber(trainLoss, forKey: .trainLoss)
+        try c.encodeNumber(valLoss, forKey: .valLoss)
+        try c.encodeNumber(trainPerplexity, forKey: .trainPerplexity)
+        try c.encodeNumber(valPerplexity, forKey: .valPerplexity)
+        try c.encodeNumber(trainBitsPerByte, forKey: .trainBitsPerByte)
+        try c.encodeNumber(valBitsPerByte, forKey: .valBitsPerByte)
+        try c.encodeNumber(elapsed, forKey: .elapsed)
+    }
+}
+
+// Metrics numbers may be NaN or infinite (a diverged run); JSON has no such numbers, so they are
+// written as null and read back as NaN (as is a missing key).
+private extension KeyedEncodingContainer {
+    mutating func encodeNumber(_ value: Double, forKey key: Key) throws {
+        if value.isFinite { try encode(value, forKey: key) } else { try encodeNil(forKey: key) }
+    }
+}
+
+private extension KeyedDecodingContainer {
+    func decodeNumber(_ key: Key) throws -> Double {
+        try decodeIfPresent(Double.self, forKey: key) ?? .nan
+    }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Infrastructure
 
 #if canImport(Glibc)
 import Glibc

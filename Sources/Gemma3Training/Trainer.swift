@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Gemma3Formats
+import Gemma3Infrastructure
 import Gemma3Kernels
 import Gemma3Model
 
@@ -10,44 +11,21 @@ import Glibc
 import Darwin
 #endif
 
-/// A thread-safe "please stop" flag, set by SIGINT/SIGTERM handlers and polled by the trainer
-/// between steps (and between evaluation batches).
+/// A thread-safe "please stop" flag, set by the program's SIGINT/SIGTERM handler and polled by the
+/// trainer between steps (and between evaluation batches).
 public final class StopFlag: @unchecked Sendable {
     private let lock = NSLock()
     private var signalNumber: Int32?
-    private var sources: [DispatchSourceSignal] = []
 
     public init() {}
 
     /// The signal that requested the stop (or 0 for a programmatic request), nil while running.
     public var requested: Int32? { lock.lock(); defer { lock.unlock() }; return signalNumber }
 
+    /// Asks the trainer to finish the current step, save `latest/` and return; the first request wins.
     public func request(signal: Int32 = 0) {
         lock.lock(); defer { lock.unlock() }
         if signalNumber == nil { signalNumber = signal }
-    }
-
-    /// Routes SIGINT and SIGTERM to this flag: the first one asks the trainer to finish the current
-    /// step, save `latest/` and return; a second one exits at once (checkpoint writes are atomic,
-    /// so even that leaves the previous `latest/` intact).
-    public func installSignalHandlers() {
-        lock.lock(); defer { lock.unlock() }
-        guard sources.isEmpty else { return }
-        for sig in [SIGINT, SIGTERM] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { [weak self] in
-                guard let self else { return }
-                if self.requested != nil {
-                    FileHandle.standardError.write(Data("\nsecond interrupt: exiting now (latest/ is intact)\n".utf8))
-                    exit(128 + sig)
-                }
-                self.request(signal: sig)
-                FileHandle.standardError.write(Data("\ninterrupt: finishing this step, then saving latest/ (interrupt again to quit at once)\n".utf8))
-            }
-            source.resume()
-            sources.append(source)
-        }
     }
 }
 
@@ -453,9 +431,9 @@ public final class Trainer {
                 case .eval: return r.step < state.step || (r.step == state.step && !state.pendingEval)
                 }
             }
-            try AtomicFile.write(Data(kept.map { $0 + "\n" }.joined().utf8), to: url)
+            try AtomicFileWriter.write(Data(kept.map { $0 + "\n" }.joined().utf8), to: url)
         } else {
-            try AtomicFile.write(Data(), to: url)
+            try AtomicFileWriter.write(Data(), to: url)
         }
         guard let h = try? FileHandle(forWritingTo: url) else { throw TrainingError.io("cannot open \(url.path) for writing") }
         h.seekToEndOfFile()

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Dispatch
 import Foundation
+import Gemma3Infrastructure
 import Gemma3Kernels
 import Gemma3Model
 
@@ -367,11 +368,6 @@ struct BenchGenerateCommand: ParsableCommand {
             times.append(seconds(since: start) / 4)
         }
         return 2 * Double(m * n * k) / median(times) / 1e9
-    }
-
-    func median(_ xs: [Double]) -> Double {
-        let s = xs.sorted()
-        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
     }
 
     func seconds(since start: UInt64) -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Dispatch
 import Foundation
+import Gemma3Infrastructure
 import Gemma3Kernels
 import Gemma3Tokenizers
 
@@ -21,7 +22,7 @@ struct BenchTokenizerCommand: ParsableCommand {
     @Argument(help: "UTF-8 text file to encode.")
     var file: String
 
-    @Option(help: ArgumentHelp("Directory with the GPT-2 tokenizer files (default: \(GPT2Tokenizer.defaultDirectory.path)).", valueName: "dir"))
+    @Option(help: ArgumentHelp("Directory with the GPT-2 tokenizer files (default: \(CLIEnvironment.gpt2TokenizerDirectory.path)).", valueName: "dir"))
     var tokenizer: String?
 
     @Option(help: "Timed runs per measurement (the median is reported).")
@@ -87,7 +88,7 @@ struct BenchTokenizerCommand: ParsableCommand {
 
     /// Runs tiktoken on the same file in a python3 subprocess.
     private func runTiktoken(expected: [Int32]) -> TiktokenResult {
-        let directory = (tokenizer.map { URL(fileURLWithPath: $0) } ?? GPT2Tokenizer.defaultDirectory).path
+        let directory = (tokenizer.map { URL(fileURLWithPath: $0) } ?? CLIEnvironment.gpt2TokenizerDirectory).path
         let idsFile = FileManager.default.temporaryDirectory
             .appendingPathComponent("gemma3-bench-tiktoken-\(ProcessInfo.processInfo.processIdentifier).u32")
         defer { try? FileManager.default.removeItem(at: idsFile) }
@@ -126,12 +127,6 @@ private func seconds(since start: UInt64) -> Double {
     Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
 }
 
-private func median(_ values: [Double]) -> Double {
-    let sorted = values.sorted()
-    let n = sorted.count
-    return n % 2 == 1 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2
-}
-
 private struct TiktokenResult {
     var error: String?
     var version: String?
@@ -166,14 +161,14 @@ private struct BenchReport {
         var reference = "null"
         var ratios = "null"
         if let s = tiktoken.single, let b = tiktoken.batch {
-            reference = "{\"version\":\(quoted(tiktoken.version ?? "unknown")),\"single\":\(measurement(s)),\"batch\":\(measurement(b)),"
+            reference = "{\"version\":\(jsonStringLiteral(tiktoken.version ?? "unknown")),\"single\":\(measurement(s)),\"batch\":\(measurement(b)),"
                 + "\"batch_threads\":\(tiktokenThreads),\"identical\":\(tiktoken.identical.map { "\($0)" } ?? "null"),"
                 + "\"batch_identical\":\(tiktoken.batchIdentical.map { "\($0)" } ?? "null")}"
             ratios = "{\"single_thread\":\(fmt(s / single, 3)),\"all_cores_vs_batch\":\(fmt(b / parallel, 3)),"
                 + "\"all_cores_vs_single\":\(fmt(s / parallel, 3))}"
         }
-        let error = tiktoken.error.map { ",\"tiktoken_error\":\(quoted($0))" } ?? ""
-        return "{\"benchmark\":\"tokenizer\",\"file\":\(quoted(file)),\"bytes\":\(bytes),\"tokens\":\(tokens),\"runs\":\(runs),"
+        let error = tiktoken.error.map { ",\"tiktoken_error\":\(jsonStringLiteral($0))" } ?? ""
+        return "{\"benchmark\":\"tokenizer\",\"file\":\(jsonStringLiteral(file)),\"bytes\":\(bytes),\"tokens\":\(tokens),\"runs\":\(runs),"
             + "\"threads\":\(threads),\"load_seconds\":\(fmt(loadSeconds, 4)),"
             + "\"swift\":{\"single\":\(measurement(single)),\"all_cores\":\(measurement(parallel))},"
             + "\"tiktoken\":\(reference),\"speedup_vs_tiktoken\":\(ratios)\(error)}"
@@ -203,12 +198,6 @@ private struct BenchReport {
 private func fmt(_ value: Double, _ decimals: Int) -> String {
     guard value.isFinite else { return "null" }
     return String(format: "%.\(decimals)f", value)
-}
-
-private func quoted(_ s: String) -> String {
-    let data = (try? JSONSerialization.data(withJSONObject: [s], options: [])) ?? Data("[\"\"]".utf8)
-    let array = String(decoding: data, as: UTF8.self)
-    return String(array.dropFirst().dropLast())
 }
 
 /// argv: tokenizer dir, text file, runs, batch threads, output path for the ids (uint32 LE).

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Dispatch
 import Foundation
+import Gemma3Infrastructure
 import Gemma3Kernels
 import Gemma3Model
 import Gemma3Training
@@ -104,8 +105,7 @@ struct BenchTrainCommand: ParsableCommand {
         let flopsPerStep = model.flopsPerStep
 
         let cpuSeconds = Self.processCPUSeconds() - cpuStart
-        let sorted = stepTimes.sorted()
-        let median = sorted[sorted.count / 2]
+        let medianStep = median(stepTimes)
         let total = stepTimes.reduce(0, +)
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
@@ -147,10 +147,10 @@ struct BenchTrainCommand: ParsableCommand {
             }
         }
         let output = Output(preset: preset, batch: batch, seq: seq, steps: steps, threads: Parallel.threadCount, build: BuildInfo.description,
-                            parameters: config.parameterCount, tokens_per_second: Double(tokensPerStep) / median,
-                            median_step_seconds: median, gflop_per_step: flopsPerStep / 1e9, gflops: flopsPerStep / median / 1e9,
-                            sgemm_reference_gflops: sgemmReference, fraction_of_sgemm: flopsPerStep / median / 1e9 / sgemmReference,
-                            cpu_cores_used: cpuSeconds / (stepTimes.reduce(0, +) + Double(warmup) * median),
+                            parameters: config.parameterCount, tokens_per_second: Double(tokensPerStep) / medianStep,
+                            median_step_seconds: medianStep, gflop_per_step: flopsPerStep / 1e9, gflops: flopsPerStep / medianStep / 1e9,
+                            sgemm_reference_gflops: sgemmReference, fraction_of_sgemm: flopsPerStep / medianStep / 1e9 / sgemmReference,
+                            cpu_cores_used: cpuSeconds / (stepTimes.reduce(0, +) + Double(warmup) * medianStep),
                             peak_memory_bytes: peakBytes, time_share: shares, losses: losses,
                             pytorch: references,
                             gemms: model.gemmProfile.map { $0.mapValues { ["seconds_per_step": $0.seconds / Double(steps), "gflops": $0.flops / $0.seconds / 1e9] } })
@@ -161,7 +161,7 @@ struct BenchTrainCommand: ParsableCommand {
         } else {
             print("bench train: \(preset) (\(config.parameterCount) parameters), batch \(batch) × \(seq), \(steps) steps, \(Parallel.threadCount) threads, \(BuildInfo.description)")
             print(String(format: "  %.1f tokens/s  (median step %.3f s, %.1f GFLOP/step, %.1f GFLOP/s)",
-                         output.tokens_per_second, median, output.gflop_per_step, output.gflops))
+                         output.tokens_per_second, medianStep, output.gflop_per_step, output.gflops))
             print(String(format: "  sgemm on this machine now: %.1f GFLOP/s ([%d×%d]·[%d×%d]ᵀ) → step at %.0f%% of it; %.2f cores busy on average",
                          sgemmReference, batch * seq, config.hiddenSize, config.intermediateSize, config.hiddenSize,
                          output.fraction_of_sgemm * 100, output.cpu_cores_used))
@@ -178,7 +178,7 @@ struct BenchTrainCommand: ParsableCommand {
             }
             if let profile = model.gemmProfile {
                 let total = profile.values.reduce(0) { $0 + $1.seconds } / Double(steps)
-                print(String(format: "  matrix products: %.3f s per step of %.3f (%.0f%%); by shape:", total, median, 100 * total / median))
+                print(String(format: "  matrix products: %.3f s per step of %.3f (%.0f%%); by shape:", total, medianStep, 100 * total / medianStep))
                 for (shape, t) in profile.sorted(by: { $0.value.seconds > $1.value.seconds }) {
                     print(String(format: "    %7.3f s  %6.1f GFLOP/s  %3.0f%% of sgemm  ", t.seconds / Double(steps), t.flops / t.seconds / 1e9,
                                  100 * t.flops / t.seconds / 1e9 / sgemmReference) + shape)

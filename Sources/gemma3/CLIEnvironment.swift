@@ -1,6 +1,6 @@
 import Foundation
+import Gemma3Hub
 import Gemma3Kernels
-import Gemma3Tokenizers
 
 /// Everything the tool reads from its environment, in one place: the libraries read none.
 enum CLIEnvironment {
@@ -21,6 +21,17 @@ enum CLIEnvironment {
         return settings
     }
 
-    /// The GPT-2 tokenizer files' default directory (in the cache).
-    static var gpt2TokenizerDirectory: URL { GPT2Tokenizer.defaultDirectory }
+    /// The download cache: `$GEMMA3_CACHE`, else `$HOME/.cache/gemma3`.
+    static var cacheDirectory: CacheDirectory {
+        if let cache = variables["GEMMA3_CACHE"], !cache.isEmpty {
+            return CacheDirectory(root: URL(fileURLWithPath: cache, isDirectory: true))
+        }
+        let home = variables["HOME"].flatMap { $0.isEmpty ? nil : URL(fileURLWithPath: $0, isDirectory: true) }
+            ?? FileManager.default.homeDirectoryForCurrentUser
+        return CacheDirectory(root: home.appendingPathComponent(".cache/gemma3", isDirectory: true))
+    }
+
+    /// Where `gemma3 download gpt2-tokenizer` puts `vocab.json` + `merges.txt`, and where every verb
+    /// looks when `--tokenizer` is not given.
+    static var gpt2TokenizerDirectory: URL { cacheDirectory.gpt2Tokenizer }
 }

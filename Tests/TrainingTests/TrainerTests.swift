@@ -3,6 +3,7 @@ import Testing
 import Gemma3Formats
 import Gemma3Kernels
 import Gemma3Model
+import Gemma3Plots
 @testable import Gemma3Training
 
 /// A prepared-data directory with synthetic token files for a 1000-token vocabulary: a noisy

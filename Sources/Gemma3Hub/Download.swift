@@ -1,6 +1,6 @@
 import Dispatch
 import Foundation
-import Gemma3Tokenizers
+import Gemma3Infrastructure
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -10,21 +10,6 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-
-/// Where downloads land by default: `$GEMMA3_CACHE` or `~/.cache/gemma3` (the GPT-2 tokenizer uses
-/// its `gpt2/` subdirectory, TinyStories `tinystories/`).
-public enum CacheDirectory {
-    public static var root: URL {
-        if let env = ProcessInfo.processInfo.environment["GEMMA3_CACHE"], !env.isEmpty {
-            return URL(fileURLWithPath: env, isDirectory: true)
-        }
-        return FileManager.default.homeDirectoryForCurrentUser
-            .appendingPathComponent(".cache", isDirectory: true)
-            .appendingPathComponent("gemma3", isDirectory: true)
-    }
-
-    public static var tinyStories: URL { root.appendingPathComponent("tinystories", isDirectory: true) }
-}
 
 /// One file to fetch.
 public struct DownloadRequest: Sendable {
@@ -96,14 +81,18 @@ public enum DownloadError: Error, CustomStringConvertible, LocalizedError {
 public struct HTTPDownloader: Sendable {
     /// Seconds without any data before giving up.
     public var idleTimeout: TimeInterval = 60
-    public var showProgress = true
+    /// Receives the transfer's progress (nil: none reported).
+    public var progress: ProgressHandler?
     /// Download again even when the destination exists and matches its checksum.
     public var force = false
 
-    public init(showProgress: Bool = true, force: Bool = false) {
-        self.showProgress = showProgress
+    public init(progress: ProgressHandler? = nil, force: Bool = false) {
+        self.progress = progress
         self.force = force
     }
+
+    /// Fetches `request.url` to `request.destination` (resuming a `.part` file), checks size and
+    /// SHA-256, then renames it into place.
 
     public func download(_ request: DownloadRequest) throws -> DownloadOutcome {
         let fm = FileManager.default
@@ -113,7 +102,7 @@ public struct HTTPDownloader: Sendable {
             let size = fileSize(dest)
             let sizeOK = request.expectedBytes.map { $0 == size } ?? true
             if sizeOK, let expected = request.sha256 {
-                if try SHA256.hex(ofFile: dest) == expected {
+                if try SHA256Hasher.hex(ofFile: dest) == expected {
                     return DownloadOutcome(kind: .alreadyPresent, path: dest.path, bytes: size, resumedFrom: 0,
                                            verifiedSHA256: expected)
                 }
@@ -153,7 +142,7 @@ public struct HTTPDownloader: Sendable {
             }
             let expectedHash = request.sha256 ?? result.linkedSHA256
             if let expectedHash {
-                let actual = try SHA256.hex(ofFile: part)
+                let actual = try SHA256Hasher.hex(ofFile: part)
                 if actual != expectedHash {
                     unlink(part.path)
                     throw DownloadError.checksumMismatch(path: dest.path, expected: expectedHash, actual: actual)
@@ -182,7 +171,7 @@ public struct HTTPDownloader: Sendable {
     }
 
     private func transfer(_ url: URL, to part: URL, resumeFrom: Int64) throws -> TransferResult {
-        let delegate = StreamingDelegate(partPath: part.path, resumeFrom: resumeFrom, showProgress: showProgress,
+        let delegate = StreamingDelegate(partPath: part.path, resumeFrom: resumeFrom, progress: progress,
                                          label: url.lastPathComponent)
         let config = URLSessionConfiguration.ephemeral
         config.timeoutIntervalForRequest = idleTimeout
@@ -200,7 +189,6 @@ public struct HTTPDownloader: Sendable {
         let task = session.dataTask(with: req)
         task.resume()
         delegate.finished.wait()
-        delegate.progress?.finish()
 
         if let e = delegate.failure { throw e }
         if let error = delegate.transportError {
@@ -260,8 +248,9 @@ private final class StreamingDelegate: NSObject, URLSessionDataDelegate, @unchec
 
     let partPath: String
     let resumeFrom: Int64
-    let showProgress: Bool
+    let progress: ProgressHandler?
     let label: String
+    let start = Date()
     var rangeHeader: String?
     let finished = DispatchSemaphore(value: 0)
 
@@ -275,13 +264,18 @@ private final class StreamingDelegate: NSObject, URLSessionDataDelegate, @unchec
     var writeError: Error?
     var fd: Int32 = -1
     var received: Int64 = 0
-    var progress: ProgressReporter?
 
-    init(partPath: String, resumeFrom: Int64, showProgress: Bool, label: String) {
+    init(partPath: String, resumeFrom: Int64, progress: ProgressHandler?, label: String) {
         self.partPath = partPath
         self.resumeFrom = resumeFrom
-        self.showProgress = showProgress
+        self.progress = progress
         self.label = label
+    }
+
+    private func report(isFinal: Bool) {
+        guard let progress, let total = totalBytes else { return }
+        progress(ProgressUpdate(label: label, bytesDone: received, totalBytes: total,
+                                elapsed: Date().timeIntervalSince(start), isFinal: isFinal))
     }
 
     /// Keeps the Range header across redirects (the Hub redirects to a CDN) and remembers the
@@ -347,9 +341,6 @@ private final class StreamingDelegate: NSObject, URLSessionDataDelegate, @unchec
             completionHandler(.cancel)
             return
         }
-        if showProgress, let total = totalBytes {
-            progress = ProgressReporter(label: label, totalBytes: total)
-        }
         completionHandler(writeError == nil ? .allow : .cancel)
     }
 
@@ -371,7 +362,7 @@ private final class StreamingDelegate: NSObject, URLSessionDataDelegate, @unchec
             }
         }
         received += Int64(data.count)
-        progress?.update(bytesDone: received)
+        report(isFinal: false)
     }
 
     func urlSession(_ session: URLSession, task: URLSessionTask, didCompleteWithError error: Error?) {
@@ -382,6 +373,7 @@ private final class StreamingDelegate: NSObject, URLSessionDataDelegate, @unchec
             if fsync(fd) != 0, writeError == nil { writeError = FileIOError.syncFailed(partPath, errno) }
             close(fd)
             fd = -1
+            report(isFinal: true)
         }
         finished.signal()
     }

@@ -1,7 +1,8 @@
 import Foundation
-import Gemma3Tokenizers
+import Gemma3Infrastructure
+import Gemma3TestSupport
 import Testing
-@testable import Gemma3Training
+@testable import Gemma3Hub
 
 /// The downloader against a local HTTP server on 127.0.0.1 (never the internet).
 @Suite(.serialized) struct DownloadTests {
@@ -20,8 +21,8 @@ import Testing
         let (server, work, bytes) = try makeServer()
         defer { server.stop(); try? FileManager.default.removeItem(at: work) }
         let dest = work.appendingPathComponent("out/data.txt")
-        let sha = SHA256.hex(of: bytes)
-        let r = try HTTPDownloader(showProgress: false).download(
+        let sha = SHA256Hasher.hex(of: bytes)
+        let r = try HTTPDownloader().download(
             DownloadRequest(url: server.url("files", "data.txt"), destination: dest, sha256: sha))
         #expect(r.kind == .downloaded)
         #expect(r.bytes == Int64(bytes.count))
@@ -29,7 +30,7 @@ import Testing
         #expect(try Data(contentsOf: dest) == bytes)
         #expect(!FileManager.default.fileExists(atPath: dest.path + ".part"))
         // A second call finds the verified file and does not fetch it again.
-        let again = try HTTPDownloader(showProgress: false).download(
+        let again = try HTTPDownloader().download(
             DownloadRequest(url: server.url("files", "data.txt"), destination: dest, sha256: sha))
         #expect(again.kind == .alreadyPresent)
         #expect(try server.requestLog().count == 1)
@@ -41,11 +42,11 @@ import Testing
         let dest = work.appendingPathComponent("data.txt")
         try bytes.prefix(123_457).write(to: URL(fileURLWithPath: dest.path + ".part"))
         // The redirect announces the SHA-256 (as the Hub's X-Linked-Etag does); no checksum is passed.
-        let r = try HTTPDownloader(showProgress: false).download(
+        let r = try HTTPDownloader().download(
             DownloadRequest(url: server.url("redirect", "data.txt"), destination: dest))
         #expect(r.kind == .resumed)
         #expect(r.resumedFrom == 123_457)
-        #expect(r.verifiedSHA256 == SHA256.hex(of: bytes))
+        #expect(r.verifiedSHA256 == SHA256Hasher.hex(of: bytes))
         #expect(try Data(contentsOf: dest) == bytes)
         let log = try server.requestLog()
         #expect(log.map(\.path) == ["/redirect/data.txt", "/files/data.txt"])
@@ -58,15 +59,15 @@ import Testing
         let dest = work.appendingPathComponent("data.txt")
         let part = URL(fileURLWithPath: dest.path + ".part")
         #expect(throws: DownloadError.self) {
-            try HTTPDownloader(showProgress: false).download(
+            try HTTPDownloader().download(
                 DownloadRequest(url: server.url("truncate", "data.txt"), destination: dest))
         }
         #expect(!FileManager.default.fileExists(atPath: dest.path))
         let partial = try Data(contentsOf: part)
         #expect(partial.count > 0 && partial.count < bytes.count)
         #expect(partial == bytes.prefix(partial.count))
-        let r = try HTTPDownloader(showProgress: false).download(
-            DownloadRequest(url: server.url("files", "data.txt"), destination: dest, sha256: SHA256.hex(of: bytes)))
+        let r = try HTTPDownloader().download(
+            DownloadRequest(url: server.url("files", "data.txt"), destination: dest, sha256: SHA256Hasher.hex(of: bytes)))
         #expect(r.kind == .resumed)
         #expect(r.resumedFrom == Int64(partial.count))
         #expect(try Data(contentsOf: dest) == bytes)
@@ -78,8 +79,8 @@ import Testing
         defer { server.stop(); try? FileManager.default.removeItem(at: work) }
         let dest = work.appendingPathComponent("data.txt")
         try bytes.write(to: URL(fileURLWithPath: dest.path + ".part"))
-        let r = try HTTPDownloader(showProgress: false).download(
-            DownloadRequest(url: server.url("files", "data.txt"), destination: dest, sha256: SHA256.hex(of: bytes)))
+        let r = try HTTPDownloader().download(
+            DownloadRequest(url: server.url("files", "data.txt"), destination: dest, sha256: SHA256Hasher.hex(of: bytes)))
         #expect(try Data(contentsOf: dest) == bytes)
         #expect(r.bytes == Int64(bytes.count))
     }
@@ -90,7 +91,7 @@ import Testing
         let dest = work.appendingPathComponent("data.txt")
         // A stale partial file with wrong bytes: must be replaced, not appended to.
         try Data(repeating: 0xAB, count: 5000).write(to: URL(fileURLWithPath: dest.path + ".part"))
-        let r = try HTTPDownloader(showProgress: false).download(
+        let r = try HTTPDownloader().download(
             DownloadRequest(url: server.url("norange", "data.txt"), destination: dest))
         #expect(r.kind == .downloaded)
         #expect(try Data(contentsOf: dest) == bytes)
@@ -101,7 +102,7 @@ import Testing
         defer { server.stop(); try? FileManager.default.removeItem(at: work) }
         let dest = work.appendingPathComponent("data.txt")
         do {
-            _ = try HTTPDownloader(showProgress: false).download(
+            _ = try HTTPDownloader().download(
                 DownloadRequest(url: server.url("files", "data.txt"), destination: dest, sha256: String(repeating: "1", count: 64)))
             Issue.record("a wrong checksum must fail")
         } catch let e as DownloadError {
@@ -112,7 +113,7 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: dest.path + ".part"))
         // Same with a wrong checksum announced by the redirect.
         #expect(throws: DownloadError.self) {
-            try HTTPDownloader(showProgress: false).download(
+            try HTTPDownloader().download(
                 DownloadRequest(url: server.url("badetag", "data.txt"), destination: dest))
         }
         #expect(directoryEntries(work).filter { $0.hasPrefix("data.txt") }.isEmpty)
@@ -123,7 +124,7 @@ import Testing
         defer { server.stop(); try? FileManager.default.removeItem(at: work) }
         let dest = work.appendingPathComponent("missing.txt")
         do {
-            _ = try HTTPDownloader(showProgress: false).download(
+            _ = try HTTPDownloader().download(
                 DownloadRequest(url: server.url("files", "missing.txt"), destination: dest))
             Issue.record("404 must fail")
         } catch let e as DownloadError {
@@ -131,7 +132,7 @@ import Testing
         }
         // Nothing listens on port 1.
         do {
-            _ = try HTTPDownloader(showProgress: false).download(
+            _ = try HTTPDownloader().download(
                 DownloadRequest(url: URL(string: "http://127.0.0.1:1/x.txt")!, destination: dest))
             Issue.record("an unreachable server must fail")
         } catch let e as DownloadError {
@@ -156,14 +157,14 @@ import Testing
         defer { server.stop() }
         let target = work.appendingPathComponent("cache/gpt2")
         let hub = server.base.appendingPathComponent("files/")
-        let first = try GPT2TokenizerDownload.fetch(into: target, source: .hub, hubURL: hub, showProgress: false)
+        let first = try GPT2TokenizerDownload.fetch(into: target, source: .hub, hubURL: hub)
         #expect(first.source == "hub")
         #expect(first.files.map(\.verifiedSHA256) == GPT2TokenizerDownload.files.map(\.sha256))
         for name in ["vocab.json", "merges.txt"] {
             #expect(try Data(contentsOf: target.appendingPathComponent(name))
                     == Data(contentsOf: TestPaths.gpt2.appendingPathComponent(name)))
         }
-        let second = try GPT2TokenizerDownload.fetch(into: target, source: .hub, hubURL: hub, showProgress: false)
+        let second = try GPT2TokenizerDownload.fetch(into: target, source: .hub, hubURL: hub)
         #expect(second.source == "cache")
 
         // A hub serving a corrupted merges.txt: checksum error, nothing installed.
@@ -172,7 +173,7 @@ import Testing
         try corrupted.write(to: served.appendingPathComponent("merges.txt"))
         let other = work.appendingPathComponent("cache2")
         #expect(throws: DownloadError.self) {
-            try GPT2TokenizerDownload.fetch(into: other, source: .hub, hubURL: hub, showProgress: false)
+            try GPT2TokenizerDownload.fetch(into: other, source: .hub, hubURL: hub)
         }
         #expect(!directoryEntries(other).contains("merges.txt"))
         #expect(!directoryEntries(other).contains("merges.txt.part"))

@@ -1,4 +1,3 @@
-import Dispatch
 import Foundation
 
 #if canImport(Glibc)
@@ -36,58 +35,6 @@ public enum FileIOError: Error, CustomStringConvertible, LocalizedError {
     public var errorDescription: String? { description }
 }
 
-/// Temporary files that must disappear if the process is interrupted (Ctrl-C, SIGTERM)
-/// before they are renamed into place, so that no partial output is ever left behind.
-public enum TemporaryFiles {
-    private final class Registry: @unchecked Sendable {
-        let lock = NSLock()
-        var paths = Set<String>()
-        var directories = Set<String>()
-        var sources: [DispatchSourceSignal] = []
-    }
-    private static let registry = Registry()
-
-    static func register(_ path: String) {
-        registry.lock.lock(); registry.paths.insert(path); registry.lock.unlock()
-    }
-
-    static func unregister(_ path: String) {
-        registry.lock.lock(); registry.paths.remove(path); registry.lock.unlock()
-    }
-
-    /// A directory created for outputs: removed on interrupt if it is empty by then.
-    static func registerDirectory(_ path: String) {
-        registry.lock.lock(); registry.directories.insert(path); registry.lock.unlock()
-    }
-
-    static func unregisterDirectory(_ path: String) {
-        registry.lock.lock(); registry.directories.remove(path); registry.lock.unlock()
-    }
-
-    /// Makes SIGINT and SIGTERM delete every registered temporary file, then exit with 128+signal.
-    /// Call once from a command before it starts writing.
-    public static func removeOnInterrupt() {
-        registry.lock.lock()
-        defer { registry.lock.unlock() }
-        guard registry.sources.isEmpty else { return }
-        for sig in [SIGINT, SIGTERM] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler {
-                registry.lock.lock()
-                for p in registry.paths { unlink(p) }
-                for d in registry.directories { rmdir(d) }  // fails, harmlessly, unless empty
-                registry.paths.removeAll()
-                registry.lock.unlock()
-                FileHandle.standardError.write("\ninterrupted; temporary files removed\n".data(using: .utf8)!)
-                exit(128 + sig)
-            }
-            source.resume()
-            registry.sources.append(source)
-        }
-    }
-}
-
 /// Writes a file atomically: bytes go to a hidden temporary file in the destination's directory,
 /// which `commit()` flushes to disk (fsync) and renames over the destination. Until then the
 /// destination is untouched; `abort()` (or deinit without commit) deletes the temporary file.
@@ -99,6 +46,8 @@ public final class AtomicFileWriter {
     /// Bytes written so far.
     public private(set) var bytesWritten: Int64 = 0
 
+    /// Creates the temporary file beside `destination` (registered with `TemporaryFiles`, so an
+    /// interrupt handler can remove it).
     public init(destination: URL) throws {
         self.destination = destination
         let dir = destination.deletingLastPathComponent()
@@ -127,6 +76,7 @@ public final class AtomicFileWriter {
         }
     }
 
+    /// Appends any contiguous bytes (`Data`, `[UInt8]`).
     public func write<C: ContiguousBytes>(_ bytes: C) throws {
         try bytes.withUnsafeBytes { try write($0) }
     }
@@ -158,14 +108,21 @@ public final class AtomicFileWriter {
 
     /// Writes `data` to `url` atomically.
     public static func write<C: ContiguousBytes>(_ data: C, to url: URL) throws {
+        try write(to: url) { try $0.write(data) }
+    }
+
+    /// Streams content through `body` into a new file at `url`, committed when `body` returns
+    /// and aborted (temporary file deleted) when it throws.
+    public static func write(to url: URL, _ body: (AtomicFileWriter) throws -> Void) throws {
         let w = try AtomicFileWriter(destination: url)
-        try w.write(data)
+        do { try body(w) } catch { w.abort(); throw error }
         try w.commit()
     }
 }
 
-/// fsync on a directory makes a rename inside it durable; failures are harmless and ignored.
-func syncDirectory(_ dir: URL) {
+/// fsync on a directory makes the renames inside it durable (failures are ignored: some file
+/// systems do not support it, and the files themselves were already synced).
+public func syncDirectory(_ dir: URL) {
     let dfd = open(dir.path, O_RDONLY)
     if dfd >= 0 { _ = fsync(dfd); close(dfd) }
 }

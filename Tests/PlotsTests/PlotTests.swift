@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import Gemma3Training
+import Gemma3Training
+@testable import Gemma3Plots
 
 /// Runs python3 with a script; returns (status, stdout+stderr).
 func runPython(_ script: String, arguments: [String] = []) throws -> (Int32, String) {

@@ -1,5 +1,6 @@
 import Foundation
-import Gemma3Formats
+import Gemma3Infrastructure
+import Gemma3Training
 
 /// A generated story shown in `report.md`.
 public struct ReportSample: Sendable {
@@ -72,13 +73,13 @@ public struct TrainingReport {
         var written: [URL] = []
         for (name, chart) in charts() {
             let png = directory.appendingPathComponent("\(name).png")
-            try AtomicFile.write(Data(chart.png()), to: png)
+            try AtomicFileWriter.write(Data(chart.png()), to: png)
             let svg = directory.appendingPathComponent("\(name).svg")
-            try AtomicFile.write(Data(chart.svg().utf8), to: svg)
+            try AtomicFileWriter.write(Data(chart.svg().utf8), to: svg)
             written += [png, svg]
         }
         let md = directory.appendingPathComponent("report.md")
-        try AtomicFile.write(Data(markdown(samples: samples, samplesNote: samplesNote).utf8), to: md)
+        try AtomicFileWriter.write(Data(markdown(samples: samples, samplesNote: samplesNote).utf8), to: md)
         written.append(md)
         return written
     }
@@ -122,10 +123,4 @@ public struct TrainingReport {
         }
         return o
     }
-}
-
-func median(_ xs: [Double]) -> Double {
-    guard !xs.isEmpty else { return .nan }
-    let s = xs.sorted()
-    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
 }

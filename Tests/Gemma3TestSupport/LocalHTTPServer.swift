@@ -7,10 +7,10 @@ import Foundation
 ///   /badetag/NAME    302 to /files/NAME announcing a wrong SHA-256
 ///   /norange/NAME    the whole file with 200, ignoring Range
 ///   /truncate/NAME   announces the full length, sends the first half, then drops the connection
-final class LocalHTTPServer {
+public final class LocalHTTPServer {
     let process = Process()
-    let port: Int
-    let root: URL
+    public let port: Int
+    public let root: URL
     let logFile: URL
 
     static let script = #"""
@@ -69,7 +69,7 @@ srv.serve_forever()
 """#
 
     /// Serves the files of `root`.
-    init(root: URL) throws {
+    public init(root: URL) throws {
         self.root = root
         logFile = root.deletingLastPathComponent().appendingPathComponent("server-log-\(UInt32.random(in: 0...UInt32.max)).json")
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -93,20 +93,20 @@ srv.serve_forever()
         port = p
     }
 
-    func url(_ kind: String, _ name: String) -> URL {
+    public func url(_ kind: String, _ name: String) -> URL {
         URL(string: "http://127.0.0.1:\(port)/\(kind)/\(name)")!
     }
 
-    var base: URL { URL(string: "http://127.0.0.1:\(port)/")! }
+    public var base: URL { URL(string: "http://127.0.0.1:\(port)/")! }
 
     /// The requests seen so far: (path, Range header).
-    func requestLog() throws -> [(path: String, range: String?)] {
+    public func requestLog() throws -> [(path: String, range: String?)] {
         guard let data = FileManager.default.contents(atPath: logFile.path) else { return [] }
         let list = try JSONSerialization.jsonObject(with: data) as? [[Any]] ?? []
         return list.map { ($0[0] as? String ?? "", $0[1] as? String) }
     }
 
-    func stop() {
+    public func stop() {
         // SIGKILL: Foundation's Process on Linux starts children with the spawning thread's signal
         // mask, in which SIGTERM may be blocked, so `terminate()` can be ignored.
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
