@@ -50,10 +50,9 @@ func makeTokenDirectory(in dir: URL) throws -> URL {
         try String(start[..<end]).write(to: url, atomically: true, encoding: .utf8)
         return url
     }
-    var options = PrepareOptions(trainFiles: [try head(of: "train.txt", bytes: 100_000)],
+    let options = PrepareOptions(trainFiles: [try head(of: "train.txt", bytes: 100_000)],
                                  validation: .files([try head(of: "valid.txt", bytes: 20_000)]),
                                  outputDirectory: dir.appendingPathComponent("tokens", isDirectory: true))
-    options.showProgress = false
     _ = try DataPreparation.run(options, tokenizer: try GPT2Tokenizer(directory: sharedGPT2),
                                 tokenizerRecord: try TokenizerRecord.gpt2(directory: sharedGPT2))
     return options.outputDirectory
