@@ -131,6 +131,8 @@ struct BenchTrainCommand: ParsableCommand {
             let steps: Int
             let threads: Int
             let build: String
+            let host_cpu: String
+            let products: String
             let parameters: Int
             let tokens_per_second: Double
             let median_step_seconds: Double
@@ -156,6 +158,7 @@ struct BenchTrainCommand: ParsableCommand {
             }
         }
         let output = Output(preset: preset, batch: batch, seq: seq, steps: steps, threads: Parallel.threadCount, build: BuildInfo.description,
+                            host_cpu: BuildInfo.hostCPU, products: RuntimeSettings.current.resolvedProductBackend.kernelDescription,
                             parameters: config.parameterCount, tokens_per_second: Double(tokensPerStep) / median,
                             median_step_seconds: median, gflop_per_step: flopsPerStep / 1e9, gflops: flopsPerStep / median / 1e9,
                             sgemm_reference_gflops: sgemmReference, fraction_of_sgemm: flopsPerStep / median / 1e9 / sgemmReference,
@@ -169,6 +172,7 @@ struct BenchTrainCommand: ParsableCommand {
             print(String(decoding: try encoder.encode(output), as: UTF8.self))
         } else {
             print("bench train: \(preset) (\(config.parameterCount) parameters), batch \(batch) × \(seq), \(steps) steps, \(Parallel.threadCount) threads, \(BuildInfo.description)")
+            print("  CPU: \(BuildInfo.hostCPU); products: \(RuntimeSettings.current.resolvedProductBackend.kernelDescription)")
             print(String(format: "  %.1f tokens/s  (median step %.3f s, %.1f GFLOP/step, %.1f GFLOP/s)",
                          output.tokens_per_second, median, output.gflop_per_step, output.gflops))
             print(String(format: "  sgemm on this machine now: %.1f GFLOP/s ([%d×%d]·[%d×%d]ᵀ) → step at %.0f%% of it; %.2f cores busy on average",
