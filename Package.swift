@@ -42,6 +42,12 @@ let package = Package(
             name: "CSystemZlib",
             providers: [.apt(["zlib1g-dev"])]
         ),
+        // oneDNN from Debian's libdnnl-dev: float32 products with kernels compiled for the CPU's
+        // instruction set at run time (taken where OpenBLAS does not know the CPU).
+        .systemLibrary(
+            name: "COneDNN",
+            providers: [.apt(["libdnnl-dev"])]
+        ),
         // Kernels in C for instructions Swift cannot enable per function (AVX-512 BF16), compiled
         // with function attributes and chosen at run time; the package still runs on any x86-64.
         .target(name: "CGemma3Kernels"),
@@ -55,7 +61,7 @@ let package = Package(
         ),
         // Compute layer: runtime settings, BLAS wrapper, parallel loops, element-wise kernels, number
         // formats, quantized weights (docs/architecture.md: what a GPU backend would replace).
-        .target(name: "Gemma3Kernels", dependencies: ["COpenBLAS", "CGemma3Kernels"], swiftSettings: cpuSettings),
+        .target(name: "Gemma3Kernels", dependencies: ["COpenBLAS", "COneDNN", "CGemma3Kernels"], swiftSettings: cpuSettings),
         // GPT-2 byte-level BPE and Gemma's SentencePiece-style tokenizer.
         .target(name: "Gemma3Tokenizers", dependencies: ["Gemma3Infrastructure"], swiftSettings: cpuSettings),
         // safetensors and GGUF readers/writers, quantized block formats.

@@ -3,7 +3,7 @@
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 need_apt=()
-for p in libopenblas-dev zlib1g-dev pkg-config python3 python3-pip; do
+for p in libopenblas-dev libdnnl-dev zlib1g-dev pkg-config python3 python3-pip; do
     dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 # python3/pip may come from elsewhere (pyenv); only ask apt for them if the commands are missing.

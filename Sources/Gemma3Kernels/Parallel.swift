@@ -47,6 +47,15 @@ public enum Parallel {
     /// enough; nested or concurrent regions (and more parts than cores) fall back to Dispatch.
     public static func run(parts: Int, _ body: (Int) -> Void) {
         if parts <= 1 { if parts == 1 { body(0) }; return }
+        if let backend = BLAS.scopedBackend {
+            // The workers compute this region's products with the caller's scoped backend too.
+            runOnWorkers(parts: parts) { part in BLAS.withBackend(backend) { body(part) } }
+        } else {
+            runOnWorkers(parts: parts, body)
+        }
+    }
+
+    private static func runOnWorkers(parts: Int, _ body: (Int) -> Void) {
         withoutActuallyEscaping(body) { body in
             if usePool, parts - 1 <= WorkerPool.shared.workerCount, WorkerPool.shared.tryRun(parts: parts, body) { return }
             let box = UncheckedSendable(body)

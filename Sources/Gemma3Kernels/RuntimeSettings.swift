@@ -28,17 +28,24 @@ public struct RuntimeSettings: Sendable, Equatable {
     public var unpacksForDecode: Bool
     /// Prompt-prefill arithmetic of quantized models: nil picks bfloat16 where the CPU has AVX-512 BF16.
     public var prefill: PrefillPrecision?
+    /// The library of float32 matrix products: nil picks `MatrixProductBackend.automatic` for this CPU.
+    public var productBackend: MatrixProductBackend?
 
     public init(threads: Int = ProcessInfo.processInfo.activeProcessorCount, usesWorkerPool: Bool = true,
                 gemmThreading: GEMMThreading = .workers, decodeActivations: QuantizedLinear.ActivationPrecision? = nil,
-                unpacksForDecode: Bool = true, prefill: PrefillPrecision? = nil) {
+                unpacksForDecode: Bool = true, prefill: PrefillPrecision? = nil,
+                productBackend: MatrixProductBackend? = nil) {
         self.threads = max(1, threads)
         self.usesWorkerPool = usesWorkerPool
         self.gemmThreading = gemmThreading
         self.decodeActivations = decodeActivations
         self.unpacksForDecode = unpacksForDecode
         self.prefill = prefill
+        self.productBackend = productBackend
     }
+
+    /// The product backend these settings choose on this CPU.
+    public var resolvedProductBackend: MatrixProductBackend { productBackend ?? .automatic }
 
     /// The decode kernels these settings choose on this CPU.
     public var resolvedDecodeActivations: QuantizedLinear.ActivationPrecision {
@@ -56,6 +63,7 @@ public struct RuntimeSettings: Sendable, Equatable {
     // Read on every parallel region, so kept apart from the mutex.
     private static let threadCount = Atomic<Int>(max(1, ProcessInfo.processInfo.activeProcessorCount))
     private static let workerPool = Atomic<Bool>(true)
+    private static let oneDNNProducts = Atomic<Bool>(MatrixProductBackend.automatic == .oneDNN)
 
     /// The settings in force.
     public static var current: RuntimeSettings { state.withLock { $0 } }
@@ -67,10 +75,14 @@ public struct RuntimeSettings: Sendable, Equatable {
         state.withLock { $0 = settings }
         threadCount.store(settings.threads, ordering: .relaxed)
         workerPool.store(settings.usesWorkerPool, ordering: .relaxed)
+        oneDNNProducts.store(settings.resolvedProductBackend == .oneDNN, ordering: .relaxed)
     }
 
     /// `threads` of the settings in force (cheap: one atomic load).
     static var threads: Int { threadCount.load(ordering: .relaxed) }
     /// `usesWorkerPool` of the settings in force (one atomic load).
     static var usesWorkerPool: Bool { workerPool.load(ordering: .relaxed) }
+    /// Whether `resolvedProductBackend` of the settings in force is oneDNN (one atomic load per product).
+    @usableFromInline
+    static var productBackendIsOneDNN: Bool { oneDNNProducts.load(ordering: .relaxed) }
 }

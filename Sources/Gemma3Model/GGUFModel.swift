@@ -207,6 +207,24 @@ public enum GGUFGemma3 {
 
     // MARK: Tokenizer
 
+    /// The tokenizer stored in the file's `tokenizer.ggml.*` metadata: Gemma's (`llama`, SentencePiece)
+    /// or GPT-2's byte-level BPE (`gpt2`, what `gemma3 convert` writes for models trained here).
+    public static func textTokenizer(from file: GGUFFile) throws -> any TextTokenizer {
+        if file["tokenizer.ggml.model"]?.stringValue == "gpt2" { return try gpt2Tokenizer(from: file) }
+        return try tokenizer(from: file)
+    }
+
+    /// The GPT-2 tokenizer stored as `tokenizer.ggml.model = "gpt2"` (tokens and merges).
+    public static func gpt2Tokenizer(from file: GGUFFile) throws -> GPT2Tokenizer {
+        let vocabulary = GPT2ByteLevelVocabulary(tokens: try file.strings("tokenizer.ggml.tokens"),
+                                                 merges: try file.strings("tokenizer.ggml.merges"), specialIDs: [])
+        do {
+            return try GPT2Tokenizer(vocabulary, source: file.path)
+        } catch let e as TokenizerError {
+            throw FormatError(e.description)
+        }
+    }
+
     /// The Gemma tokenizer stored in the file's `tokenizer.ggml.*` metadata.
     public static func tokenizer(from file: GGUFFile) throws -> GemmaTokenizer {
         let model = try file.string("tokenizer.ggml.model")
@@ -233,9 +251,11 @@ public enum GGUFGemma3 {
 
     /// A GGUF file (architecture `gemma3`) holding a model's parameters: matrices in `matrixType`
     /// (F32, F16, BF16, Q8_0, Q4_0, Q5_0, …; the embedding too), norms in F32 with +1 added, and the
-    /// Gemma tokenizer when given. The result can be read back with `inferenceWeights(from:)`.
+    /// Gemma tokenizer or a GPT-2 vocabulary when given (llama.cpp's `gpt2` tokenizer model: byte-level
+    /// BPE, no BOS, `<|endoftext|>` ends a text). The result can be read back with `inferenceWeights(from:)`.
     public static func writer(config: Gemma3Config, parameters store: ParameterStore, matrixType: GGMLType = .f32,
-                              tokenizer: GemmaTokenizer? = nil, name: String = "gemma3-swift") throws -> GGUFWriter {
+                              tokenizer: GemmaTokenizer? = nil, gpt2Vocabulary: GPT2ByteLevelVocabulary? = nil,
+                              name: String = "gemma3-swift") throws -> GGUFWriter {
         var w = GGUFWriter()
         w.set("general.architecture", .string(architecture))
         w.set("general.name", .string(name))
@@ -265,6 +285,23 @@ public enum GGUFGemma3 {
             w.set("tokenizer.ggml.eos_token_id", .uint32(UInt32(tokenizer.eosTokenID)))
             w.set("tokenizer.ggml.add_bos_token", .bool(tokenizer.addBOS))
             w.set("tokenizer.ggml.add_space_prefix", .bool(tokenizer.addSpacePrefix))
+        } else if let vocabulary = gpt2Vocabulary {
+            guard vocabulary.tokens.count <= config.vocabSize else {
+                throw FormatError("the GPT-2 vocabulary has \(vocabulary.tokens.count) tokens but the embedding only \(config.vocabSize) rows")
+            }
+            // The end-of-text token both opens nothing (no BOS is added) and ends a text.
+            let endOfText = vocabulary.tokens.firstIndex(of: "<|endoftext|>") ?? Int(GPT2Tokenizer.endOfTextID)
+            w.set("tokenizer.ggml.model", .string("gpt2"))
+            w.set("tokenizer.ggml.pre", .string("gpt-2"))
+            w.set("tokenizer.ggml.tokens", .array(.string, vocabulary.tokens.map { .string($0) }))
+            w.set("tokenizer.ggml.token_type", .array(.int32, vocabulary.tokens.indices.map {
+                .int32(vocabulary.specialIDs.contains($0) ? 3 : 1)  // 3: control, 1: normal
+            }))
+            w.set("tokenizer.ggml.merges", .array(.string, vocabulary.merges.map { .string($0) }))
+            w.set("tokenizer.ggml.bos_token_id", .uint32(UInt32(endOfText)))
+            w.set("tokenizer.ggml.eos_token_id", .uint32(UInt32(endOfText)))
+            w.set("tokenizer.ggml.add_bos_token", .bool(false))
+            w.set("tokenizer.ggml.add_eos_token", .bool(false))
         } else {
             if let bos = config.bosTokenId { w.set("tokenizer.ggml.bos_token_id", .uint32(UInt32(bos))) }
             if let eos = config.eosTokenIds.first { w.set("tokenizer.ggml.eos_token_id", .uint32(UInt32(eos))) }

@@ -101,8 +101,9 @@ public enum GemmaConversion {
     // MARK: Hugging Face → GGUF
 
     /// A GGUF writer (architecture `gemma3`) for a Hugging Face directory: its weights with matrices
-    /// in `matrixType`, and its Gemma tokenizer when `tokenizer.json` is one (a GPT-2 tokenizer is not
-    /// stored: GGUF's `llama` tokenizer model cannot express it). `write(to:)` writes atomically.
+    /// in `matrixType`, and its tokenizer: Gemma's when `tokenizer.json` is one, else the directory's
+    /// GPT-2 files (a checkpoint of `gemma3 train`) as llama.cpp's `gpt2` tokenizer model, so that
+    /// llama.cpp's tools run models trained here. `write(to:)` writes atomically.
     public static func ggufWriter(huggingFaceDirectory directory: URL, matrixType: GGMLType = .f32,
                                   name: String? = nil) throws -> (writer: GGUFWriter, summary: Summary) {
         let (config, store) = try HFCheckpoint.load(directory: directory)
@@ -110,8 +111,11 @@ public enum GemmaConversion {
         if let tokenizer, tokenizer.vocabularySize > config.vocabSize {
             throw FormatError("\(directory.path): tokenizer.json has \(tokenizer.vocabularySize) tokens but the model only \(config.vocabSize)")
         }
+        let vocabulary = tokenizer == nil && GPT2Tokenizer.hasTokenizerFiles(in: directory)
+            ? try GPT2ByteLevelVocabulary(directory: directory) : nil
         let writer = try GGUFGemma3.writer(config: config, parameters: store, matrixType: matrixType, tokenizer: tokenizer,
-                                           name: name ?? directory.standardizedFileURL.lastPathComponent)
-        return (writer, Summary(config: config, parameterCount: store.layout.count, tokenizerWritten: tokenizer != nil, tokenizerExact: true))
+                                           gpt2Vocabulary: vocabulary, name: name ?? directory.standardizedFileURL.lastPathComponent)
+        return (writer, Summary(config: config, parameterCount: store.layout.count,
+                                tokenizerWritten: tokenizer != nil || vocabulary != nil, tokenizerExact: true))
     }
 }

@@ -134,7 +134,7 @@ public final class LanguageModel: @unchecked Sendable {
             return try GemmaTokenizer(tokenizerJSON: url)
         }
         guard isGGUF(path) else { throw Gemma3ModelError("\(path) is neither a GGUF file, a tokenizer.json nor a model directory") }
-        return try GGUFGemma3.tokenizer(from: try GGUFFile(path: path))
+        return try GGUFGemma3.textTokenizer(from: try GGUFFile(path: path))
     }
 
     /// Whether `path` names a GGUF file (by its magic bytes, or by its extension).
@@ -158,7 +158,7 @@ public final class LanguageModel: @unchecked Sendable {
         let weights = try GGUFGemma3.inferenceWeights(from: file, config: config, activations: activations,
                                                        widenSmallBlocks: options.optimizesForDecode, prefill: prefill)
         return try LanguageModel(path: path, format: .gguf, config: config, weights: weights,
-                                 tokenizer: try GGUFGemma3.tokenizer(from: file), parameters: nil, ggufFile: file)
+                                 tokenizer: try GGUFGemma3.textTokenizer(from: file), parameters: nil, ggufFile: file)
     }
 
     /// The GPT-2 tokenizer of a checkpoint directory: the override, else the directory's own files,

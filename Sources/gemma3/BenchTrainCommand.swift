@@ -22,8 +22,9 @@ struct BenchTrainCommand: ParsableCommand {
         value products as computed), peak resident memory (getrusage), and the share of time spent \
         in attention, MLP, norms, LM head + cross-entropy, embedding and optimizer.
         With --pytorch PYTHON, the same model (HF Gemma3ForCausalLM, float32, same thread count, \
-        AdamW, clipping) is then trained by PyTorch eager and torch.compile in the same run \
-        (scripts/reference/torch_train_bench.py; needs torch and transformers) and the ratios printed.
+        AdamW, clipping) is then trained by PyTorch eager and torch.compile, each in float32 and \
+        under bf16 autocast, in the same run (scripts/reference/torch_train_bench.py; needs torch \
+        and transformers) and the ratios printed.
         """
     )
 
@@ -45,7 +46,7 @@ struct BenchTrainCommand: ParsableCommand {
     @Flag(help: "Also time every matrix product by shape (GFLOP/s of each against the sgemm reference).")
     var gemms = false
 
-    @Option(help: ArgumentHelp("Also train the same model with PyTorch (eager and torch.compile) using this python, in the same run.", valueName: "python"))
+    @Option(help: ArgumentHelp("Also train the same model with PyTorch (eager and torch.compile, float32 and bf16 autocast) using this python, in the same run.", valueName: "python"))
     var pytorch: String?
 
     @Option(help: ArgumentHelp("The reference script run by --pytorch.", valueName: "file"))
@@ -122,6 +123,8 @@ struct BenchTrainCommand: ParsableCommand {
             let steps: Int
             let threads: Int
             let build: String
+            let host_cpu: String
+            let products: String
             let parameters: Int
             let tokens_per_second: Double
             let median_step_seconds: Double
@@ -140,13 +143,14 @@ struct BenchTrainCommand: ParsableCommand {
         var references: [String: [String: Double]]? = nil
         if let pytorch {
             references = [:]
-            for compile in [false, true] {
-                let r = runPyTorch(python: pytorch, config: config, compile: compile)
-                references![compile ? "compile" : "eager"] = r.values
-                if let error = r.error { writeStderr("bench train: PyTorch \(compile ? "compile" : "eager") not measured: \(error)") }
+            for reference in PyTorchConfiguration.allCases {
+                let r = runPyTorch(python: pytorch, config: config, reference: reference)
+                references![reference.rawValue] = r.values
+                if let error = r.error { writeStderr("bench train: PyTorch \(reference.rawValue) not measured: \(error)") }
             }
         }
         let output = Output(preset: preset, batch: batch, seq: seq, steps: steps, threads: Parallel.threadCount, build: BuildInfo.description,
+                            host_cpu: BuildInfo.hostCPU, products: RuntimeSettings.current.resolvedProductBackend.kernelDescription,
                             parameters: config.parameterCount, tokens_per_second: Double(tokensPerStep) / medianStep,
                             median_step_seconds: medianStep, gflop_per_step: flopsPerStep / 1e9, gflops: flopsPerStep / medianStep / 1e9,
                             sgemm_reference_gflops: sgemmReference, fraction_of_sgemm: flopsPerStep / medianStep / 1e9 / sgemmReference,
@@ -160,6 +164,7 @@ struct BenchTrainCommand: ParsableCommand {
             print(String(decoding: try encoder.encode(output), as: UTF8.self))
         } else {
             print("bench train: \(preset) (\(config.parameterCount) parameters), batch \(batch) × \(seq), \(steps) steps, \(Parallel.threadCount) threads, \(BuildInfo.description)")
+            print("  CPU: \(BuildInfo.hostCPU); products: \(RuntimeSettings.current.resolvedProductBackend.kernelDescription)")
             print(String(format: "  %.1f tokens/s  (median step %.3f s, %.1f GFLOP/step, %.1f GFLOP/s)",
                          output.tokens_per_second, medianStep, output.gflop_per_step, output.gflops))
             print(String(format: "  sgemm on this machine now: %.1f GFLOP/s ([%d×%d]·[%d×%d]ᵀ) → step at %.0f%% of it; %.2f cores busy on average",
@@ -171,7 +176,7 @@ struct BenchTrainCommand: ParsableCommand {
             print("  per phase (wall s / CPU s per step): " + StepPhase.allCases.map {
                 $0.name + String(format: " %.2f/%.2f", model.phaseSeconds[$0.rawValue] / Double(steps), model.phaseCPUSeconds[$0.rawValue] / Double(steps))
             }.joined(separator: ", ") + String(format: ", optimizer %.2f", optimizerSeconds / Double(steps)))
-            for name in ["eager", "compile"] {
+            for name in PyTorchConfiguration.allCases.map(\.rawValue) {
                 guard let r = references?[name], let tps = r["tokens_per_second"] else { continue }
                 print(String(format: "  PyTorch %@ (same run): %.1f tokens/s, peak %.2f GiB → ours %.2fx", name, tps,
                              (r["peak_rss_bytes"] ?? 0) / Double(1 << 30), output.tokens_per_second / tps))
@@ -188,12 +193,28 @@ struct BenchTrainCommand: ParsableCommand {
     }
 
     /// Runs the PyTorch reference for `config`; its numeric fields, or an error.
-    func runPyTorch(python: String, config: Gemma3Config, compile: Bool) -> (values: [String: Double], error: String?) {
+    /// The PyTorch runs of `--pytorch`: float32 and bf16 autocast (the original project's `dtype: bfloat16`),
+    /// each eager and with `torch.compile`.
+    enum PyTorchConfiguration: String, CaseIterable {
+        case eager, compile
+        case eagerAutocastBF16 = "eager_autocast_bf16"
+        case compileAutocastBF16 = "compile_autocast_bf16"
+        var arguments: [String] {
+            switch self {
+            case .eager: return []
+            case .compile: return ["--compile"]
+            case .eagerAutocastBF16: return ["--autocast-bf16"]
+            case .compileAutocastBF16: return ["--compile", "--autocast-bf16"]
+            }
+        }
+    }
+
+    func runPyTorch(python: String, config: Gemma3Config, reference: PyTorchConfiguration) -> (values: [String: Double], error: String?) {
         let arguments = ["--hidden", "\(config.hiddenSize)", "--layers", "\(config.numHiddenLayers)",
                          "--heads", "\(config.numAttentionHeads)", "--kv-heads", "\(config.numKeyValueHeads)",
                          "--head-dim", "\(config.headDim)", "--ffn", "\(config.intermediateSize)", "--vocab", "\(config.vocabSize)",
                          "--window", "\(config.slidingWindow)", "--batch", "\(batch)", "--seq", "\(seq)", "--steps", "\(max(3, steps))",
-                         "--threads", "\(Parallel.threadCount)"] + (compile ? ["--compile"] : [])
+                         "--threads", "\(Parallel.threadCount)"] + reference.arguments
         let object: [String: Any]
         switch runReferenceScript(python: python, script: pytorchScript, optionName: "--pytorch-script", arguments) {
         case .success(let o): object = o

@@ -9,7 +9,8 @@ enum CLIEnvironment {
     /// `RuntimeSettings` from `GEMMA3_THREADS` (worker threads), `GEMMA3_POOL=0` (Dispatch instead of
     /// the spinning pool), `GEMMA3_GEMM=openblas` (OpenBLAS threads training products itself),
     /// `GEMMA3_VNNI=0` (16-bit decode kernels), `GEMMA3_UNPACK=0` (packed decode blocks) and
-    /// `GEMMA3_BF16_PREFILL=0` (float32 prefill).
+    /// `GEMMA3_BF16_PREFILL=0` (float32 prefill) and `GEMMA3_PRODUCTS=openblas|onednn` (the library of
+    /// float32 matrix products; default: chosen for this CPU).
     static func runtimeSettings() -> RuntimeSettings {
         var settings = RuntimeSettings()
         if let s = variables["GEMMA3_THREADS"], let n = Int(s), n > 0 { settings.threads = n }
@@ -18,6 +19,13 @@ enum CLIEnvironment {
         if variables["GEMMA3_VNNI"] == "0" { settings.decodeActivations = .int16 }
         settings.unpacksForDecode = variables["GEMMA3_UNPACK"] != "0"
         if variables["GEMMA3_BF16_PREFILL"] == "0" { settings.prefill = .float32 }
+        if let name = variables["GEMMA3_PRODUCTS"], !name.isEmpty {
+            guard let backend = MatrixProductBackend(rawValue: name) else {
+                FileHandle.standardError.write(Data("error: GEMMA3_PRODUCTS must be openblas or onednn, not '\(name)'\n".utf8))
+                exit(2)
+            }
+            settings.productBackend = backend
+        }
         return settings
     }
 

@@ -15,7 +15,9 @@ struct ConvertCommand: ParsableCommand {
         bf16, f16 or f32), tokenizer.json and tokenizer_config.json, loadable by transformers' \
         Gemma3ForCausalLM and AutoTokenizer. A directory (config.json + model.safetensors) becomes \
         a GGUF file with matrices in --type f32, f16, bf16 or q8_0 and norms in F32 with +1; its \
-        tokenizer.json is included when it is Gemma's. Every file is written atomically.
+        tokenizer is included: Gemma's tokenizer.json, or the GPT-2 files of a checkpoint trained \
+        here (as llama.cpp's gpt2 tokenizer model, so llama.cpp's tools run it). Every file is \
+        written atomically.
         """
     )
 

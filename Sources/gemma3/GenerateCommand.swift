@@ -53,8 +53,8 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Tokenizer directory (default: the model directory's files, else the download location).", valueName: "dir"))
     var tokenizer: String?
 
-    @Flag(help: "Write the prompt before the generated text.")
-    var echo = false
+    @Flag(inversion: .prefixedNo, help: "Write the prompt before the generated text, as llama.cpp's completion tool does (default: on with --prompt, off with --interactive; --json is unaffected).")
+    var echo: Bool?
 
     @Option(help: ArgumentHelp(PrefillChoice.help, valueName: "auto|f32|bf16"))
     var prefill: PrefillChoice = .auto
@@ -92,7 +92,7 @@ struct GenerateCommand: ParsableCommand {
                     "kv_cache_bytes": engine.cache.bytes,
                 ]))
             } else {
-                if echo { writeStdout(text) }
+                if echo ?? !interactive { writeStdout(text) }
                 let r = try generator.generate(prompt: text, options: options) { writeStdout($0) }
                 writeStdout("\n")
                 writeStderr(String(

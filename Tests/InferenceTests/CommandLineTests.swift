@@ -65,6 +65,18 @@ private final class TinyModelDirectory {
         #expect(generated == expected.generatedIds.map(Int.init))
     }
 
+    /// Like llama.cpp's completion tool, the story starts with the prompt; --no-echo leaves it out.
+    @Test func generatePrintsThePromptFirst() throws {
+        let dir = try TinyModelDirectory()
+        let prompt = "Once upon a time, there was"
+        let args = ["generate", "--model", dir.url.path, "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "6", "--ignore-eos"]
+        let echoed = try runGemma3(args)
+        let bare = try runGemma3(args + ["--no-echo"])
+        #expect(echoed.0 == 0 && bare.0 == 0, "\(echoed.2) \(bare.2)")
+        #expect(echoed.1 == prompt + bare.1, "\(echoed.1.debugDescription) vs \(bare.1.debugDescription)")
+        #expect(bare.1.count > 1)
+    }
+
     @Test func generateStreamsTextAndStatistics() throws {
         let dir = try TinyModelDirectory()
         let (status, stdout, stderr) = try runGemma3([

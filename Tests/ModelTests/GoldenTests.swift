@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import Gemma3Model
 import Gemma3Formats
+import Gemma3Kernels
 
 /// ../shared/golden, located from this source file so tests run from any working directory.
 let goldenRoot = URL(fileURLWithPath: #filePath)
@@ -9,9 +10,13 @@ let goldenRoot = URL(fileURLWithPath: #filePath)
     .deletingLastPathComponent().appendingPathComponent("shared/golden")
 
 @Suite struct GoldenTests {
-    /// Forward and backward against transformers' float32 Gemma3ForCausalLM (shared/golden/tiny).
-    @Test func tinyMatchesTransformers() throws {
-        let report = try ReferenceVerifier.verify(directory: goldenRoot.appendingPathComponent("tiny"))
+    /// Forward and backward against transformers' float32 Gemma3ForCausalLM (shared/golden/tiny),
+    /// with each library of matrix products.
+    @Test(arguments: MatrixProductBackend.allCases)
+    func tinyMatchesTransformers(products: MatrixProductBackend) throws {
+        let report = try BLAS.withBackend(products) {
+            try ReferenceVerifier.verify(directory: goldenRoot.appendingPathComponent("tiny"))
+        }
         for c in report.comparisons where !c.passed {
             Issue.record("\(c.name): max abs \(c.maxAbsError), rel L2 \(c.relativeL2Error), ratio \(c.toleranceRatio)")
         }

@@ -2,7 +2,8 @@
 """Reference speed for `gemma3 bench train`: HF Gemma3ForCausalLM forward+backward+AdamW in PyTorch.
 
 Usage: python3 torch_train_bench.py --hidden 640 --layers 18 --heads 4 --kv-heads 1 --head-dim 256 \
-         --ffn 2048 --vocab 50257 --window 512 --batch 4 --seq 128 --steps 5 [--compile] [--threads 2]
+         --ffn 2048 --vocab 50257 --window 512 --batch 4 --seq 128 --steps 5 [--compile] [--autocast-bf16] [--threads 2]
+--autocast-bf16 runs forward and loss under torch.autocast("cpu", dtype=torch.bfloat16) (float32 master weights).
 Prints one JSON object (tokens/s median over steps after warm-up, peak RSS).
 """
 import argparse, json, resource, statistics, time
@@ -16,6 +17,7 @@ for name, default in [("hidden", 640), ("layers", 18), ("heads", 4), ("kv-heads"
                       ("steps", 5), ("warmup", 2), ("threads", 2)]:
     p.add_argument("--" + name, type=int, default=default)
 p.add_argument("--compile", action="store_true")
+p.add_argument("--autocast-bf16", action="store_true")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
@@ -35,7 +37,8 @@ times = []
 for i in range(a.warmup + a.steps):
     x = torch.randint(0, a.vocab, (a.batch, a.seq + 1))
     t0 = time.perf_counter()
-    out = step_fn(input_ids=x[:, :-1], labels=x[:, :-1])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast_bf16):
+        out = step_fn(input_ids=x[:, :-1], labels=x[:, :-1])
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
     opt.step(); opt.zero_grad(set_to_none=True)
@@ -43,7 +46,7 @@ for i in range(a.warmup + a.steps):
     if i >= a.warmup:
         times.append(dt)
 med = statistics.median(times)
-print(json.dumps({"reference": "pytorch" + ("-compile" if a.compile else "-eager"), "torch": torch.__version__,
+print(json.dumps({"reference": "pytorch" + ("-compile" if a.compile else "-eager") + ("-autocast-bf16" if a.autocast_bf16 else ""), "torch": torch.__version__,
                   "params": sum(p.numel() for p in model.parameters()),
                   "tokens_per_second": a.batch * a.seq / med, "step_seconds_median": med,
                   "step_seconds": times, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))

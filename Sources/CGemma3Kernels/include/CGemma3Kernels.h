@@ -62,4 +62,10 @@ int gemma3_q8_gemv(int type, const void *data, long row_bytes, long row_begin, l
                    const int8_t *qs, const float *scale, const float *block_sums, const float *half_sums,
                    long blocks, float *y);
 
+// MARK: - CPU features
+
+/// The widest float32 vector instruction set the CPU executes and the OS saves the state of:
+/// 2 = AVX-512 (F, BW, VL, DQ), 1 = AVX2 with FMA, 0 = neither.
+int gemma3_cpu_vector_level(void);
+
 #endif
