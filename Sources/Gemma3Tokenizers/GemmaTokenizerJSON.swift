@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3Infrastructure
 
 /// Writing Gemma's tokenizer as a Hugging Face `tokenizer.json`, and telling such a file apart from a
 /// GPT-2 (byte-level BPE) one.
@@ -70,7 +71,7 @@ extension GemmaTokenizer {
             out += first ? "\n    " : ",\n    "
             first = false
             out += "{\"id\": \(id), \"content\": "
-            appendJSONString(piece(id), to: &out)
+            out += jsonStringLiteral(piece(id))
             out += ", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, \"normalized\": false, \"special\": \(special)}"
         }
         out += "\n  ],\n"
@@ -79,7 +80,7 @@ extension GemmaTokenizer {
         let bos = piece(Int(bosTokenID))
         if addBOS {
             var b = ""
-            appendJSONString(bos, to: &b)
+            b += jsonStringLiteral(bos)
             out += "  \"post_processor\": {\"type\": \"TemplateProcessing\", "
             out += "\"single\": [{\"SpecialToken\": {\"id\": \(b), \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], "
             out += "\"pair\": [{\"SpecialToken\": {\"id\": \(b), \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}, "
@@ -92,7 +93,7 @@ extension GemmaTokenizer {
         out += "{\"type\": \"ByteFallback\"}, {\"type\": \"Fuse\"}]},\n"
         out += "  \"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": "
         if let unk = types.firstIndex(of: .unknown) ?? (id(of: "<unk>").map(Int.init)) {
-            appendJSONString(piece(unk), to: &out)
+            out += jsonStringLiteral(piece(unk))
         } else {
             out += "null"
         }
@@ -100,15 +101,15 @@ extension GemmaTokenizer {
         out += "\"byte_fallback\": true, \"ignore_merges\": false,\n    \"vocab\": {"
         for id in 0..<pieces.count {
             out += id == 0 ? "\n      " : ",\n      "
-            appendJSONString(piece(id), to: &out)
+            out += jsonStringLiteral(piece(id))
             out += ": \(id)"
         }
         out += "\n    },\n    \"merges\": ["
         for (k, m) in mergePairs().enumerated() {
             out += k == 0 ? "\n      [" : ",\n      ["
-            appendJSONString(piece(Int(m.left)), to: &out)
+            out += jsonStringLiteral(piece(Int(m.left)))
             out += ", "
-            appendJSONString(piece(Int(m.right)), to: &out)
+            out += jsonStringLiteral(piece(Int(m.right)))
             out += "]"
         }
         out += "\n    ]\n  }\n}\n"
@@ -137,27 +138,4 @@ extension GemmaTokenizer {
             return false
         }
     }
-}
-
-/// Appends `s` as a JSON string literal (quotes, backslash and control characters escaped; other
-/// characters as raw UTF-8, as Hugging Face writes them).
-func appendJSONString(_ s: String, to out: inout String) {
-    out += "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        default:
-            if u.value < 0x20 || u.value == 0x7F {
-                let hex = String(u.value, radix: 16, uppercase: false)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            } else {
-                out.unicodeScalars.append(u)
-            }
-        }
-    }
-    out += "\""
 }
