@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end on a small default: install packages, build (release), get the GPT-2
-# tokenizer, prepare TinyStories into token files, train a small model briefly, generate a story.
+# tokenizer, prepare TinyStories into token files, train a small model briefly, generate a story,
+# plot the run (loss, gradient norm, learning rate; report.md with samples).
 #
 #   TINYSTORIES_DIR=DIR  a local copy of TinyStories (train.txt + valid.txt, or TinyStories-train.txt +
 #                        TinyStories-valid.txt); default: ../shared/data/tinystories when present, else the
@@ -32,3 +33,4 @@ fi
 "$bin" train --data data/tinystories --preset tinystories-5m --recipe cpu-small --tokenizer "$tok" \
     --out runs/quickstart --force --max-iters "${QUICKSTART_ITERS:-200}" --eval-interval 100 --eval-iters 10
 "$bin" generate --model runs/quickstart/best --prompt "Once upon a time" --max-new-tokens 120 --seed 1
+"$bin" plot runs/quickstart --tokenizer "$tok"
