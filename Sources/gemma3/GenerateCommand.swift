@@ -92,8 +92,14 @@ struct GenerateCommand: ParsableCommand {
                     "kv_cache_bytes": engine.cache.bytes,
                 ]))
             } else {
-                if echo ?? !interactive { writeStdout(text) }
-                let r = try generator.generate(prompt: text, options: options) { writeStdout($0) }
+                // The prompt goes out with the first generated text, so a prompt refused by the
+                // engine (too long, bad tokens) leaves stdout empty.
+                var promptWritten = !(echo ?? !interactive)
+                let r = try generator.generate(prompt: text, options: options) { piece in
+                    if !promptWritten { writeStdout(text); promptWritten = true }
+                    writeStdout(piece)
+                }
+                if !promptWritten { writeStdout(text) }
                 writeStdout("\n")
                 writeStderr(String(
                     format: "[prompt %d tokens, %.1f tokens/s | generated %d tokens, %.1f tokens/s | ",
