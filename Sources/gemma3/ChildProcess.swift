@@ -15,6 +15,8 @@ func runChildProcess(_ executable: URL, _ arguments: [String]) throws -> (status
     p.standardOutput = out
     p.standardError = err
     try p.run()
+    InterruptHandler.register(child: p.processIdentifier)
+    defer { InterruptHandler.unregister(child: p.processIdentifier) }
     let errors = CapturedData()
     let done = DispatchSemaphore(value: 0)
     let errorReader = UncheckedSendable(err.fileHandleForReading)

@@ -13,13 +13,32 @@ import Darwin
 /// Without a stop flag (prepare) an interrupt deletes the registered temporary files and exits
 /// with 128+signal. With one (train) the first interrupt asks the trainer to finish its step and
 /// save `latest/`; a second deletes the temporary files and exits at once (checkpoint writes are
-/// atomic, so the previous `latest/` stays intact).
+/// atomic, so the previous `latest/` stays intact). Reference programs the benches start are
+/// killed before the tool exits, so an interrupted bench leaves nothing running.
 enum InterruptHandler {
     private final class State: @unchecked Sendable {
         let lock = NSLock()
         var sources: [DispatchSourceSignal] = []
+        var children: Set<Int32> = []
     }
     private static let state = State()
+
+    /// A child process to kill if the tool is interrupted while it runs.
+    static func register(child pid: Int32) {
+        install()
+        state.lock.lock(); state.children.insert(pid); state.lock.unlock()
+    }
+
+    static func unregister(child pid: Int32) {
+        state.lock.lock(); state.children.remove(pid); state.lock.unlock()
+    }
+
+    private static func terminateChildren() {
+        state.lock.lock()
+        // SIGKILL: a reference program has nothing to save, and it may have inherited SIGTERM ignored.
+        for pid in state.children { kill(pid, SIGKILL) }
+        state.lock.unlock()
+    }
 
     /// Routes SIGINT and SIGTERM to this handler; later calls do nothing.
     static func install(stopping stop: StopFlag? = nil) {
@@ -37,11 +56,13 @@ enum InterruptHandler {
 
     private static func handle(_ sig: Int32, stop: StopFlag?) {
         guard let stop else {
+            terminateChildren()
             TemporaryFiles.removeAll()
             FileHandle.standardError.write(Data("\ninterrupted; temporary files removed\n".utf8))
             exit(128 + sig)
         }
         if stop.requested != nil {
+            terminateChildren()
             TemporaryFiles.removeAll()
             FileHandle.standardError.write(Data("\nsecond interrupt: exiting now (latest/ is intact)\n".utf8))
             exit(128 + sig)

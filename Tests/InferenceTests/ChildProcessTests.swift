@@ -40,5 +40,52 @@ import Testing
         #expect(references["eager"]?["tokens_per_second"] == 123.5)
         #expect(references["compile"]?["tokens_per_second"] == 123.5)
     }
+
+    @Test("an interrupted bench terminates its reference program and exits with 128 + signal")
+    func interruptedBenchLeavesNoChildRunning() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gemma3-child-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // A reference that writes its pid, then sleeps far longer than the test waits.
+        let pidFile = dir.appendingPathComponent("child.pid")
+        let script = dir.appendingPathComponent("slow_reference.sh")
+        try "echo $$ > \(pidFile.path); exec sleep 300\n".write(to: script, atomically: true, encoding: .utf8)
+        let p = Process()
+        p.executableURL = try gemma3Executable()
+        p.arguments = ["bench", "train", "--preset", "tinystories-5m", "--batch", "1", "--seq", "8", "--steps", "1",
+                       "--warmup", "0", "--pytorch", "sh", "--pytorch-script", script.path, "--json"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        var deadline = Date().addingTimeInterval(120)
+        var child: Int32?
+        while child == nil && p.isRunning && Date() < deadline {
+            child = (try? String(contentsOf: pidFile, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        let pid = try #require(child, "the reference never started")
+        p.terminate()  // SIGTERM, as `timeout` sends
+        deadline = Date().addingTimeInterval(20)
+        while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        #expect(!p.isRunning)
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 128 + SIGTERM)
+        // The child is gone (kill with signal 0 fails once it has exited and been reaped or is a zombie of init).
+        deadline = Date().addingTimeInterval(10)
+        var alive = true
+        while alive && Date() < deadline {
+            alive = kill(pid, 0) == 0 && !isZombie(pid)
+            if alive { Thread.sleep(forTimeInterval: 0.05) }
+        }
+        if alive { kill(pid, SIGKILL) }
+        #expect(!alive, "the reference program (pid \(pid)) was still running after the bench exited")
+    }
 }
 
+/// Whether `pid` has exited but is not yet reaped (state Z in /proc/PID/stat).
+private func isZombie(_ pid: Int32) -> Bool {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = stat.lastIndex(of: ")") else { return false }
+    return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z")
+}
