@@ -23,6 +23,7 @@ public struct GPT2ByteLevelVocabulary: Sendable, Equatable {
     public init(directory: URL) throws {
         var byID: [Int: String] = [:]
         var merges: [String] = []
+        var addedIDs = Set<Int>()
         let path: String
         switch try GPT2Tokenizer.tokenizerFiles(in: directory) {
         case .vocabularyAndMerges(let vocabularyURL, let mergesURL):
@@ -53,7 +54,10 @@ public struct GPT2ByteLevelVocabulary: Sendable, Equatable {
                 byID[id] = token
             }
             for added in root["added_tokens"] as? [[String: Any]] ?? [] {
-                if let id = added["id"] as? Int, let content = added["content"] as? String { byID[id] = content }
+                if let id = added["id"] as? Int, let content = added["content"] as? String {
+                    byID[id] = content
+                    addedIDs.insert(id)
+                }
             }
             for rule in model["merges"] as? [Any] ?? [] {
                 if let s = rule as? String { merges.append(s) }
@@ -65,7 +69,16 @@ public struct GPT2ByteLevelVocabulary: Sendable, Equatable {
             throw TokenizerError.malformedFile(path: path, reason: "token ids do not run 0..<\(byID.count) without gaps")
         }
         let tokens = (0 ..< byID.count).map { byID[$0]! }
-        let special = Set(try GPT2Tokenizer(directory: directory).specialTokens.values.map(Int.init))
+        // GPT2Tokenizer's rule: an entry that is neither one byte of the alphabet nor made by a merge
+        // rule is special, and so is every added token.
+        let made = Set(merges.map { $0.replacingOccurrences(of: " ", with: "") })
+        var special = addedIDs
+        for (id, token) in tokens.enumerated() where !made.contains(token) {
+            var bytes: [UInt8] = []
+            let oneByte = token.unicodeScalars.count == 1
+                && Array(token.utf8).withUnsafeBufferPointer { ByteLevelAlphabet.decode(utf8: $0, appendingTo: &bytes) }
+            if !oneByte { special.insert(id) }
+        }
         self.init(tokens: tokens, merges: merges, specialIDs: special)
     }
 }

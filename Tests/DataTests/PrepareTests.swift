@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3TestSupport
 import Testing
 import Gemma3Infrastructure
 import Gemma3Tokenizers

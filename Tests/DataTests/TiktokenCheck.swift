@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3TestSupport
 
 /// An independent check of `prepare`'s output, in Python: documents are split from the input files
 /// with the documented rules, encoded with tiktoken's gpt2 encoding (built offline from

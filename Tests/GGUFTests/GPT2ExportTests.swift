@@ -45,6 +45,11 @@ struct GPT2ExportTests {
         #expect(file["tokenizer.ggml.model"]?.stringValue == "gpt2")
         #expect(file["tokenizer.ggml.add_bos_token"]?.boolValue == false)
         #expect(file["tokenizer.ggml.eos_token_id"]?.intValue == 50256)
+        // Exactly the tokens the GPT-2 tokenizer treats as special are control tokens (3): <|endoftext|>.
+        let types = try file.ints("tokenizer.ggml.token_type")
+        let checkpointTokenizer = try GPT2Tokenizer(directory: dir)
+        #expect(types.indices.filter { types[$0] == 3 } == checkpointTokenizer.specialTokens.values.map(Int.init).sorted())
+        #expect(types.count == 50257 && types.filter { $0 == 1 }.count == 50256)
         let fromGGUF = try LanguageModel.load(gguf.path)
         let fromDirectory = try LanguageModel.load(dir.path)
         #expect(fromGGUF.tokenizer is GPT2Tokenizer)

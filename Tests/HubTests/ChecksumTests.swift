@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3TestSupport
 import Gemma3Infrastructure
 import Testing
 

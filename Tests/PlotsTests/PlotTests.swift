@@ -1,21 +1,8 @@
 import Foundation
+import Gemma3TestSupport
 import Testing
 import Gemma3Training
 @testable import Gemma3Plots
-
-/// Runs python3 with a script; returns (status, stdout+stderr).
-func runPython(_ script: String, arguments: [String] = []) throws -> (Int32, String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["python3", "-c", script] + arguments
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = pipe
-    try p.run()
-    let out = pipe.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: out, as: UTF8.self))
-}
 
 /// An independent PNG decoder: Python's zlib (checks Adler-32) and crc32, and the PNG unfiltering rules.
 let pythonPNGDecoder = """
@@ -74,7 +61,8 @@ print('ok', w, h)
         let png = dir.url.appendingPathComponent("t.png"), raw = dir.url.appendingPathComponent("t.rgb")
         try Data(PNGEncoder.encode(width: w, height: h, rgb: rgb)).write(to: png)
         try Data(rgb).write(to: raw)
-        let (status, out) = try runPython(pythonPNGDecoder, arguments: [png.path, raw.path])
+        let r = try runPython(script: pythonPNGDecoder, arguments: [png.path, raw.path])
+        let (status, out) = (r.status, r.output)
         #expect(status == 0, "\(out)")
     }
 
@@ -108,13 +96,14 @@ print('ok', w, h)
         let files = try report.write(to: dir.url, samples: [ReportSample(temperature: 0.8, prompt: "Once", text: "Once upon a time")])
         #expect(files.count == 7)
         for name in ["loss", "grad_norm", "lr"] {
-            let (status, out) = try runPython(pythonPNGDecoder, arguments: [dir.url.appendingPathComponent("\(name).png").path, "--structure-only"])
+            let r = try runPython(script: pythonPNGDecoder, arguments: [dir.url.appendingPathComponent("\(name).png").path, "--structure-only"])
+            let (status, out) = (r.status, r.output)
             #expect(status == 0 && out.contains("ok 900 520"), "\(name): \(out)")
             let svg = try String(contentsOf: dir.url.appendingPathComponent("\(name).svg"), encoding: .utf8)
             #expect(svg.hasPrefix("<svg") && svg.contains("<polyline"))
-            let (xmlStatus, xmlOut) = try runPython("import sys, xml.dom.minidom; xml.dom.minidom.parse(sys.argv[1]); print('ok')",
-                                                   arguments: [dir.url.appendingPathComponent("\(name).svg").path])
-            #expect(xmlStatus == 0, "\(xmlOut)")
+            let xml = try runPython(script: "import sys, xml.dom.minidom; xml.dom.minidom.parse(sys.argv[1]); print('ok')",
+                                arguments: [dir.url.appendingPathComponent("\(name).svg").path])
+            #expect(xml.status == 0, "\(xml.output)")
         }
         let md = try String(contentsOf: dir.url.appendingPathComponent("report.md"), encoding: .utf8)
         #expect(md.contains("![loss](loss.png)") && md.contains("Once upon a time") && md.contains("best val loss"))
