@@ -18,8 +18,13 @@ public enum MatrixProductBackend: String, Sendable, CaseIterable {
 
     /// The choice for this CPU: OpenBLAS when the kernels it loaded use the CPU's widest float32
     /// vectors (AVX-512 or AVX2+FMA), oneDNN otherwise.
-    public static let automatic: MatrixProductBackend =
-        openBLASVectorLevel >= CPUFeatures.vectorLevel ? .openBLAS : .oneDNN
+    public static let automatic = choice(openBLASVectorLevel: vectorLevel(ofOpenBLASCore: openBLASCoreName),
+                                         cpuVectorLevel: CPUFeatures.vectorLevel)
+
+    /// OpenBLAS when its kernels reach the CPU's vector level (`CPUFeatures.vectorLevel`'s scale), else oneDNN.
+    static func choice(openBLASVectorLevel: Int, cpuVectorLevel: Int) -> MatrixProductBackend {
+        openBLASVectorLevel >= cpuVectorLevel ? .openBLAS : .oneDNN
+    }
 
     /// The kernel family OpenBLAS chose for this CPU (`openblas_get_corename()`), e.g. "Zen", "SkylakeX",
     /// or "Prescott" when it did not know the model.
@@ -48,9 +53,9 @@ public enum MatrixProductBackend: String, Sendable, CaseIterable {
         }
     }
 
-    /// The vector level (as `CPUFeatures.vectorLevel`) of OpenBLAS's kernel family.
-    static var openBLASVectorLevel: Int {
-        switch openBLASCoreName.lowercased() {
+    /// The vector level (as `CPUFeatures.vectorLevel`) of an OpenBLAS kernel family.
+    static func vectorLevel(ofOpenBLASCore name: String) -> Int {
+        switch name.lowercased() {
         case "skylakex", "cooperlake", "sapphirerapids": return 2
         case "haswell", "zen", "excavator": return 1
         default: return 0

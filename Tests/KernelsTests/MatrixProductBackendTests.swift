@@ -74,8 +74,17 @@ import Testing
 
     /// The automatic choice keeps OpenBLAS only where its kernels use the CPU's widest vectors.
     @Test func automaticChoiceFollowsInstructionSets() {
-        let openBLASUsesWidestVectors = MatrixProductBackend.openBLASVectorLevel >= CPUFeatures.vectorLevel
-        #expect(MatrixProductBackend.automatic == (openBLASUsesWidestVectors ? .openBLAS : .oneDNN))
+        // OpenBLAS 0.3.21's kernel families by the vectors they use.
+        for (core, level) in [("Prescott", 0), ("Nehalem", 0), ("Sandybridge", 0), ("Haswell", 1), ("Zen", 1),
+                              ("SkylakeX", 2), ("Cooperlake", 2), ("SapphireRapids", 2)] {
+            #expect(MatrixProductBackend.vectorLevel(ofOpenBLASCore: core) == level, "\(core)")
+        }
+        // The Intel host: AVX-512, OpenBLAS fell back to Prescott → oneDNN; AVX2 host with Zen kernels → OpenBLAS;
+        // AVX-512 CPU with only Haswell kernels loaded → oneDNN.
+        #expect(MatrixProductBackend.choice(openBLASVectorLevel: 0, cpuVectorLevel: 2) == .oneDNN)
+        #expect(MatrixProductBackend.choice(openBLASVectorLevel: 1, cpuVectorLevel: 1) == .openBLAS)
+        #expect(MatrixProductBackend.choice(openBLASVectorLevel: 1, cpuVectorLevel: 2) == .oneDNN)
+        #expect(MatrixProductBackend.choice(openBLASVectorLevel: 2, cpuVectorLevel: 2) == .openBLAS)
         #expect(!MatrixProductBackend.openBLASCoreName.isEmpty)
         // oneDNN reports the instruction set it compiles for; on AVX2 or AVX-512 CPUs at least AVX2.
         if CPUFeatures.vectorLevel >= 1 {
