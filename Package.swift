@@ -98,7 +98,7 @@ let package = Package(
         .testTarget(name: "HubTests", dependencies: ["Gemma3TestSupport", "Gemma3Infrastructure", "Gemma3Hub"]),
         .testTarget(name: "PlotsTests", dependencies: ["Gemma3TestSupport", "Gemma3Plots", "Gemma3Training"]),
         .testTarget(name: "TrainingTests", dependencies: ["Gemma3TestSupport", "Gemma3Training", "Gemma3Plots", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
-        .testTarget(name: "ModelTests", dependencies: ["Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Training"]),
+        .testTarget(name: "ModelTests", dependencies: ["Gemma3TestSupport", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Training"]),
         .testTarget(name: "InferenceTests", dependencies: ["Gemma3TestSupport", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers"]),
         // The README's library examples, compiled and run.
         .testTarget(name: "ExamplesTests", dependencies: ["Gemma3Model", "Gemma3Training"]),

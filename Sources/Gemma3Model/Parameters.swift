@@ -118,7 +118,34 @@ public final class ParameterStore: @unchecked Sendable {
     /// Allocates a zero-filled store for `config`.
     public convenience init(config: Gemma3Config) { self.init(layout: ParameterLayout(config: config)) }
 
-    deinit { pointer.deallocate() }
+    deinit {
+        pointer.deallocate()
+        roundedCopy?.pointer.deallocate()
+    }
+
+    /// Changes with every `markModified()`: copies derived from the values are redone when it has changed.
+    public private(set) var generation: UInt64 = 0
+
+    /// Call after changing the values in place (the optimizer step does; `zero`, `copy(from:)` and
+    /// `initializeForTraining` do it themselves), so that `bfloat16Rounded()` is redone.
+    public func markModified() { generation &+= 1 }
+
+    private var roundedCopy: (pointer: UnsafeMutablePointer<Float>, generation: UInt64)?
+
+    /// Every value rounded to the nearest bfloat16 (ties to even), kept as float32, in the same layout:
+    /// the weights the products read under bfloat16 mixed precision. Made on the first call after a
+    /// change (`generation`), so once per optimizer step however many models and micro-batches read it.
+    public func bfloat16Rounded() -> UnsafePointer<Float> {
+        if let copy = roundedCopy, copy.generation == generation { return UnsafePointer(copy.pointer) }
+        let copy = roundedCopy?.pointer ?? UnsafeMutableRawPointer.allocate(byteCount: max(1, count) * 4, alignment: 64)
+            .bindMemory(to: Float.self, capacity: max(1, count))
+        let src = UncheckedSendable(pointer), dst = UncheckedSendable(copy)
+        Parallel.chunks(max(1, count), minimumPerChunk: 1 << 16) { r in
+            NumberFormats.roundToBFloat16(from: src.value + r.lowerBound, into: dst.value + r.lowerBound, count: r.count)
+        }
+        roundedCopy = (copy, generation)
+        return UnsafePointer(copy)
+    }
 
     /// Number of floats.
     public var count: Int { layout.count }
@@ -142,12 +169,14 @@ public final class ParameterStore: @unchecked Sendable {
         Parallel.chunks(layout.count, minimumPerChunk: 1 << 16) { r in
             (p.value + r.lowerBound).update(repeating: 0, count: r.count)
         }
+        markModified()
     }
 
     /// Copies all values from a store with the same layout.
     public func copy(from other: ParameterStore) {
         precondition(other.layout == layout, "ParameterStore.copy(from:) needs identical layouts")
         pointer.update(from: other.pointer, count: layout.count)
+        markModified()
     }
 
     /// Hugging Face's initialisation for training from scratch: matrices and the embedding ~ N(0, initializer_range²),
@@ -161,5 +190,6 @@ public final class ParameterStore: @unchecked Sendable {
                 view(t).update(repeating: 0)
             }
         }
+        markModified()
     }
 }

@@ -23,6 +23,8 @@ public enum StepPhase: Int, CaseIterable, Sendable {
     case norms
     /// LM head matmuls and cross-entropy.
     case head
+    /// Rounding the weights to bfloat16 for the products (bf16 only; once per optimizer step).
+    case weightCast
 
     public var name: String {
         switch self {
@@ -31,6 +33,7 @@ public enum StepPhase: Int, CaseIterable, Sendable {
         case .mlp: "mlp"
         case .norms: "norms"
         case .head: "lm_head_ce"
+        case .weightCast: "bf16_weight_cast"
         }
     }
 }
@@ -97,12 +100,26 @@ public final class Gemma3TrainingModel {
     /// The named regions of `arena`.
     private let workspace: TrainingWorkspace
 
+    /// The precision of the products' inputs (`ProductPrecision`); everything else is float32.
+    public let productPrecision: ProductPrecision
+    private var roundsProductInputs: Bool { productPrecision == .bfloat16 }
+    /// The weights the products read: the parameters, or under bfloat16 their rounded copy (set by `forward`).
+    private var productWeights: UnsafePointer<Float>
+    /// bfloat16: per (sequence, head) task, one block of attention probabilities rounded for the products
+    /// (softmax's backward needs them unrounded).
+    private let roundedProbabilities: UnsafeMutablePointer<Float>?
+
     /// Allocates the workspace for `batchSize` sequences of `sequenceLength` tokens.
     /// - Parameters:
     ///   - parameters: weights to use (shared, not copied); a zero-filled store when nil.
     ///   - training: keep activations and allocate gradients for `backward`.
+    ///   - productPrecision: `.bfloat16` for mixed precision as PyTorch's CPU autocast: the inputs of every
+    ///     matrix product (projections, LM head, attention scores and weighted values, forward and backward)
+    ///     are rounded to bfloat16, the products accumulate in float32; weights are read from
+    ///     `parameters.bfloat16Rounded()`, redone after each optimizer step.
     public init(config: Gemma3Config, batchSize: Int, sequenceLength: Int,
-                parameters: ParameterStore? = nil, training: Bool = true) throws {
+                parameters: ParameterStore? = nil, training: Bool = true,
+                productPrecision: ProductPrecision = .float32) throws {
         try config.validate()
         guard batchSize > 0, sequenceLength > 0 else {
             throw Gemma3ModelError("batch size and sequence length must be positive, got \(batchSize) × \(sequenceLength)")
@@ -116,6 +133,8 @@ public final class Gemma3TrainingModel {
         self.isTraining = training
         self.parameters = parameters ?? ParameterStore(config: config)
         self.gradients = training ? ParameterStore(layout: self.parameters.layout) : nil
+        self.productPrecision = productPrecision
+        self.productWeights = UnsafePointer(self.parameters.pointer)
 
         B = batchSize; T = sequenceLength; N = B * T
         H = config.hiddenSize; I = config.intermediateSize; V = config.vocabSize; L = config.numHiddenLayers
@@ -141,6 +160,13 @@ public final class Gemma3TrainingModel {
         tokens.initialize(repeating: 0, count: N)
         targets = .allocate(capacity: N)
         targets.initialize(repeating: -100, count: N)
+        if productPrecision == .bfloat16 {
+            let count = B * nh * Self.attentionBlockRows * T
+            roundedProbabilities = .allocate(capacity: count)
+            roundedProbabilities!.initialize(repeating: 0, count: count)
+        } else {
+            roundedProbabilities = nil
+        }
 
         let half = hd / 2, cos = workspace.ropeCos, sin = workspace.ropeSin
         for t in 0..<T {
@@ -153,6 +179,7 @@ public final class Gemma3TrainingModel {
         arena.deallocate()
         tokens.deallocate()
         targets.deallocate()
+        roundedProbabilities?.deallocate()
     }
 
     /// Bytes of the activation/scratch workspace (not counting parameters and gradients).
@@ -251,6 +278,26 @@ public final class Gemma3TrainingModel {
         Parallel.forEach(w) { i in body(i, (count * i / w)..<(count * (i + 1) / w)) }
     }
 
+    /// Under bfloat16 products, rounds `rows` rows of `columns` floats (`stride` apart) in place: for
+    /// tensors whose only readers are products.
+    private func roundForProducts(_ x: UnsafeMutablePointer<Float>, rows: Int, columns: Int, stride: Int? = nil) {
+        guard roundsProductInputs else { return }
+        let p = UncheckedSendable(x), ld = stride ?? columns
+        parallelRows(rows) { _, r in
+            NumberFormats.roundToBFloat16(p.value + r.lowerBound * ld, rows: r.count, columns: columns, stride: ld)
+        }
+    }
+
+    /// Under bfloat16 products, the block rows×keys of probabilities `p` (row stride T) rounded into task
+    /// `task`'s scratch (row stride `keys`); otherwise `p` itself. Returns the operand and its stride.
+    @inline(__always)
+    private func probabilitiesForProducts(_ p: UnsafePointer<Float>, task: Int, rows: Int, keys: Int) -> (UnsafePointer<Float>, Int) {
+        guard let scratch = roundedProbabilities else { return (p, T) }
+        let dst = scratch + task * Self.attentionBlockRows * T
+        for r in 0..<rows { NumberFormats.roundToBFloat16(from: p + r * T, into: dst + r * keys, count: keys) }
+        return (UnsafePointer(dst), keys)
+    }
+
     /// Per-worker accumulator `slot` (0..<4) of worker `w`.
     @inline(__always) private func partial(_ slot: Int, _ w: Int) -> UnsafeMutablePointer<Float> {
         workspace.partials + (slot * workers + w) * workspace.partialStride
@@ -297,11 +344,14 @@ public final class Gemma3TrainingModel {
         }
         BLAS.setThreads(1)
         let P = parameters.pointer
+        var t0 = now()
+        productWeights = roundsProductInputs ? parameters.bfloat16Rounded() : UnsafePointer(P)
+        charge(.weightCast, since: t0)
         let layout = parameters.layout
         let (H, N) = (self.H, self.N)
 
         // Embedding: h0 = E[id] · √H (float32 scale, as HF).
-        var t0 = now()
+        t0 = now()
         do {
             let e = UncheckedSendable(P + layout.embedding), out = UncheckedSendable(workspace.resid[0])
             let ids = UncheckedSendable(tokens), scale = embedScale
@@ -349,7 +399,8 @@ public final class Gemma3TrainingModel {
 
         // LM head: logits = final_norm(x) · Wᵀ (W = embedding when tied).
         t0 = now()
-        gemm(transB: true, m: N, n: V, k: H, a: workspace.xnFinal, b: P + layout.outputProjection, c: workspace.logitsBuffer)
+        roundForProducts(workspace.xnFinal, rows: N, columns: H)
+        gemm(transB: true, m: N, n: V, k: H, a: workspace.xnFinal, b: productWeights + layout.outputProjection, c: workspace.logitsBuffer)
         var loss: Float = .nan
         gradientInLogits = false
         if hasTargets {
@@ -418,14 +469,15 @@ public final class Gemma3TrainingModel {
         let (N, H, T, nh, nkv, hd) = (self.N, self.H, self.T, self.nh, self.nkv, self.hd)
         let (qDim, kvDim, qkvDim, qkDim, group) = (self.qDim, self.kvDim, self.qkvDim, self.qkDim, self.group)
         // q, k, v in one product: the three weights are contiguous, [(nh + 2·nkv)·hd, H].
-        gemm(transB: true, m: N, n: qkvDim, k: H, a: lb.xnAttn, b: P + o.qProj, c: lb.qkv)
+        roundForProducts(lb.xnAttn, rows: N, columns: H)
+        gemm(transB: true, m: N, n: qkvDim, k: H, a: lb.xnAttn, b: productWeights + o.qProj, c: lb.qkv)
 
         // QK-norm (per head, shared weights) then RoPE, into qkRot [N, qDim + kvDim].
         let sliding = config.isSliding(layer: l)
         let cosT = UncheckedSendable(workspace.ropeCos[sliding ? 0 : 1]), sinT = UncheckedSendable(workspace.ropeSin[sliding ? 0 : 1])
         let qkv = UncheckedSendable(lb.qkv), rot = UncheckedSendable(lb.qkRot), rstd = UncheckedSendable(lb.qkRstd)
         let qw = UncheckedSendable(P + o.qNorm), kw = UncheckedSendable(P + o.kNorm), eps = self.eps
-        let heads = nh + nkv, half = hd / 2
+        let heads = nh + nkv, half = hd / 2, rounds = roundsProductInputs
         parallelRows(N) { _, rows in
             for n in rows {
                 let t = n % T
@@ -434,6 +486,11 @@ public final class Gemma3TrainingModel {
                     Kernels.rmsNorm(x: qkv.value + n * qkvDim + j * hd, ldx: hd, weight: j < nh ? qw.value : kw.value,
                                     y: dst, ldy: hd, rstd: rstd.value + n * heads + j, dim: hd, eps: eps, rows: 0..<1)
                     Kernels.ropeRotate(dst, headDim: hd, cos: cosT.value + t * half, sin: sinT.value + t * half)
+                }
+                if rounds {
+                    // q and k after RoPE, and v, are read only by the attention products.
+                    NumberFormats.roundToBFloat16(rot.value + n * qkDim, count: qkDim)
+                    NumberFormats.roundToBFloat16(qkv.value + n * qkvDim + qDim + kvDim, count: kvDim)
                 }
             }
         }
@@ -460,19 +517,23 @@ public final class Gemma3TrainingModel {
                     Kernels.softmax(row + lo, i - lo + 1)
                     if i + 1 < k1 { (row + i + 1).update(repeating: 0, count: k1 - i - 1) }
                 }
-                BLAS.sgemm(m: r1 - r0, n: hd, k: k1 - k0, a: s + r0 * T + k0, lda: T, b: v + k0 * qkvDim, ldb: qkvDim,
+                let (pb, ldp) = self.probabilitiesForProducts(s + r0 * T + k0, task: task, rows: r1 - r0, keys: k1 - k0)
+                BLAS.sgemm(m: r1 - r0, n: hd, k: k1 - k0, a: pb, lda: ldp, b: v + k0 * qkvDim, ldb: qkvDim,
                            c: o + r0 * qDim, ldc: qDim)
             }
         }
         _ = nkv
 
-        gemm(transB: true, m: N, n: H, k: qDim, a: lb.attnOut, b: P + o.oProj, c: lb.attnProj)
+        roundForProducts(lb.attnOut, rows: N, columns: qDim)
+        gemm(transB: true, m: N, n: H, k: qDim, a: lb.attnOut, b: productWeights + o.oProj, c: lb.attnProj)
     }
 
     /// Query-row blocks of one attention head and the key range each needs: keys [k0, k1) cover every
     /// j with i − W < j ≤ i for the block's rows i (all j ≤ i without a window).
+    static let attentionBlockRows = 32
+
     static func attentionBlocks(T: Int, window: Int?) -> [(rows: Range<Int>, keys: Range<Int>)] {
-        let size = 32
+        let size = attentionBlockRows
         return stride(from: 0, to: T, by: size).map { r0 in
             let r1 = min(T, r0 + size)
             let k0 = window.map { max(0, r0 - $0 + 1) } ?? 0
@@ -499,12 +560,14 @@ public final class Gemma3TrainingModel {
         let P = parameters.pointer
         let (N, H, I) = (self.N, self.H, self.I)
         // gate and up in one product: [2I, H] contiguous weights.
-        gemm(transB: true, m: N, n: 2 * I, k: H, a: lb.xnFF, b: P + o.gateProj, c: lb.gateUp)
-        let gu = UncheckedSendable(lb.gateUp), act = UncheckedSendable(lb.act)
+        roundForProducts(lb.xnFF, rows: N, columns: H)
+        gemm(transB: true, m: N, n: 2 * I, k: H, a: lb.xnFF, b: productWeights + o.gateProj, c: lb.gateUp)
+        let gu = UncheckedSendable(lb.gateUp), act = UncheckedSendable(lb.act), rounds = roundsProductInputs
         parallelRows(N) { _, rows in
             Kernels.geglu(gate: gu.value, up: gu.value + I, ldIn: 2 * I, out: act.value, ldOut: I, dim: I, rows: rows)
+            if rounds { NumberFormats.roundToBFloat16(act.value + rows.lowerBound * I, count: rows.count * I) }
         }
-        gemm(transB: true, m: N, n: H, k: I, a: lb.act, b: P + o.downProj, c: lb.ffOut)
+        gemm(transB: true, m: N, n: H, k: I, a: lb.act, b: productWeights + o.downProj, c: lb.ffOut)
     }
 
     /// residOut = residIn + norm_post(branch); xnNext = norm_next(residOut), fused per row.
@@ -561,7 +624,8 @@ public final class Gemma3TrainingModel {
         // LM head: dX = dlogits · W; dW += dlogitsᵀ · X (the fused gradient is for lossScale 1).
         let headScale: Float = gradientInLogits ? lossScale : 1
         gradientInLogits = false
-        gemm(m: N, n: H, k: V, alpha: headScale, a: workspace.logitsBuffer, b: P + layout.outputProjection, c: workspace.dXn)
+        roundForProducts(workspace.logitsBuffer, rows: N, columns: V)
+        gemm(m: N, n: H, k: V, alpha: headScale, a: workspace.logitsBuffer, b: productWeights + layout.outputProjection, c: workspace.dXn)
         gemm(transA: true, m: V, n: H, k: N, alpha: headScale, a: workspace.logitsBuffer, lda: V, b: workspace.xnFinal, ldb: H, beta: 1,
              c: G + layout.outputProjection)
         charge(.head, since: t0)
@@ -639,15 +703,18 @@ public final class Gemma3TrainingModel {
     private func mlpBackward(_ lb: TrainingWorkspace.LayerBuffers, _ o: LayerOffsets, _ G: UnsafeMutablePointer<Float>) {
         let P = parameters.pointer
         let (N, H, I) = (self.N, self.H, self.I)
-        gemm(m: N, n: I, k: H, a: workspace.dBranch, b: P + o.downProj, c: workspace.dAct)
+        roundForProducts(workspace.dBranch, rows: N, columns: H)
+        gemm(m: N, n: I, k: H, a: workspace.dBranch, b: productWeights + o.downProj, c: workspace.dAct)
         gemm(transA: true, m: H, n: I, k: N, a: workspace.dBranch, lda: H, b: lb.act, ldb: I, beta: 1, c: G + o.downProj)
         let gu = UncheckedSendable(lb.gateUp), da = UncheckedSendable(workspace.dAct), dgu = UncheckedSendable(workspace.dGateUp)
+        let rounds = roundsProductInputs
         parallelRows(N) { _, rows in
             Kernels.gegluBackward(gate: gu.value, up: gu.value + I, ldIn: 2 * I, dOut: da.value, ldDOut: I,
                                   dGate: dgu.value, dUp: dgu.value + I, ldDIn: 2 * I, dim: I, rows: rows)
+            if rounds { NumberFormats.roundToBFloat16(dgu.value + rows.lowerBound * 2 * I, count: rows.count * 2 * I) }
         }
         gemm(transA: true, m: 2 * I, n: H, k: N, a: workspace.dGateUp, lda: 2 * I, b: lb.xnFF, ldb: H, beta: 1, c: G + o.gateProj)
-        gemm(m: N, n: H, k: 2 * I, a: workspace.dGateUp, b: P + o.gateProj, c: workspace.dXn)
+        gemm(m: N, n: H, k: 2 * I, a: workspace.dGateUp, b: productWeights + o.gateProj, c: workspace.dXn)
     }
 
     /// From `dBranch` = d loss/d attnProj to `dXn` = d loss/d xnAttn, accumulating the attention weight gradients.
@@ -655,8 +722,10 @@ public final class Gemma3TrainingModel {
         let P = parameters.pointer
         let (N, H, T, nh, nkv, hd) = (self.N, self.H, self.T, self.nh, self.nkv, self.hd)
         let (qDim, kvDim, qkvDim, qkDim, group) = (self.qDim, self.kvDim, self.qkvDim, self.qkDim, self.group)
-        gemm(m: N, n: qDim, k: H, a: workspace.dBranch, b: P + o.oProj, c: workspace.dAttnOut)
+        roundForProducts(workspace.dBranch, rows: N, columns: H)
+        gemm(m: N, n: qDim, k: H, a: workspace.dBranch, b: productWeights + o.oProj, c: workspace.dAttnOut)
         gemm(transA: true, m: H, n: qDim, k: N, a: workspace.dBranch, lda: H, b: lb.attnOut, ldb: qDim, beta: 1, c: G + o.oProj)
+        roundForProducts(workspace.dAttnOut, rows: N, columns: qDim)
 
         // Per (sequence, head) and query block: dP = dO·Vᵀ, dV_h += Pᵀ·dO, dS = P ⊙ (dP − rowsum(P ⊙ dP)),
         // dQ = s·dS·K, dK_h += s·dSᵀ·Q, over the same blocks as the forward pass.
@@ -664,6 +733,7 @@ public final class Gemma3TrainingModel {
         let qkv = UncheckedSendable(lb.qkv), rot = UncheckedSendable(lb.qkRot), drot = UncheckedSendable(workspace.dQKRot)
         let dkh = UncheckedSendable(workspace.dKHeads), dvh = UncheckedSendable(workspace.dVHeads)
         let sliding = config.isSliding(layer: l), window = config.slidingWindow, scale = attnScale
+        let rounds = roundsProductInputs
         Parallel.forEach(B * nh) { task in
             let b = task / nh, h = task % nh, g = h / group
             let p = probs.value + task * T * T, s = ds.value + task * T * T
@@ -680,7 +750,8 @@ public final class Gemma3TrainingModel {
                 let (R, K) = (r1 - r0, k1 - k0)
                 BLAS.sgemm(transB: true, m: R, n: K, k: hd, a: dO + r0 * qDim, lda: qDim, b: v + k0 * qkvDim, ldb: qkvDim,
                            c: s + r0 * T + k0, ldc: T)
-                BLAS.sgemm(transA: true, m: K, n: hd, k: R, a: p + r0 * T + k0, lda: T, b: dO + r0 * qDim, ldb: qDim,
+                let (pb, ldp) = self.probabilitiesForProducts(p + r0 * T + k0, task: task, rows: R, keys: K)
+                BLAS.sgemm(transA: true, m: K, n: hd, k: R, a: pb, lda: ldp, b: dO + r0 * qDim, ldb: qDim,
                            beta: 1, c: dv + k0 * hd, ldc: hd)
                 for i in r0..<r1 {
                     let pr = p + i * T, sr = s + i * T
@@ -689,6 +760,7 @@ public final class Gemma3TrainingModel {
                     // Masked entries of P are 0, so they give 0 here.
                     for j in k0..<k1 { sr[j] = pr[j] * (sr[j] - d) }
                 }
+                if rounds { NumberFormats.roundToBFloat16(s + r0 * T + k0, rows: R, columns: K, stride: T) }
                 BLAS.sgemm(m: R, n: hd, k: K, alpha: scale, a: s + r0 * T + k0, lda: T, b: k + k0 * qkDim, ldb: qkDim,
                            c: dq + r0 * qkDim, ldc: qkDim)
                 BLAS.sgemm(transA: true, m: K, n: hd, k: R, alpha: scale, a: s + r0 * T + k0, lda: T, b: q + r0 * qkDim, ldb: qkDim,
@@ -726,13 +798,14 @@ public final class Gemma3TrainingModel {
                                             dx: dqkv.value + n * qkvDim + j * hd, lddx: hd, accumulate: false,
                                             dw: j < nh ? pq : pk, dim: hd, rows: 0..<1)
                 }
+                if rounds { NumberFormats.roundToBFloat16(dqkv.value + n * qkvDim, count: qkvDim) }
             }
         }
         reducePartials(0, dim: hd, into: G + o.qNorm)
         reducePartials(1, dim: hd, into: G + o.kNorm)
 
         gemm(transA: true, m: qkvDim, n: H, k: N, a: workspace.dQKV, lda: qkvDim, b: lb.xnAttn, ldb: H, beta: 1, c: G + o.qProj)
-        gemm(m: N, n: H, k: qkvDim, a: workspace.dQKV, b: P + o.qProj, c: workspace.dXn)
+        gemm(m: N, n: H, k: qkvDim, a: workspace.dQKV, b: productWeights + o.qProj, c: workspace.dXn)
     }
 }
 

@@ -94,6 +94,7 @@ public func trainingStep(
     AdamW.update(parameters: model.parameters.buffer, gradients: UnsafeBufferPointer(gradients.buffer),
                  m: optimizer.m.buffer, v: optimizer.v.buffer, segments: optimizer.segments, step: optimizer.adamStep,
                  learningRate: learningRate, gradScale: clip, hyper: optimizer.hyper)
+    model.parameters.markModified()
     return StepOutcome(loss: loss, gradNorm: norm, learningRate: learningRate, applied: true, optimizerSeconds: optimizerSeconds())
 }
 
@@ -258,9 +259,10 @@ public final class Trainer {
 
         // --- Models: one for training, one sharing the weights for evaluation (no saved activations).
         let model = try Gemma3TrainingModel(config: config, batchSize: recipe.batchSize, sequenceLength: recipe.blockSize,
-                                            parameters: parameters, training: true)
+                                            parameters: parameters, training: true, productPrecision: recipe.dtype.productPrecision)
         let evalModel = try Gemma3TrainingModel(config: config, batchSize: recipe.batchSize, sequenceLength: recipe.blockSize,
-                                                parameters: parameters, training: false)
+                                                parameters: parameters, training: false, productPrecision: recipe.dtype.productPrecision)
+        if recipe.dtype == .bf16 { observer?.trainingWarning(ProductPrecision.bfloat16ExecutionNote) }
         var sampler = try BatchSampler(tokens: trainTokens, batchSize: recipe.batchSize, blockSize: recipe.blockSize, seed: 0)
         sampler.rng.state = state.samplerState
         let windowCount = sampler.batchTokenCount, tokenCount = recipe.batchSize * recipe.blockSize

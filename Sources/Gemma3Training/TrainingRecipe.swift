@@ -1,12 +1,19 @@
 import Foundation
+import Gemma3Kernels
 
-/// Storage precision used while training. Master weights and AdamW moments are always float32.
+/// The training precision. Master weights, gradients and AdamW moments are always float32, and so are
+/// checkpoints' `latest/` (exact resume).
 public enum TrainingDType: String, Codable, Sendable, CaseIterable {
     /// Everything in float32.
     case f32
-    /// The original project's setting. Today every training product still runs in float32; only
-    /// the exported `best/` checkpoint is stored as bfloat16 (mixed-precision training is issue 13).
+    /// Mixed precision as the original project's `torch.autocast("cpu", dtype=torch.bfloat16)`: every
+    /// matrix product of the forward and the backward takes bfloat16 inputs and accumulates in float32
+    /// (`ProductPrecision.bfloat16`); norms, RoPE, softmax, GELU, cross-entropy, the gradient norm and
+    /// AdamW stay float32. `best/` is stored as bfloat16.
     case bf16
+
+    /// The precision of the training products.
+    public var productPrecision: ProductPrecision { self == .bf16 ? .bfloat16 : .float32 }
 }
 
 /// Every hyper-parameter of a pre-training run. JSON keys are the snake_case names of the original

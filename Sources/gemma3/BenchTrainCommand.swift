@@ -43,6 +43,9 @@ struct BenchTrainCommand: ParsableCommand {
     @Option(help: "Untimed warm-up steps.")
     var warmup = 1
 
+    @Option(help: ArgumentHelp("Training precision: f32, or bf16 (products on bfloat16 inputs, float32 accumulation, as PyTorch's CPU autocast).", valueName: "f32|bf16"))
+    var dtype: TrainingDType = .f32
+
     @Flag(help: "Also time every matrix product by shape (GFLOP/s of each against the sgemm reference).")
     var gemms = false
 
@@ -65,7 +68,8 @@ struct BenchTrainCommand: ParsableCommand {
 
     func run() throws {
         let config = Gemma3Config.preset(named: preset)!
-        let model = try Gemma3TrainingModel(config: config, batchSize: batch, sequenceLength: seq)
+        let model = try Gemma3TrainingModel(config: config, batchSize: batch, sequenceLength: seq, productPrecision: dtype.productPrecision)
+        if dtype == .bf16 { writeStderr(ProductPrecision.bfloat16ExecutionNote) }
         model.parameters.initializeForTraining(config: config, seed: 1234)
         // The optimizer step `gemma3 train` runs (one micro-batch per step), so this times exactly that.
         let optimizer = OptimizerState(layout: model.parameters.layout, hyper: AdamWHyperparameters())
@@ -122,6 +126,7 @@ struct BenchTrainCommand: ParsableCommand {
             let seq: Int
             let steps: Int
             let threads: Int
+            let dtype: String
             let build: String
             let host_cpu: String
             let products: String
@@ -149,7 +154,7 @@ struct BenchTrainCommand: ParsableCommand {
                 if let error = r.error { writeStderr("bench train: PyTorch \(reference.rawValue) not measured: \(error)") }
             }
         }
-        let output = Output(preset: preset, batch: batch, seq: seq, steps: steps, threads: Parallel.threadCount, build: BuildInfo.description,
+        let output = Output(preset: preset, batch: batch, seq: seq, steps: steps, threads: Parallel.threadCount, dtype: dtype.rawValue, build: BuildInfo.description,
                             host_cpu: BuildInfo.hostCPU, products: RuntimeSettings.current.resolvedProductBackend.kernelDescription,
                             parameters: config.parameterCount, tokens_per_second: Double(tokensPerStep) / medianStep,
                             median_step_seconds: medianStep, gflop_per_step: flopsPerStep / 1e9, gflops: flopsPerStep / medianStep / 1e9,
@@ -163,7 +168,7 @@ struct BenchTrainCommand: ParsableCommand {
             encoder.outputFormatting = [.sortedKeys]
             print(String(decoding: try encoder.encode(output), as: UTF8.self))
         } else {
-            print("bench train: \(preset) (\(config.parameterCount) parameters), batch \(batch) × \(seq), \(steps) steps, \(Parallel.threadCount) threads, \(BuildInfo.description)")
+            print("bench train: \(preset) (\(config.parameterCount) parameters), batch \(batch) × \(seq), \(steps) steps, \(dtype) products, \(Parallel.threadCount) threads, \(BuildInfo.description)")
             print("  CPU: \(BuildInfo.hostCPU); products: \(RuntimeSettings.current.resolvedProductBackend.kernelDescription)")
             print(String(format: "  %.1f tokens/s  (median step %.3f s, %.1f GFLOP/step, %.1f GFLOP/s)",
                          output.tokens_per_second, medianStep, output.gflop_per_step, output.gflops))
@@ -262,3 +267,5 @@ struct BenchTrainCommand: ParsableCommand {
         return flops / best / 1e9
     }
 }
+
+extension TrainingDType: ExpressibleByArgument {}
