@@ -22,3 +22,12 @@ if ! python3 -c "import tiktoken, numpy, safetensors" >/dev/null 2>&1; then
     python3 -m pip install -q --disable-pip-version-check tiktoken numpy safetensors 2>/dev/null \
         || python3 -m pip install -q --disable-pip-version-check --break-system-packages tiktoken numpy safetensors
 fi
+# torch + transformers: the PyTorch autocast golden values of MixedPrecisionTests. Where the machine
+# keeps a CPU build of torch among its local wheels (pip's find-links), that one; else PyPI's.
+if ! python3 -c "import torch, transformers" >/dev/null 2>&1; then
+    local_torch=$(ls /opt/wheels/torch-*+cpu-*.whl 2>/dev/null | sort -V | tail -1 || true)
+    torch_spec=${local_torch:-torch}
+    python3 -m pip install -q --disable-pip-version-check "$torch_spec" transformers 2>/dev/null \
+        || python3 -m pip install -q --disable-pip-version-check --break-system-packages "$torch_spec" transformers \
+        || echo "NOTICE: install-deps: torch/transformers could not be installed: the autocast comparisons will print NOTICE" >&2
+fi

@@ -14,6 +14,7 @@ extension ParameterStore {
     /// Missing parameters are always an error. A tied model accepts (and ignores) an `lm_head.weight`
     /// equal in shape to the embedding, since some exporters write it anyway.
     public func load(from file: SafeTensorsFile, allowUnexpected: Bool = false, prefix: String = "") throws {
+        defer { markModified() }
         var missing: [String] = []
         for t in layout.tensors {
             guard let info = file.info(prefix + t.name) else { missing.append(t.name); continue }

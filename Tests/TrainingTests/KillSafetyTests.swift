@@ -16,11 +16,11 @@ import Darwin
     let recipeArguments = ["--recipe", "smoke", "--batch-size", "2", "--block-size", "16", "--max-iters", "16",
                            "--eval-interval", "5", "--checkpoint-interval", "1", "--quiet"]
 
-    func launch(data: URL, out: URL, resume: Bool) throws -> Process {
+    func launch(data: URL, out: URL, resume: Bool, dtype: TrainingDType = .f32) throws -> Process {
         let p = Process()
         p.executableURL = try gemma3Executable()
         p.arguments = ["train", "--data", data.path, "--config", SharedData.trainTiny.appendingPathComponent("config.json").path,
-                       "--out", out.path] + recipeArguments + (resume ? ["--resume"] : [])
+                       "--out", out.path, "--dtype", dtype.rawValue] + recipeArguments + (resume ? ["--resume"] : [])
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()
@@ -29,14 +29,14 @@ import Darwin
 
     /// Makes the dataset and the uninterrupted reference run; returns its wall time too, so kill
     /// moments can be drawn inside a run's lifetime on fast and slow machines alike.
-    func setUp() throws -> (TemporaryDirectory, URL, URL, TimeInterval) {
+    func setUp(dtype: TrainingDType = .f32) throws -> (TemporaryDirectory, URL, URL, TimeInterval) {
         let tmp = try TemporaryDirectory()
         let data = tmp.url.appendingPathComponent("data")
         try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
         try makeDataset(in: data)
         let reference = tmp.url.appendingPathComponent("reference")
         let start = Date()
-        let p = try launch(data: data, out: reference, resume: false)
+        let p = try launch(data: data, out: reference, resume: false, dtype: dtype)
         p.waitUntilExit()
         #expect(p.terminationStatus == 0)
         return (tmp, data, reference, Date().timeIntervalSince(start))
@@ -52,8 +52,10 @@ import Darwin
         #expect(ra.evals.map(\.step) == rb.evals.map(\.step) && ra.evals.map(\.valLoss) == rb.evals.map(\.valLoss))
     }
 
-    @Test func sigkillAtRandomMomentsThenResumeEqualsAnUninterruptedRun() throws {
-        let (tmp, data, reference, duration) = try setUp()
+    /// In float32 and in bf16 mixed precision.
+    @Test(arguments: TrainingDType.allCases)
+    func sigkillAtRandomMomentsThenResumeEqualsAnUninterruptedRun(dtype: TrainingDType) throws {
+        let (tmp, data, reference, duration) = try setUp(dtype: dtype)
         let run = tmp.url.appendingPathComponent("killed")
         // Each kill lands within the first 5–30% of a whole run's time, so several land before the
         // resumed runs together reach the end.
@@ -61,7 +63,7 @@ import Darwin
         var kills = 0
         var rng = SystemRandomNumberGenerator()
         for _ in 0..<25 where kills < 6 {
-            let p = try launch(data: data, out: run, resume: true)
+            let p = try launch(data: data, out: run, resume: true, dtype: dtype)
             usleep(UInt32.random(in: lo...hi, using: &rng))
             if p.isRunning {
                 kill(p.processIdentifier, SIGKILL)
@@ -74,7 +76,7 @@ import Darwin
             }
         }
         #expect(kills >= 3, "only \(kills) kills landed while training")
-        let finish = try launch(data: data, out: run, resume: true)
+        let finish = try launch(data: data, out: run, resume: true, dtype: dtype)
         finish.waitUntilExit()
         #expect(finish.terminationStatus == 0)
         try expectSameRun(reference, run)
