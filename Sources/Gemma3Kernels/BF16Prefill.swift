@@ -13,6 +13,16 @@ public enum PrefillPrecision: String, Sendable, CaseIterable {
     /// Whether this CPU runs the bfloat16 kernels.
     public static let bfloat16Supported: Bool = gemma3_has_avx512_bf16() != 0
 
+    /// The FLOP rate of this CPU's bfloat16 dot products over its float32 FMA's, measured once (a few
+    /// milliseconds); 0 without AVX-512 BF16. 1.0 on the Intel Xeon of this project's machines (the
+    /// instruction does twice the work at half the issue rate), about 2 where 512-bit FMA is split in two.
+    public static let bfloat16DotSpeedup: Double = gemma3_bf16_dot_speedup()
+
+    /// Whether bfloat16 prefill is the faster choice here: only where the bfloat16 dot products outrun
+    /// float32 FMA clearly (≥ 1.5×); otherwise float32 products (oneDNN or OpenBLAS) are faster than our
+    /// bfloat16 kernel (measured on the Intel Xeon: 637 vs 502 tokens/s for a 512-token Gemma 3 270M prefill).
+    public static var bfloat16IsFaster: Bool { bfloat16Supported && bfloat16DotSpeedup >= 1.5 }
+
     /// What `RuntimeSettings.current` chooses on this CPU: bfloat16 where it runs, else float32.
     public static var automatic: PrefillPrecision { RuntimeSettings.current.resolvedPrefill }
 }
@@ -135,5 +145,57 @@ public final class BF16PrefillLinear: LinearWeight, @unchecked Sendable {
         } else {
             base.gemm(n: n, x: x, ldx: ldx, y: y, ldy: ldy)
         }
+    }
+}
+
+/// A block-format weight with a float32 copy for batched products (prefill): built once, on the first
+/// product of at least `minimumTokensToBuild` tokens, then every such product is one `sgemm` on it
+/// (the default `gemm` dequantizes a panel of rows into a fresh buffer on every call). Decoding
+/// (`gemv`) and row lookups use the wrapped weight unchanged. Costs 4 bytes per weight once built.
+public final class Float32PrefillLinear: LinearWeight, @unchecked Sendable {
+    public let base: any LinearWeight
+    private let copy = Mutex<UncheckedSendable<UnsafeMutablePointer<Float>>?>(nil)
+
+    public init(_ base: any LinearWeight) { self.base = base }
+
+    deinit { copy.withLock { $0?.value.deallocate() } }
+
+    public var outFeatures: Int { base.outFeatures }
+    public var inFeatures: Int { base.inFeatures }
+    public var storageBytes: Int { base.storageBytes }
+    public var formatName: String { base.formatName }
+
+    public func gemv(rows: Range<Int>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        base.gemv(rows: rows, x: x, y: y)
+    }
+
+    public func dequantize(rows: Range<Int>, into out: UnsafeMutablePointer<Float>) {
+        base.dequantize(rows: rows, into: out)
+    }
+
+    /// Tokens from which a batched product builds the float32 copy.
+    public static let minimumTokensToBuild = 32
+
+    private var float32Copy: UnsafeMutablePointer<Float> {
+        copy.withLock { cached in
+            if let cached { return cached.value }
+            let (rows, cols) = (base.outFeatures, base.inFeatures)
+            let built = UnsafeMutablePointer<Float>.allocate(capacity: max(1, rows * cols))
+            let p = UncheckedSendable(built), weight = base
+            Parallel.chunks(rows, minimumPerChunk: 8) { r in
+                weight.dequantize(rows: r, into: p.value + r.lowerBound * cols)
+            }
+            cached = UncheckedSendable(built)
+            return built
+        }
+    }
+
+    public func gemm(n: Int, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
+        guard n >= Self.minimumTokensToBuild || copy.withLock({ $0 != nil }) else {
+            base.gemm(n: n, x: x, ldx: ldx, y: y, ldy: ldy)
+            return
+        }
+        let w = float32Copy
+        ParallelGEMM.sgemm(transB: true, m: n, n: outFeatures, k: inFeatures, a: x, lda: ldx, b: w, ldb: inFeatures, c: y, ldc: ldy)
     }
 }

@@ -55,7 +55,7 @@ public struct RuntimeSettings: Sendable, Equatable {
 
     /// The prefill arithmetic these settings choose on this CPU.
     public var resolvedPrefill: PrefillPrecision {
-        let chosen = prefill ?? (PrefillPrecision.bfloat16Supported ? .bfloat16 : .float32)
+        let chosen = prefill ?? (PrefillPrecision.bfloat16IsFaster ? .bfloat16 : .float32)
         return chosen == .bfloat16 && !PrefillPrecision.bfloat16Supported ? .float32 : chosen
     }
 

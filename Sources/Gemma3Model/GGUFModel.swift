@@ -142,7 +142,9 @@ public enum GGUFGemma3 {
     /// `.bfloat16` on a CPU that has AVX-512 BF16, the layer matrices stored in block formats
     /// (Q4_0 … Q8_0, Q4_K, Q6_K) or BF16 get a bfloat16 copy for those products (`BF16PrefillLinear`,
     /// built by the first product of ≥ 32 tokens; shorter products use float32 until then, so results
-    /// can depend on earlier calls). F32 and F16 matrices, decoding and the LM head always stay as
+    /// can depend on earlier calls). Otherwise (`.float32`, or F16 matrices) non-F32 layer matrices get a
+    /// float32 copy for batched products, built the same way (`Float32PrefillLinear`; 4 bytes a weight,
+    /// one sgemm per product instead of dequantizing on every call). F32 matrices, decoding and the LM head always stay as
     /// they are, and `activations: .float` (exact arithmetic on the stored weights) keeps float32
     /// prefill too. The default, `.float32`, gives the same numbers on every CPU; the command-line
     /// tool passes `PrefillPrecision.automatic`.
@@ -160,8 +162,9 @@ public enum GGUFGemma3 {
         // at least as coarse as bfloat16's.
         func layerMatrix(_ name: String) throws -> any LinearWeight {
             let m = try matrix(name)
-            guard bf16Prefill, let type = file.tensor(named: name)?.type, type != .f32, type != .f16 else { return m }
-            return BF16PrefillLinear(m)
+            guard let type = file.tensor(named: name)?.type, type != .f32 else { return m }
+            if bf16Prefill && type != .f16 { return BF16PrefillLinear(m) }
+            return Float32PrefillLinear(m)
         }
         func norm(_ name: String) throws -> [Float] { try file.floats(tensor: name).map { $0 - 1 } }
         let layers = try (0..<config.numHiddenLayers).map { l in

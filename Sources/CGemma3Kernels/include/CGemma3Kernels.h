@@ -16,6 +16,10 @@
 /// 1 when the CPU executes AVX-512 BF16 instructions and the OS saves the AVX-512 state, else 0.
 int gemma3_has_avx512_bf16(void);
 
+/// The FLOP rate of bfloat16 dot products (vdpbf16ps) over that of float32 FMA on this core, measured
+/// now (about 6 ms); 0 without AVX-512 BF16. Above 1 the bfloat16 kernels can outrun float32 ones.
+double gemma3_bf16_dot_speedup(void);
+
 /// Rounds `rows` rows of `count` float32 values (row stride `ldx`) to bfloat16, round to nearest
 /// even, into rows of `padded_count` values (row stride `padded_count`), zero past `count`.
 /// Requires AVX-512 BF16.
