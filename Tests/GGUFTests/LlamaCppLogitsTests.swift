@@ -94,7 +94,7 @@ struct LlamaCppLogitsTests {
         for (x, y) in zip(logits, theirs[(t * V)..<((t + 1) * V)]) { engineMax = max(engineMax, abs(x - y)) }
         lap("engine")
 
-        // 3b. bfloat16 prefill (AVX-512 BF16 CPUs, the command-line default there): prefixes of the
+        // 3b. bfloat16 prefill (AVX-512 BF16 CPUs; the command-line default where it outruns float32): prefixes of the
         //     prompt + continuation of 32 tokens or more (the panels' build threshold) in one batched
         //     pass each; the last row's logits and greedy token against llama.cpp's.
         var bf16Max: Float = -1, bf16Mismatches = 0
