@@ -557,7 +557,6 @@ public final class Gemma3TrainingModel {
     }
 
     private func mlpForward(_ lb: TrainingWorkspace.LayerBuffers, _ o: LayerOffsets) {
-        let P = parameters.pointer
         let (N, H, I) = (self.N, self.H, self.I)
         // gate and up in one product: [2I, H] contiguous weights.
         roundForProducts(lb.xnFF, rows: N, columns: H)
@@ -701,7 +700,6 @@ public final class Gemma3TrainingModel {
 
     /// From `dBranch` = d loss/d ffOut to `dXn` = d loss/d xnFF, accumulating the MLP weight gradients.
     private func mlpBackward(_ lb: TrainingWorkspace.LayerBuffers, _ o: LayerOffsets, _ G: UnsafeMutablePointer<Float>) {
-        let P = parameters.pointer
         let (N, H, I) = (self.N, self.H, self.I)
         roundForProducts(workspace.dBranch, rows: N, columns: H)
         gemm(m: N, n: I, k: H, a: workspace.dBranch, b: productWeights + o.downProj, c: workspace.dAct)
