@@ -43,14 +43,32 @@ public struct TrainingReport {
         }
     }
 
-    /// The three figures of the original project.
-    public func charts() -> [(name: String, chart: LineChart)] {
+    /// Another run drawn into the loss figure (its evaluations), e.g. the same recipe in another precision.
+    public struct Comparison {
+        public var label: String
+        public var report: TrainingReport
+        public init(label: String, report: TrainingReport) { self.label = label; self.report = report }
+    }
+
+    /// The three figures of the original project. With `comparisons`, the loss figure also shows each
+    /// other run's train and val evaluations, and the curves are labelled with `label` and theirs.
+    public func charts(label: String = "", comparisons: [Comparison] = []) -> [(name: String, chart: LineChart)] {
+        let suffix = comparisons.isEmpty || label.isEmpty ? "" : ": " + label
         let finiteSteps = steps.filter { !$0.skipped && $0.loss.isFinite }
         var lossSeries: [PlotSeries] = [
             PlotSeries(name: "train (per step)", points: finiteSteps.map { (Double($0.step), $0.loss) }, color: .lightBlue, lineWidth: 1.2),
-            PlotSeries(name: "train (eval)", points: evals.map { (Double($0.step), $0.trainLoss) }, color: .blue, lineWidth: 2, markers: true),
-            PlotSeries(name: "val (eval)", points: evals.map { (Double($0.step), $0.valLoss) }, color: .orange, lineWidth: 2, markers: true),
+            PlotSeries(name: "train (eval)" + suffix, points: evals.map { (Double($0.step), $0.trainLoss) }, color: .blue, lineWidth: 2, markers: true),
+            PlotSeries(name: "val (eval)" + suffix, points: evals.map { (Double($0.step), $0.valLoss) }, color: .orange, lineWidth: 2, markers: true),
         ]
+        let palette: [(train: PlotColor, val: PlotColor)] = [(PlotColor(23, 190, 207), .red), (.green, PlotColor(148, 103, 189)),
+                                                             (PlotColor(140, 86, 75), PlotColor(227, 119, 194))]
+        for (i, other) in comparisons.enumerated() {
+            let colors = palette[i % palette.count]
+            lossSeries.append(PlotSeries(name: "train (eval): " + other.label, points: other.report.evals.map { (Double($0.step), $0.trainLoss) },
+                                         color: colors.train, lineWidth: 2, markers: true))
+            lossSeries.append(PlotSeries(name: "val (eval): " + other.label, points: other.report.evals.map { (Double($0.step), $0.valLoss) },
+                                         color: colors.val, lineWidth: 2, markers: true))
+        }
         if let h = run?.unigramEntropyBits, h.isFinite, let last = (steps.last?.step ?? evals.last?.step) {
             let nats = h * log(2.0)
             lossSeries.append(PlotSeries(name: "unigram entropy", points: [(0, nats), (Double(last), nats)], color: PlotColor(150, 150, 150), lineWidth: 1.5))
@@ -69,9 +87,10 @@ public struct TrainingReport {
 
     /// Writes `loss|grad_norm|lr.{png,svg}` and `report.md` into `directory`; returns the files.
     @discardableResult
-    public func write(to directory: URL, samples: [ReportSample] = [], samplesNote: String? = nil) throws -> [URL] {
+    public func write(to directory: URL, samples: [ReportSample] = [], samplesNote: String? = nil,
+                      label: String = "", comparisons: [Comparison] = []) throws -> [URL] {
         var written: [URL] = []
-        for (name, chart) in charts() {
+        for (name, chart) in charts(label: label, comparisons: comparisons) {
             let png = directory.appendingPathComponent("\(name).png")
             try AtomicFileWriter.write(Data(chart.png()), to: png)
             let svg = directory.appendingPathComponent("\(name).svg")
@@ -79,13 +98,13 @@ public struct TrainingReport {
             written += [png, svg]
         }
         let md = directory.appendingPathComponent("report.md")
-        try AtomicFileWriter.write(Data(markdown(samples: samples, samplesNote: samplesNote).utf8), to: md)
+        try AtomicFileWriter.write(Data(markdown(samples: samples, samplesNote: samplesNote, label: label, comparisons: comparisons).utf8), to: md)
         written.append(md)
         return written
     }
 
     /// The text of `report.md`.
-    public func markdown(samples: [ReportSample], samplesNote: String?) -> String {
+    public func markdown(samples: [ReportSample], samplesNote: String?, label: String = "", comparisons: [Comparison] = []) -> String {
         func f(_ v: Double, _ digits: Int = 4) -> String { v.isFinite ? String(format: "%.\(digits)f", v) : "n/a" }
         var o = "# Training report\n\n"
         if let r = run {
@@ -110,6 +129,16 @@ public struct TrainingReport {
         }
         let skipped = steps.filter(\.skipped).count
         if skipped > 0 { o += "| skipped (non-finite) steps | \(skipped) |\n" }
+        if !comparisons.isEmpty {
+            o += "\n## Compared runs\n\n| run | last eval step | val loss | bits/byte | Δ val loss vs \(label.isEmpty ? "this run" : label) |\n|---|---|---|---|---|\n"
+            let own = evals.last
+            if let own { o += "| \(label.isEmpty ? "this run" : label) | \(own.step) | \(f(own.valLoss)) | \(f(own.valBitsPerByte)) | 0 |\n" }
+            for c in comparisons {
+                guard let e = c.report.evals.last else { continue }
+                let delta = own.map { f(e.valLoss - $0.valLoss) } ?? "n/a"
+                o += "| \(c.label) | \(e.step) | \(f(e.valLoss)) | \(f(e.valBitsPerByte)) | \(delta) |\n"
+            }
+        }
         o += "\n## Figures\n\n![loss](loss.png)\n\n![gradient norm](grad_norm.png)\n\n![learning rate](lr.png)\n\n"
         o += "(SVG versions: `loss.svg`, `grad_norm.svg`, `lr.svg`.)\n\n"
         if !samples.isEmpty || samplesNote != nil {

@@ -183,7 +183,7 @@ public struct TrainingRecipe: Codable, Equatable, Sendable {
     ///
     /// Kept as they were: peak 1e-4, warm-up 1 000, batch 32 × 128, accumulation 32, evaluation
     /// every 500 with 500 batches, clip 0.5, weight decay 0.1, betas (0.9, 0.95), bf16 autocast
-    /// (here: `dtype` bf16 storage, float32 arithmetic). The original evaluated and warmed up in
+    /// (here: `dtype` bf16, the same mixed precision). The original evaluated and warmed up in
     /// micro-batch units; here both are optimizer steps, which makes the warm-up 21% of the run —
     /// a conventional ratio — and gives ~10 evaluations per run.
     public static let original = TrainingRecipe(

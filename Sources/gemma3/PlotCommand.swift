@@ -38,6 +38,9 @@ struct PlotCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Tokenizer directory (default: the checkpoint's own vocab.json + merges.txt).", valueName: "dir"))
     var tokenizer: String?
 
+    @Option(help: ArgumentHelp("Another run directory whose evaluations the loss figure and report also show (repeatable), e.g. the same recipe with --dtype bf16.", valueName: "run-dir"))
+    var compare: [String] = []
+
     @Flag(help: "Print one JSON object listing the written files and the final figures.")
     var json = false
 
@@ -46,6 +49,10 @@ struct PlotCommand: ParsableCommand {
         let outURL = out.map { URL(fileURLWithPath: $0, isDirectory: true) } ?? runURL
         try FileManager.default.createDirectory(at: outURL, withIntermediateDirectories: true)
         let report = try TrainingReport(runDirectory: runURL)
+        let comparisons = try compare.map { path in
+            let url = URL(fileURLWithPath: path, isDirectory: true)
+            return TrainingReport.Comparison(label: url.standardizedFileURL.lastPathComponent, report: try TrainingReport(runDirectory: url))
+        }
 
         var temps: [Double] = []
         for part in temperatures.split(separator: ",") {
@@ -86,7 +93,8 @@ struct PlotCommand: ParsableCommand {
                 note = "No checkpoint in \(runURL.path) yet: no samples."
             }
         }
-        let files = try report.write(to: outURL, samples: samples, samplesNote: note)
+        let files = try report.write(to: outURL, samples: samples, samplesNote: note,
+                                     label: comparisons.isEmpty ? "" : runURL.standardizedFileURL.lastPathComponent, comparisons: comparisons)
         if json {
             let e = report.evals.last
             func n(_ v: Double?) -> Any { v.map { $0.isFinite ? $0 as Any : NSNull() } ?? NSNull() }

@@ -109,6 +109,32 @@ print('ok', w, h)
         #expect(md.contains("![loss](loss.png)") && md.contains("Once upon a time") && md.contains("best val loss"))
     }
 
+    /// `gemma3 plot RUN --compare OTHER`: the other run's evaluations in the loss figure and a table row.
+    @Test func comparedRunsAppearInTheLossFigureAndTheReport() throws {
+        func run(_ offset: Double) throws -> (TemporaryDirectory, TrainingReport) {
+            let dir = try TemporaryDirectory()
+            var lines: [String] = []
+            for s in stride(from: 0, through: 100, by: 20) {
+                let loss = 5 * exp(-Double(s) / 50) + 2 + offset
+                lines.append(MetricsRecord.eval(EvalMetrics(step: s, trainLoss: loss, valLoss: loss + 0.1, trainBitsPerByte: 1,
+                                                            valBitsPerByte: 1.1, elapsed: Double(s))).jsonLine)
+            }
+            try Data((lines.joined(separator: "\n") + "\n").utf8).write(to: dir.url.appendingPathComponent("metrics.jsonl"))
+            return (dir, try TrainingReport(runDirectory: dir.url))
+        }
+        let (a, f32) = try run(0), (b, bf16) = try run(0.25)
+        _ = b
+        let charts = f32.charts(label: "f32", comparisons: [.init(label: "bf16", report: bf16)])
+        let loss = try #require(charts.first { $0.name == "loss" }?.chart)
+        let names = loss.series.map(\.name)
+        #expect(names.contains("val (eval): f32") && names.contains("val (eval): bf16") && names.contains("train (eval): bf16"))
+        #expect(loss.series.first { $0.name == "val (eval): bf16" }?.points.last?.y == bf16.evals.last?.valLoss)
+        let md = f32.markdown(samples: [], samplesNote: nil, label: "f32", comparisons: [.init(label: "bf16", report: bf16)])
+        #expect(md.contains("## Compared runs") && md.contains("| bf16 | 100 |") && md.contains("| 0.2500 |"), "\(md)")
+        #expect(loss.svg().contains("val (eval): bf16"))
+        _ = a
+    }
+
     @Test func niceTicksAndLabels() {
         let (ticks, step) = LineChart.niceTicks(lo: 0, hi: 1500, target: 8)
         #expect(step == 200 && ticks.first == 0 && ticks.last == 1600)
