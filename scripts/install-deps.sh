@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system and Python packages the build and the tests need (Debian + PyPI).
 # Idempotent: does nothing when everything is already there.
+#   --reference-tools  also PyTorch + transformers (the autocast comparisons; CI passes it)
 set -euo pipefail
 need_apt=()
 for p in libopenblas-dev libdnnl-dev zlib1g-dev pkg-config python3 python3-pip; do
@@ -22,9 +23,10 @@ if ! python3 -c "import tiktoken, numpy, safetensors" >/dev/null 2>&1; then
     python3 -m pip install -q --disable-pip-version-check tiktoken numpy safetensors 2>/dev/null \
         || python3 -m pip install -q --disable-pip-version-check --break-system-packages tiktoken numpy safetensors
 fi
-# torch + transformers: the PyTorch autocast golden values of MixedPrecisionTests. Where the machine
-# keeps a CPU build of torch among its local wheels (pip's find-links), that one; else PyPI's.
-if ! python3 -c "import torch, transformers" >/dev/null 2>&1; then
+# With --reference-tools (CI): torch + transformers, for the PyTorch autocast golden values of
+# MixedPrecisionTests (without them those comparisons print NOTICE). Where the machine keeps a CPU
+# build of torch among its local wheels (pip's find-links), that one; else PyPI's (large).
+if [ "${1:-}" = "--reference-tools" ] && ! python3 -c "import torch, transformers" >/dev/null 2>&1; then
     local_torch=$(ls /opt/wheels/torch-*+cpu-*.whl 2>/dev/null | sort -V | tail -1 || true)
     torch_spec=${local_torch:-torch}
     python3 -m pip install -q --disable-pip-version-check "$torch_spec" transformers 2>/dev/null \

@@ -56,7 +56,7 @@ public struct TrainingReport {
         let suffix = comparisons.isEmpty || label.isEmpty ? "" : ": " + label
         let finiteSteps = steps.filter { !$0.skipped && $0.loss.isFinite }
         var lossSeries: [PlotSeries] = [
-            PlotSeries(name: "train (per step)", points: finiteSteps.map { (Double($0.step), $0.loss) }, color: .lightBlue, lineWidth: 1.2),
+            PlotSeries(name: "train (per step)" + suffix, points: finiteSteps.map { (Double($0.step), $0.loss) }, color: .lightBlue, lineWidth: 1.2),
             PlotSeries(name: "train (eval)" + suffix, points: evals.map { (Double($0.step), $0.trainLoss) }, color: .blue, lineWidth: 2, markers: true),
             PlotSeries(name: "val (eval)" + suffix, points: evals.map { (Double($0.step), $0.valLoss) }, color: .orange, lineWidth: 2, markers: true),
         ]
