@@ -24,6 +24,7 @@ let package = Package(
         .library(name: "Gemma3Training", targets: ["Gemma3Training"]),
         .library(name: "Gemma3Hub", targets: ["Gemma3Hub"]),
         .library(name: "Gemma3Plots", targets: ["Gemma3Plots"]),
+        .library(name: "Gemma3Distributed", targets: ["Gemma3Distributed"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -80,11 +81,14 @@ let package = Package(
         ),
         // Training-run figures (PNG through zlib, SVG) and report.md from metrics.jsonl.
         .target(name: "Gemma3Plots", dependencies: ["CSystemZlib", "Gemma3Infrastructure", "Gemma3Training"], swiftSettings: cpuSettings),
+        // Data-parallel training over Open MPI, libmpi loaded at run time (builds without MPI installed).
+        .target(name: "Gemma3Distributed", dependencies: ["Gemma3Training"], swiftSettings: cpuSettings),
         // The command-line tool: a thin layer over the libraries.
         .executableTarget(
             name: "gemma3",
             dependencies: [
                 "Gemma3Infrastructure", "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Formats", "Gemma3Model", "Gemma3Training", "Gemma3Hub", "Gemma3Plots",
+                "Gemma3Distributed",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: cpuSettings

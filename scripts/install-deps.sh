@@ -4,7 +4,7 @@
 #   --reference-tools  also PyTorch + transformers (the autocast comparisons; CI passes it)
 set -euo pipefail
 need_apt=()
-for p in libopenblas-dev libdnnl-dev zlib1g-dev pkg-config python3 python3-pip; do
+for p in libopenblas-dev libdnnl-dev zlib1g-dev openmpi-bin libopenmpi-dev pkg-config python3 python3-pip; do
     dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 # python3/pip may come from elsewhere (pyenv); only ask apt for them if the commands are missing.

@@ -35,9 +35,13 @@ public struct TrainerState: Codable, Sendable, Equatable {
     public var trainTokens: Int
     /// The model, e.g. a preset name or a config path.
     public var model: String
+    /// Processes that trained the last stretch (data parallel; 1 alone). Informational: a run resumes
+    /// with any number, since the data position and the global batch do not depend on it.
+    public var worldSize = 1
 
     enum CodingKeys: String, CodingKey {
         case format, step, recipe, model
+        case worldSize = "world_size"
         case adamStep = "adam_step"
         case samplerState = "sampler_state"
         case bestValLoss = "best_val_loss"
@@ -71,6 +75,7 @@ public struct TrainerState: Codable, Sendable, Equatable {
         recipe = try c.decode(TrainingRecipe.self, forKey: .recipe)
         trainTokens = try c.decode(Int.self, forKey: .trainTokens)
         model = try c.decode(String.self, forKey: .model)
+        worldSize = try c.decodeIfPresent(Int.self, forKey: .worldSize) ?? 1
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -86,6 +91,7 @@ public struct TrainerState: Codable, Sendable, Equatable {
         try c.encode(recipe, forKey: .recipe)
         try c.encode(trainTokens, forKey: .trainTokens)
         try c.encode(model, forKey: .model)
+        try c.encode(worldSize, forKey: .worldSize)
     }
 }
 
@@ -230,12 +236,15 @@ public enum TrainingCheckpoint {
         public let state: TrainerState
     }
 
-    /// Reads only `latest/config.json` and `latest/trainer_state.json` (after `recover`), or nil
+    /// Reads only `latest/config.json` and `latest/trainer_state.json`, or nil
     /// when the run has no `latest/` yet: what `--resume` needs to know before loading weights.
+    /// Read-only (it may run beside a trainer that is writing the directory; recovery is the trainer's,
+    /// under its lock): reads `latest/`, or the `latest.old/` an interrupted swap left.
     public static func latestSummary(runDirectory: URL) throws -> (config: Gemma3Config, state: TrainerState)? {
-        try recover(runDirectory: runDirectory, name: latest)
-        guard exists(runDirectory: runDirectory, name: latest) else { return nil }
-        let dir = runDirectory.appendingPathComponent(latest)
+        let name = exists(runDirectory: runDirectory, name: latest) ? latest
+            : exists(runDirectory: runDirectory, name: latest + ".old") ? latest + ".old" : nil
+        guard let name else { return nil }
+        let dir = runDirectory.appendingPathComponent(name)
         let config = try Gemma3Config.load(from: dir.appendingPathComponent("config.json"))
         let stateURL = dir.appendingPathComponent("trainer_state.json")
         do { return (config, try JSONDecoder().decode(TrainerState.self, from: Data(contentsOf: stateURL))) } catch {

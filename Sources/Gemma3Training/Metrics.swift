@@ -29,11 +29,14 @@ public struct RunInfo: Sendable, Equatable {
     /// model that ignores context, ×ln 2).
     public var unigramEntropyBits: Double
     public var bytesPerTokenVal: Double
+    /// Processes training the model together (data parallel; 1 alone).
+    public var worldSize: Int
     public init(startStep: Int, resumed: Bool, parameters: Int, model: String, maxIters: Int, tokensPerStep: Int,
-                unigramEntropyBits: Double, bytesPerTokenVal: Double) {
+                unigramEntropyBits: Double, bytesPerTokenVal: Double, worldSize: Int = 1) {
         self.startStep = startStep; self.resumed = resumed; self.parameters = parameters; self.model = model
         self.maxIters = maxIters; self.tokensPerStep = tokensPerStep
         self.unigramEntropyBits = unigramEntropyBits; self.bytesPerTokenVal = bytesPerTokenVal
+        self.worldSize = worldSize
     }
 }
 
@@ -124,7 +127,7 @@ extension MetricsRecord: Codable {
 extension RunInfo: Codable {
     enum CodingKeys: String, CodingKey {
         case startStep = "step", resumed, parameters, model, maxIters = "max_iters", tokensPerStep = "tokens_per_step"
-        case unigramEntropyBits = "unigram_entropy_bits", bytesPerTokenVal = "bytes_per_token_val"
+        case unigramEntropyBits = "unigram_entropy_bits", bytesPerTokenVal = "bytes_per_token_val", worldSize = "world_size"
     }
 
     public init(from decoder: Decoder) throws {
@@ -136,7 +139,8 @@ extension RunInfo: Codable {
                   maxIters: try c.decodeIfPresent(Int.self, forKey: .maxIters) ?? 0,
                   tokensPerStep: try c.decodeIfPresent(Int.self, forKey: .tokensPerStep) ?? 0,
                   unigramEntropyBits: try c.decodeNumber(.unigramEntropyBits),
-                  bytesPerTokenVal: try c.decodeNumber(.bytesPerTokenVal))
+                  bytesPerTokenVal: try c.decodeNumber(.bytesPerTokenVal),
+                  worldSize: try c.decodeIfPresent(Int.self, forKey: .worldSize) ?? 1)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -149,6 +153,7 @@ extension RunInfo: Codable {
         try c.encode(tokensPerStep, forKey: .tokensPerStep)
         try c.encodeNumber(unigramEntropyBits, forKey: .unigramEntropyBits)
         try c.encodeNumber(bytesPerTokenVal, forKey: .bytesPerTokenVal)
+        try c.encode(worldSize, forKey: .worldSize)
     }
 }
 

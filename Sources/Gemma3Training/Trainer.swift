@@ -59,6 +59,8 @@ public struct StepOutcome: Sendable, Equatable {
     /// Wall seconds of the gradient norm, clipping and AdamW update (the rest of the step is
     /// zeroing the gradients, filling the micro-batches, forward and backward).
     public var optimizerSeconds: Double
+    /// Wall seconds of summing the gradients and losses over a data-parallel group (0 without one).
+    public var allReduceSeconds: Double = 0
 }
 
 /// One optimizer step, nanoGPT style and exactly as the golden trajectory was produced:
@@ -66,28 +68,48 @@ public struct StepOutcome: Sendable, Equatable {
 /// then the global norm of the summed gradient, clipping to `gradClip`, and one AdamW update.
 /// A non-finite loss or gradient skips the update (weights and moments untouched).
 ///
+/// With a data-parallel `group`, micro-batch k is computed by rank k mod N (every rank still calls
+/// `fillMicroBatch` for every k, so the data order is the single-process one), the gradients and
+/// losses are summed over the group, and every rank steps identically with rank 0's gradient norm.
+///
 /// - Parameter fillMicroBatch: writes micro-batch `k`'s inputs and targets ([B·T] each).
 public func trainingStep(
     model: Gemma3TrainingModel, optimizer: OptimizerState, learningRate: Double, gradClip: Double, accumulation: Int,
     inputs: UnsafeMutableBufferPointer<Int32>, targets: UnsafeMutableBufferPointer<Int32>,
+    group: (any DataParallelGroup)? = nil,
     fillMicroBatch: (Int) throws -> Void
 ) throws -> StepOutcome {
     guard let gradients = model.gradients else { throw TrainingError.invalidData("trainingStep needs a model created with training: true") }
+    let (rank, ranks) = (group?.rank ?? 0, group?.size ?? 1)
+    guard accumulation % ranks == 0 else {
+        throw TrainingError.invalidData("gradient_accumulation_steps (\(accumulation)) must be a multiple of the number of ranks (\(ranks)): each rank computes an equal share of a step's micro-batches")
+    }
     model.zeroGradients()
     var lossSum = 0.0
     let scale = 1 / Float(accumulation)
     for k in 0..<accumulation {
         try fillMicroBatch(k)
+        guard k % ranks == rank else { continue }
         let loss = try model.forward(inputs: UnsafeBufferPointer(inputs), targets: UnsafeBufferPointer(targets))
         lossSum += Double(loss)
         model.backward(lossScale: scale)
     }
+    var reduceSeconds = 0.0
+    if let group {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        try group.allReduceSum(gradients.buffer)
+        lossSum = try group.sum(lossSum)
+        reduceSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+    }
     let loss = lossSum / Double(accumulation)
     let optimizerStart = DispatchTime.now().uptimeNanoseconds
     func optimizerSeconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds - optimizerStart) * 1e-9 }
-    let norm = GradientClipping.globalNorm(UnsafeBufferPointer(gradients.buffer))
+    var norm = GradientClipping.globalNorm(UnsafeBufferPointer(gradients.buffer))
+    // Ranks with other thread counts could round the norm differently; rank 0's is the one.
+    if let group { norm = try group.valueOfRankZero(norm) }
     guard loss.isFinite, norm.isFinite else {
-        return StepOutcome(loss: loss, gradNorm: norm, learningRate: learningRate, applied: false, optimizerSeconds: optimizerSeconds())
+        return StepOutcome(loss: loss, gradNorm: norm, learningRate: learningRate, applied: false, optimizerSeconds: optimizerSeconds(),
+                           allReduceSeconds: reduceSeconds)
     }
     let clip = GradientClipping.scale(totalNorm: norm, maxNorm: gradClip)
     optimizer.adamStep += 1
@@ -95,7 +117,8 @@ public func trainingStep(
                  m: optimizer.m.buffer, v: optimizer.v.buffer, segments: optimizer.segments, step: optimizer.adamStep,
                  learningRate: learningRate, gradScale: clip, hyper: optimizer.hyper)
     model.parameters.markModified()
-    return StepOutcome(loss: loss, gradNorm: norm, learningRate: learningRate, applied: true, optimizerSeconds: optimizerSeconds())
+    return StepOutcome(loss: loss, gradNorm: norm, learningRate: learningRate, applied: true, optimizerSeconds: optimizerSeconds(),
+                       allReduceSeconds: reduceSeconds)
 }
 
 /// Entropy of the token frequencies of a file, in bits per token: the cross-entropy of the best
@@ -142,6 +165,9 @@ public struct TrainerOptions {
     public var replaceExisting = false
     /// Behave as if interrupted once this many steps are complete (tests).
     public var stopAfterStep: Int?
+    /// Train data parallel with these processes (nil: alone). Every member runs a `Trainer` with the
+    /// same options; rank 0 alone writes metrics and checkpoints and tells its observer.
+    public var group: (any DataParallelGroup)?
 
     public init(dataDirectory: URL, runDirectory: URL, config: Gemma3Config, modelName: String, recipe: TrainingRecipe,
                 resume: Bool = false, tokenizerDirectory: URL? = nil) {
@@ -183,6 +209,7 @@ public final class Trainer {
     private let valTokens: TokenFile
     private let tokenizerDirectory: URL?
     private var metricsHandle: FileHandle?
+    private var runLock: RunDirectoryLock?
 
     public init(options: TrainerOptions, stopFlag: StopFlag = StopFlag(), observer: (any TrainingObserver)? = nil) throws {
         self.options = options
@@ -209,13 +236,29 @@ public final class Trainer {
         metricsHandle?.write(Data((r.jsonLine + "\n").utf8))
     }
 
+    /// Rank 0 of the group (or the only process): the one that writes.
+    private var isLeader: Bool { (options.group?.rank ?? 0) == 0 }
+    private var worldSize: Int { options.group?.size ?? 1 }
+    /// What the observer hears: rank 0's trainer only.
+    private var reporter: (any TrainingObserver)? { isLeader ? observer : nil }
+
     /// Runs (or resumes) training to `max_iters`, or until a stop is requested.
     public func run() throws -> TrainingSummary {
         let fm = FileManager.default
         let run = options.runDirectory
-        try fm.createDirectory(at: run, withIntermediateDirectories: true)
-        try TrainingCheckpoint.recover(runDirectory: run, name: TrainingCheckpoint.latest)
-        try TrainingCheckpoint.recover(runDirectory: run, name: TrainingCheckpoint.best)
+        let group = options.group
+        if recipe.gradientAccumulationSteps % worldSize != 0 {
+            throw TrainingError.invalidData("gradient_accumulation_steps (\(recipe.gradientAccumulationSteps)) must be a multiple of the number of ranks (\(worldSize)): each rank computes an equal share of a step's micro-batches")
+        }
+        if isLeader {
+            try fm.createDirectory(at: run, withIntermediateDirectories: true)
+            runLock = try RunDirectoryLock(run)
+            try TrainingCheckpoint.recover(runDirectory: run, name: TrainingCheckpoint.latest)
+            try TrainingCheckpoint.recover(runDirectory: run, name: TrainingCheckpoint.best)
+        }
+        // The others read the run directory only after rank 0 has repaired it.
+        try group?.barrier()
+        defer { runLock = nil }
 
         // --- Weights, optimizer and loop state: fresh or from latest/.
         let parameters: ParameterStore
@@ -241,11 +284,14 @@ public final class Trainer {
                 guard options.replaceExisting else {
                     throw TrainingError.checkpoint("\(run.path) already holds a run; add --resume to continue it, --force to replace it, or choose another --out")
                 }
-                for name in [TrainingCheckpoint.latest, TrainingCheckpoint.best] {
-                    try? fm.removeItem(at: run.appendingPathComponent(name))
+                try group?.barrier()  // everyone has seen what was there before it goes
+                if isLeader {
+                    for name in [TrainingCheckpoint.latest, TrainingCheckpoint.best] {
+                        try? fm.removeItem(at: run.appendingPathComponent(name))
+                    }
                 }
             }
-            if options.resume { observer?.trainingWarning("--resume: no checkpoint in \(run.path) yet; starting from scratch") }
+            if options.resume { reporter?.trainingWarning("--resume: no checkpoint in \(run.path) yet; starting from scratch") }
             parameters = ParameterStore(config: config)
             parameters.initializeForTraining(config: config, seed: recipe.seed)
             optimizer = OptimizerState(layout: parameters.layout, hyper: AdamWHyperparameters(recipe: recipe))
@@ -256,13 +302,19 @@ public final class Trainer {
         guard meta.vocabSize <= config.vocabSize else {
             throw TrainingError.invalidData("\(options.dataDirectory.path) was tokenized with a \(meta.vocabSize)-token vocabulary but the model has \(config.vocabSize)")
         }
+        // Every rank starts from rank 0's weights.
+        if let group {
+            try group.broadcast(parameters.buffer)
+            parameters.markModified()
+        }
+        state.worldSize = worldSize
 
         // --- Models: one for training, one sharing the weights for evaluation (no saved activations).
         let model = try Gemma3TrainingModel(config: config, batchSize: recipe.batchSize, sequenceLength: recipe.blockSize,
                                             parameters: parameters, training: true, productPrecision: recipe.dtype.productPrecision)
         let evalModel = try Gemma3TrainingModel(config: config, batchSize: recipe.batchSize, sequenceLength: recipe.blockSize,
                                                 parameters: parameters, training: false, productPrecision: recipe.dtype.productPrecision)
-        if recipe.dtype == .bf16 { observer?.trainingWarning(ProductPrecision.bfloat16ExecutionNote) }
+        if recipe.dtype == .bf16 { reporter?.trainingWarning(ProductPrecision.bfloat16ExecutionNote) }
         var sampler = try BatchSampler(tokens: trainTokens, batchSize: recipe.batchSize, blockSize: recipe.blockSize, seed: 0)
         sampler.rng.state = state.samplerState
         let windowCount = sampler.batchTokenCount, tokenCount = recipe.batchSize * recipe.blockSize
@@ -272,14 +324,14 @@ public final class Trainer {
         defer { windows.deallocate(); inputs.deallocate(); targets.deallocate() }
 
         // --- Metrics: drop records of steps after the checkpoint (they will be redone), then append.
-        try prepareMetrics(resumedAt: options.resume && hasLatest ? state : nil)
+        if isLeader { try prepareMetrics(resumedAt: options.resume && hasLatest ? state : nil) }
         defer { try? metricsHandle?.close(); metricsHandle = nil }
         let entropy = unigramEntropyBits(trainTokens)
         let runInfo = RunInfo(startStep: state.step, resumed: options.resume && hasLatest, parameters: parameters.count,
                               model: options.modelName, maxIters: recipe.maxIters, tokensPerStep: recipe.tokensPerStep,
-                              unigramEntropyBits: entropy, bytesPerTokenVal: meta.val.bytesPerToken)
+                              unigramEntropyBits: entropy, bytesPerTokenVal: meta.val.bytesPerToken, worldSize: worldSize)
         appendMetrics(.run(runInfo))
-        observer?.trainingDidStart(TrainingStart(info: runInfo, config: config, recipe: recipe, runDirectory: run,
+        reporter?.trainingDidStart(TrainingStart(info: runInfo, config: config, recipe: recipe, runDirectory: run,
                                                  trainTokens: trainTokens.count, valTokens: valTokens.count))
 
         let schedule = LearningRateSchedule(recipe: recipe)
@@ -291,12 +343,13 @@ public final class Trainer {
         let tokenizer = tokenizerDirectory
 
         func saveLatest() throws {
+            guard isLeader else { return }
             state.samplerState = sampler.rng.state
             state.adamStep = optimizer.adamStep
             state.elapsedSeconds = elapsed()
             try TrainingCheckpoint.write(runDirectory: run, name: TrainingCheckpoint.latest, config: config, parameters: parameters,
                                          moments: .init(m: optimizer.m, v: optimizer.v), state: state, tokenizerDirectory: tokenizer)
-            observer?.trainingDidSaveCheckpoint(named: TrainingCheckpoint.latest, at: run.appendingPathComponent(TrainingCheckpoint.latest),
+            reporter?.trainingDidSaveCheckpoint(named: TrainingCheckpoint.latest, at: run.appendingPathComponent(TrainingCheckpoint.latest),
                                                 step: state.step)
         }
 
@@ -316,25 +369,33 @@ public final class Trainer {
             state.pendingEval = false
             let isBest = state.step > 0 && valLoss.isFinite && valLoss < (state.bestValLoss ?? .infinity)
             if isBest { state.bestValLoss = valLoss }
-            observer?.trainingDidEvaluate(e, bestValLoss: state.bestValLoss, seconds: Date().timeIntervalSince(t0))
-            if isBest {
+            reporter?.trainingDidEvaluate(e, bestValLoss: state.bestValLoss, seconds: Date().timeIntervalSince(t0))
+            if isBest && isLeader {
                 try TrainingCheckpoint.write(runDirectory: run, name: TrainingCheckpoint.best, config: config, parameters: parameters,
                                              weightsDType: recipe.dtype == .bf16 ? .bf16 : .f32, tokenizerDirectory: tokenizer)
-                observer?.trainingDidSaveCheckpoint(named: TrainingCheckpoint.best, at: run.appendingPathComponent(TrainingCheckpoint.best),
+                reporter?.trainingDidSaveCheckpoint(named: TrainingCheckpoint.best, at: run.appendingPathComponent(TrainingCheckpoint.best),
                                                     step: state.step)
             }
             return true
         }
 
-        func stopRequested() -> Int32? {
+        func localStopRequest() -> Int32? {
             if let s = stopFlag.requested { return s }
             if let n = options.stopAfterStep, state.step >= n { return 0 }
             return nil
         }
+        /// A stop any rank asked for, agreed by all (so all stop after the same step).
+        func stopRequested() throws -> Int32? {
+            let local = localStopRequest()
+            guard let group else { return local }
+            var v: [Double] = [local == nil ? 0 : 1, Double(local ?? 0)]
+            try v.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
+            return v[0] > 0 ? Int32((v[1] / v[0]).rounded()) : nil
+        }
 
         func finishInterrupted(_ signal: Int32) throws -> TrainingSummary {
             try saveLatest()
-            observer?.trainingDidStop(.interrupted(signal: signal), step: state.step)
+            reporter?.trainingDidStop(.interrupted(signal: signal), step: state.step)
             return TrainingSummary(step: state.step, interruptedBy: signal, lastEval: lastEval, bestValLoss: state.bestValLoss,
                                    unigramEntropyBits: entropy, tokensPerSecond: median(speeds))
         }
@@ -343,13 +404,13 @@ public final class Trainer {
             if try !evaluate() { return try finishInterrupted(stopFlag.requested ?? 0) }
         }
         while state.step < recipe.maxIters {
-            if let s = stopRequested() { return try finishInterrupted(s) }
+            if let s = try stopRequested() { return try finishInterrupted(s) }
             let stepIndex = state.step
             let lr = schedule(stepIndex)
             let t0 = Date()
             let outcome = try trainingStep(
                 model: model, optimizer: optimizer, learningRate: lr, gradClip: recipe.gradClip,
-                accumulation: recipe.gradientAccumulationSteps, inputs: inputs, targets: targets
+                accumulation: recipe.gradientAccumulationSteps, inputs: inputs, targets: targets, group: group
             ) { _ in
                 try sampler.next(into: windows, vocabularySize: config.vocabSize)
                 BatchSampler.split(windows: UnsafeBufferPointer(windows), batchSize: recipe.batchSize, blockSize: recipe.blockSize,
@@ -366,12 +427,12 @@ public final class Trainer {
                 state.consecutiveNonFinite = 0
             } else {
                 state.consecutiveNonFinite += 1
-                observer?.trainingWarning("step \(state.step): non-finite loss (\(outcome.loss)) or gradient norm (\(outcome.gradNorm)); update skipped (\(state.consecutiveNonFinite) in a row)")
+                reporter?.trainingWarning("step \(state.step): non-finite loss (\(outcome.loss)) or gradient norm (\(outcome.gradNorm)); update skipped (\(state.consecutiveNonFinite) in a row)")
                 if state.consecutiveNonFinite >= options.maxConsecutiveNonFinite {
                     throw TrainingError.nonFinite("\(state.consecutiveNonFinite) non-finite steps in a row at step \(state.step) (learning rate \(lr)); try a lower --learning-rate; latest/ keeps the last good state")
                 }
             }
-            observer?.trainingDidStep(stepMetrics)
+            reporter?.trainingDidStep(stepMetrics)
             let last = state.step == recipe.maxIters
             if state.step % recipe.evalInterval == 0 || last {
                 state.pendingEval = true
@@ -381,7 +442,7 @@ public final class Trainer {
                 try saveLatest()
             }
         }
-        observer?.trainingDidStop(.finished, step: state.step)
+        reporter?.trainingDidStop(.finished, step: state.step)
         return TrainingSummary(step: state.step, interruptedBy: nil, lastEval: lastEval, bestValLoss: state.bestValLoss,
                                unigramEntropyBits: entropy, tokensPerSecond: median(speeds))
     }
@@ -393,13 +454,18 @@ public final class Trainer {
                           targets: UnsafeMutableBufferPointer<Int32>) throws -> Double? {
         var sampler = try BatchSampler(tokens: tokens, batchSize: recipe.batchSize, blockSize: recipe.blockSize, seed: seed)
         var sum = 0.0
-        for _ in 0..<recipe.evalIters {
-            if stopFlag.requested != nil { return nil }
+        let (rank, ranks) = (options.group?.rank ?? 0, worldSize)
+        for i in 0..<recipe.evalIters {
+            // Alone, a stop interrupts the evaluation; in a group every rank finishes it (a rank that
+            // left early would leave the others waiting in the sum), and the step loop stops after.
+            if options.group == nil && stopFlag.requested != nil { return nil }
             try sampler.next(into: windows, vocabularySize: config.vocabSize)
+            guard i % ranks == rank else { continue }  // the batches are dealt to the ranks
             BatchSampler.split(windows: UnsafeBufferPointer(windows), batchSize: recipe.batchSize, blockSize: recipe.blockSize,
                                inputs: inputs, targets: targets)
             sum += Double(try model.forward(inputs: UnsafeBufferPointer(inputs), targets: UnsafeBufferPointer(targets)))
         }
+        if let group = options.group { sum = try group.sum(sum) }
         return sum / Double(recipe.evalIters)
     }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Dispatch
 import Foundation
+import Gemma3Distributed
 import Gemma3Infrastructure
 import Gemma3Kernels
 import Gemma3Model
@@ -68,6 +69,16 @@ struct BenchTrainCommand: ParsableCommand {
 
     func run() throws {
         let config = Gemma3Config.preset(named: preset)!
+        // Under mpirun: data parallel, one micro-batch of --batch × --seq per rank and step.
+        let group: MPIGroup? = MPIGroup.isLaunchedByMPI(environment: CLIEnvironment.variables) ? try MPIGroup() : nil
+        defer { group?.finish() }
+        let ranks = group?.size ?? 1
+        if let local = CLIEnvironment.variables["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init), local > 1,
+           CLIEnvironment.variables["GEMMA3_THREADS"] == nil {
+            var settings = RuntimeSettings.current
+            settings.threads = max(1, ProcessInfo.processInfo.activeProcessorCount / local)
+            RuntimeSettings.configure(settings)
+        }
         let model = try Gemma3TrainingModel(config: config, batchSize: batch, sequenceLength: seq, productPrecision: dtype.productPrecision)
         if dtype == .bf16 { writeStderr(ProductPrecision.bfloat16ExecutionNote) }
         model.parameters.initializeForTraining(config: config, seed: 1234)
@@ -83,6 +94,7 @@ struct BenchTrainCommand: ParsableCommand {
         defer { inputs.deallocate(); targets.deallocate() }
         var stepTimes: [Double] = []
         var optimizerSeconds = 0.0
+        var allReduceSeconds = 0.0
         var losses: [Float] = []
         for step in 0..<(warmup + steps) {
             // Random windows of seq + 1 tokens, drawn before the clock starts.
@@ -97,12 +109,13 @@ struct BenchTrainCommand: ParsableCommand {
             if step == warmup { model.resetProfile(); if gemms { model.gemmProfile = [:] } }
             model.profiling = timed
             let start = DispatchTime.now().uptimeNanoseconds
-            let outcome = try trainingStep(model: model, optimizer: optimizer, learningRate: 1e-4, gradClip: 1.0, accumulation: 1,
-                                           inputs: inputs, targets: targets) { _ in }
+            let outcome = try trainingStep(model: model, optimizer: optimizer, learningRate: 1e-4, gradClip: 1.0, accumulation: ranks,
+                                           inputs: inputs, targets: targets, group: group) { _ in }
             let end = DispatchTime.now().uptimeNanoseconds
             if timed {
                 stepTimes.append(Double(end - start) * 1e-9)
                 optimizerSeconds += outcome.optimizerSeconds
+                allReduceSeconds += outcome.allReduceSeconds
                 losses.append(Float(outcome.loss))
             }
         }
@@ -118,6 +131,7 @@ struct BenchTrainCommand: ParsableCommand {
         var shares: [String: Double] = [:]
         for phase in StepPhase.allCases { shares[phase.name] = model.phaseSeconds[phase.rawValue] / total }
         shares["optimizer"] = optimizerSeconds / total
+        if group != nil { shares["all_reduce"] = allReduceSeconds / total }
         shares["other"] = max(0, 1 - shares.values.reduce(0, +))
 
         struct Output: Encodable {
@@ -126,6 +140,7 @@ struct BenchTrainCommand: ParsableCommand {
             let seq: Int
             let steps: Int
             let threads: Int
+            let ranks: Int
             let dtype: String
             let build: String
             let host_cpu: String
@@ -146,7 +161,8 @@ struct BenchTrainCommand: ParsableCommand {
         }
         // PyTorch after our steps, so neither measurement overlaps the other.
         var references: [String: [String: Double]]? = nil
-        if let pytorch {
+        if let group, group.rank != 0 { return }  // rank 0 reports
+        if let pytorch, ranks == 1 {
             references = [:]
             for reference in PyTorchConfiguration.allCases {
                 let r = runPyTorch(python: pytorch, config: config, reference: reference)
@@ -154,9 +170,9 @@ struct BenchTrainCommand: ParsableCommand {
                 if let error = r.error { writeStderr("bench train: PyTorch \(reference.rawValue) not measured: \(error)") }
             }
         }
-        let output = Output(preset: preset, batch: batch, seq: seq, steps: steps, threads: Parallel.threadCount, dtype: dtype.rawValue, build: BuildInfo.description,
+        let output = Output(preset: preset, batch: batch, seq: seq, steps: steps, threads: Parallel.threadCount, ranks: ranks, dtype: dtype.rawValue, build: BuildInfo.description,
                             host_cpu: BuildInfo.hostCPU, products: RuntimeSettings.current.resolvedProductBackend.kernelDescription,
-                            parameters: config.parameterCount, tokens_per_second: Double(tokensPerStep) / medianStep,
+                            parameters: config.parameterCount, tokens_per_second: Double(tokensPerStep * ranks) / medianStep,
                             median_step_seconds: medianStep, gflop_per_step: flopsPerStep / 1e9, gflops: flopsPerStep / medianStep / 1e9,
                             sgemm_reference_gflops: sgemmReference, fraction_of_sgemm: flopsPerStep / medianStep / 1e9 / sgemmReference,
                             cpu_cores_used: cpuSeconds / (stepTimes.reduce(0, +) + Double(warmup) * medianStep),
@@ -168,7 +184,7 @@ struct BenchTrainCommand: ParsableCommand {
             encoder.outputFormatting = [.sortedKeys]
             print(String(decoding: try encoder.encode(output), as: UTF8.self))
         } else {
-            print("bench train: \(preset) (\(config.parameterCount) parameters), batch \(batch) × \(seq), \(steps) steps, \(dtype) products, \(Parallel.threadCount) threads, \(BuildInfo.description)")
+            print("bench train: \(preset) (\(config.parameterCount) parameters), batch \(batch) × \(seq), \(steps) steps, \(dtype) products, \(ranks > 1 ? "\(ranks) MPI ranks × " : "")\(Parallel.threadCount) threads, \(BuildInfo.description)")
             print("  CPU: \(BuildInfo.hostCPU); products: \(RuntimeSettings.current.resolvedProductBackend.kernelDescription)")
             print(String(format: "  %.1f tokens/s  (median step %.3f s, %.1f GFLOP/step, %.1f GFLOP/s)",
                          output.tokens_per_second, medianStep, output.gflop_per_step, output.gflops))

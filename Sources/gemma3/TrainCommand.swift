@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import Gemma3Distributed
+import Gemma3Kernels
 import Gemma3Model
 import Gemma3Training
 
@@ -17,6 +19,8 @@ struct TrainCommand: ParsableCommand {
         directories; latest/ also holds the optimizer state). SIGINT/SIGTERM finish the current step, save \
         latest/ and exit with status 130/143. The same command with --resume continues the run exactly \
         (bit-identical weights); with --resume, the model and recipe default to the saved ones.
+
+        Under `mpirun -np N` (or `srun`), the N processes train one model data parallel: each step's         gradient-accumulation-steps micro-batches are dealt to the ranks (the count must be a multiple of N),         the gradients are summed with MPI_Allreduce, and rank 0 alone writes RUN_DIR. Open MPI's libmpi is         loaded at run time, so plain runs need no MPI.
         """
     )
 
@@ -67,6 +71,12 @@ struct TrainCommand: ParsableCommand {
 
     @Flag(help: "No progress line or log lines.")
     var quiet = false
+
+    @Option(help: "Worker threads (default: the machine's cores, divided by the MPI ranks placed on it).")
+    var threads: Int?
+
+    @Option(help: .hidden)  // tests: stop as if interrupted once this step is done (latest/ saved, status 0)
+    var stopAfterStep: Int?
 
     func validate() throws {
         if preset != nil && config != nil { throw ValidationError("give --preset or --config, not both") }
@@ -125,10 +135,36 @@ struct TrainCommand: ParsableCommand {
         var options = TrainerOptions(dataDirectory: dataDir, runDirectory: runDir, config: modelConfig, modelName: modelName,
                                      recipe: r, resume: resume, tokenizerDirectory: tokenizer.map { URL(fileURLWithPath: $0, isDirectory: true) })
         options.replaceExisting = force
+        let environment = CLIEnvironment.variables
+        let group: MPIGroup? = MPIGroup.isLaunchedByMPI(environment: environment) ? try MPIGroup() : nil
+        var settings = RuntimeSettings.current
+        if let threads {
+            guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+            settings.threads = threads
+        } else if group != nil, environment["GEMMA3_THREADS"] == nil,
+                  let local = environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init), local > 1 {
+            settings.threads = max(1, ProcessInfo.processInfo.activeProcessorCount / local)
+        }
+        RuntimeSettings.configure(settings)
+        options.group = group
+        options.stopAfterStep = stopAfterStep
         let stop = StopFlag()
         InterruptHandler.install(stopping: stop)
-        let trainer = try Trainer(options: options, stopFlag: stop, observer: quiet ? nil : TrainingProgressPrinter())
-        let summary = try trainer.run()
+        let printer = quiet ? nil : TrainingProgressPrinter()
+        let summary: TrainingSummary
+        do {
+            let trainer = try Trainer(options: options, stopFlag: stop, observer: printer)
+            summary = try trainer.run()
+        } catch {
+            // One rank's error must not leave the others waiting in a sum: end the whole job.
+            if let group, group.size > 1 {
+                FileHandle.standardError.write(Data("error: rank \(group.rank): \(error)\n".utf8))
+                group.abortAll(code: 1)
+            }
+            throw error
+        }
+        group?.finish()
+        if let group, group.rank != 0 { return }  // rank 0 reports
         if json {
             func n(_ v: Double?) -> String { v.map { $0.isFinite ? "\($0)" : "null" } ?? "null" }
             let e = summary.lastEval

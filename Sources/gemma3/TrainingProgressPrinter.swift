@@ -1,5 +1,6 @@
 import Foundation
 import Gemma3Infrastructure
+import Gemma3Kernels
 import Gemma3Training
 
 #if canImport(Glibc)
@@ -35,6 +36,9 @@ final class TrainingProgressPrinter: TrainingObserver {
         maxIters = recipe.maxIters
         tokensPerStep = start.tokensPerStep
         runDirectory = start.runDirectory.path
+        if start.info.worldSize > 1 {
+            say("data parallel: \(start.info.worldSize) ranks (MPI) × \(RuntimeSettings.current.threads) threads; rank 0 writes \(runDirectory)")
+        }
         if let step = start.resumedFromStep { say("resuming \(runDirectory) at step \(step)/\(maxIters)") }
         say("model \(start.info.model): \(start.info.parameters) parameters; \(start.tokensPerStep) tokens/step "
             + "(\(recipe.batchSize) × \(recipe.blockSize) × \(recipe.gradientAccumulationSteps)); "

@@ -81,7 +81,8 @@ import Darwin
         #expect(finish.terminationStatus == 0)
         try expectSameRun(reference, run)
         // Nothing half-written is left behind.
-        let leftovers = try FileManager.default.contentsOfDirectory(atPath: run.path).filter { $0.hasPrefix(".") || $0.hasSuffix(".old") }
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: run.path)
+            .filter { ($0.hasPrefix(".") && $0 != ".lock") || $0.hasSuffix(".old") }  // .lock: the run directory's lock file
         #expect(leftovers.isEmpty, "\(leftovers)")
     }
 

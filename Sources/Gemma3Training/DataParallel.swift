@@ -1,0 +1,35 @@
+/// The processes that train one model together, data parallel: each computes the gradients of its
+/// share of an optimizer step's micro-batches, the group sums them, and every member then clips and
+/// steps identically, so the weights stay equal everywhere. Member 0 writes metrics and checkpoints.
+///
+/// `Gemma3Distributed.MPIGroup` implements it on MPI; a single process needs no group (nil).
+public protocol DataParallelGroup: AnyObject {
+    /// This process's index, 0 ..< size.
+    var rank: Int { get }
+    /// Number of processes.
+    var size: Int { get }
+    /// Replaces `buffer` by its element-wise sum over the group; every member gets the same bits
+    /// (the reduction order is fixed by the group's size, not by timing).
+    func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws
+    /// As above, for doubles (losses, counts).
+    func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws
+    /// Copies member 0's `buffer` into every member's.
+    func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>) throws
+}
+
+extension DataParallelGroup {
+    /// The sum of `value` over the group.
+    public func sum(_ value: Double) throws -> Double {
+        var v = [value]
+        try v.withUnsafeMutableBufferPointer { try allReduceSum($0) }
+        return v[0]
+    }
+
+    /// Member 0's `value`, on every member.
+    public func valueOfRankZero(_ value: Double) throws -> Double {
+        try sum(rank == 0 ? value : 0)
+    }
+
+    /// Waits until every member got here.
+    public func barrier() throws { _ = try sum(0) }
+}

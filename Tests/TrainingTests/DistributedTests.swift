@@ -1,0 +1,197 @@
+import Foundation
+import Gemma3Formats
+import Gemma3TestSupport
+import Testing
+@testable import Gemma3Training
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `mpirun -np 2 gemma3 train …` over TCP (`--mca btl tcp,self`: the gradients really cross a socket)
+/// against the single-process run of the same recipe and global batch.
+@Suite(.serialized) struct DistributedTests {
+    /// `mpirun`, or nil (the tests then print NOTICE): CI installs Open MPI.
+    static let mpirun: String? = ["/usr/bin/mpirun", "/usr/local/bin/mpirun"].first { FileManager.default.isExecutableFile(atPath: $0) }
+
+    /// Weights after 20 steps: 2 ranks sum each step's two micro-batch gradients in another order than
+    /// one process (g0 + g1 on the wire vs accumulated in place), so they differ by float32 rounding.
+    static let weightBound: Float = 1e-5
+
+    let recipe = ["--recipe", "smoke", "--batch-size", "2", "--block-size", "16", "--gradient-accumulation-steps", "2",
+                  "--max-iters", "20", "--eval-interval", "10", "--checkpoint-interval", "5", "--quiet", "--threads", "1"]
+
+    func command(ranks: Int, data: URL, out: URL, extra: [String] = []) throws -> Process {
+        let p = Process()
+        let train = ["train", "--data", data.path, "--config", SharedData.trainTiny.appendingPathComponent("config.json").path,
+                     "--out", out.path] + recipe + extra
+        if ranks == 0 {
+            p.executableURL = try gemma3Executable()
+            p.arguments = train
+        } else {
+            p.executableURL = URL(fileURLWithPath: Self.mpirun!)
+            p.arguments = ["--allow-run-as-root", "--oversubscribe", "-np", "\(ranks)", "--mca", "btl", "tcp,self",
+                           "--mca", "btl_tcp_if_include", "lo", try gemma3Executable().path] + train
+        }
+        let pipe = Pipe()
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = pipe
+        try p.run()
+        return p
+    }
+
+    /// Runs to the end; the exit status and stderr.
+    func run(ranks: Int, data: URL, out: URL, extra: [String] = []) throws -> (Int32, String) {
+        let p = try command(ranks: ranks, data: data, out: out, extra: extra)
+        let err = (p.standardError as! Pipe).fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: err, as: UTF8.self))
+    }
+
+    func weights(_ run: URL) throws -> [String: [Float]] {
+        let file = try SafeTensorsFile(url: run.appendingPathComponent("latest/model.safetensors"))
+        var out: [String: [Float]] = [:]
+        for t in file.tensors { out[t.name] = try file.floats(t.name) }
+        return out
+    }
+
+    func maxDifference(_ a: URL, _ b: URL) throws -> Float {
+        let wa = try weights(a), wb = try weights(b)
+        #expect(wa.keys.sorted() == wb.keys.sorted())
+        var worst: Float = 0
+        for (name, x) in wa { for (u, v) in zip(x, wb[name]!) { worst = max(worst, abs(u - v)) } }
+        return worst
+    }
+
+    func setUp() throws -> (TemporaryDirectory, URL)? {
+        guard Self.mpirun != nil else {
+            print("NOTICE: mpirun not found (Debian: openmpi-bin libopenmpi-dev): the data-parallel tests did not run")
+            return nil
+        }
+        let tmp = try TemporaryDirectory()
+        let data = tmp.url.appendingPathComponent("data")
+        try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
+        try makeDataset(in: data)
+        return (tmp, data)
+    }
+
+    @Test func twoRanksOverTCPTrainTheSameModelAsOneProcess() throws {
+        guard let (tmp, data) = try setUp() else { return }
+        let single = tmp.url.appendingPathComponent("single"), a = tmp.url.appendingPathComponent("a"), b = tmp.url.appendingPathComponent("b")
+        let (s0, e0) = try run(ranks: 0, data: data, out: single)
+        #expect(s0 == 0, "\(e0)")
+        let (s1, e1) = try run(ranks: 2, data: data, out: a)
+        #expect(s1 == 0, "\(e1)")
+        let (s2, e2) = try run(ranks: 2, data: data, out: b)
+        #expect(s2 == 0, "\(e2)")
+        // Two 2-rank runs: bit for bit.
+        for name in ["latest/model.safetensors", "latest/optimizer.safetensors"] {
+            #expect(try Data(contentsOf: a.appendingPathComponent(name)) == Data(contentsOf: b.appendingPathComponent(name)), "\(name)")
+        }
+        let d = try maxDifference(single, a)
+        print("data parallel: 2 ranks vs 1 process after 20 steps: max |Δw| = \(d)")
+        #expect(d <= Self.weightBound)
+        // The run says it had 2 ranks.
+        let report = try RunMetrics(a)
+        #expect(report.worldSizes == [2])
+        let state = try JSONDecoder().decode(TrainerState.self, from: Data(contentsOf: a.appendingPathComponent("latest/trainer_state.json")))
+        #expect(state.worldSize == 2 && state.step == 20)
+        // Losses per step agree with the single process to rounding.
+        let ls = try RunMetrics(single).losses, la = report.losses
+        #expect(ls.count == 20 && la.count == 20)
+        for (x, y) in zip(ls, la) { #expect(abs(x - y) < 1e-4) }
+    }
+
+    @Test func resumeWithAnotherNumberOfRanksContinuesTheTrajectory() throws {
+        guard let (tmp, data) = try setUp() else { return }
+        let single = tmp.url.appendingPathComponent("single")
+        #expect(try run(ranks: 0, data: data, out: single).0 == 0)
+        // 2 ranks to step 10, then 1 process to the end; and 1 process to 10, then 2 ranks.
+        for (first, second) in [(2, 0), (0, 2)] {
+            let out = tmp.url.appendingPathComponent("resume-\(first)-\(second)")
+            let (s1, e1) = try run(ranks: first, data: data, out: out, extra: ["--stop-after-step", "10"])
+            #expect(s1 == 0, "\(e1)")
+            let (s2, e2) = try run(ranks: second, data: data, out: out, extra: ["--resume"])
+            #expect(s2 == 0, "\(e2)")
+            let d = try maxDifference(single, out)
+            print("data parallel: \(max(1, first)) → \(max(1, second)) ranks at step 10 vs 1 process: max |Δw| = \(d)")
+            #expect(d <= Self.weightBound)
+        }
+    }
+
+    @Test func aKilledRankEndsTheJobAndTheRunResumes() throws {
+        guard let (tmp, data) = try setUp() else { return }
+        let out = tmp.url.appendingPathComponent("killed")
+        let long = ["--max-iters", "400", "--eval-interval", "100", "--checkpoint-interval", "20"]
+        let p = try command(ranks: 2, data: data, out: out, extra: long)
+        // Wait for the first checkpoint, then SIGKILL one rank (a child of mpirun).
+        let deadline = Date().addingTimeInterval(120)
+        while !FileManager.default.fileExists(atPath: out.appendingPathComponent("latest/trainer_state.json").path) && Date() < deadline {
+            usleep(100_000)
+        }
+        let children = try childProcesses(of: p.processIdentifier)
+        #expect(children.count >= 1)
+        guard let victim = children.last else { p.terminate(); return }
+        let killedAt = Date()
+        kill(victim, SIGKILL)
+        p.waitUntilExit()
+        let seconds = Date().timeIntervalSince(killedAt)
+        print("data parallel: job ended \(seconds) s after a rank was killed, status \(p.terminationStatus)")
+        #expect(p.terminationStatus != 0)
+        #expect(seconds < 60)
+        // latest/ is whole, and the run resumes (alone, to keep it short) from it.
+        let state = try JSONDecoder().decode(TrainerState.self, from: Data(contentsOf: out.appendingPathComponent("latest/trainer_state.json")))
+        #expect(state.step > 0 && state.step % 20 == 0)
+        let (s, e) = try run(ranks: 0, data: data, out: out, extra: long + ["--resume", "--stop-after-step", "\(state.step + 2)"])
+        #expect(s == 0, "\(e)")
+    }
+
+    @Test func aSecondRunOnTheSameDirectoryIsRefused() throws {
+        let tmp = try TemporaryDirectory()
+        let data = tmp.url.appendingPathComponent("data")
+        try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
+        try makeDataset(in: data)
+        let out = tmp.url.appendingPathComponent("run")
+        let long = ["--max-iters", "1000000", "--eval-interval", "500000"]
+        let first = try command(ranks: 0, data: data, out: out, extra: long)
+        let deadline = Date().addingTimeInterval(60)
+        while !FileManager.default.fileExists(atPath: out.appendingPathComponent("metrics.jsonl").path) && Date() < deadline { usleep(50_000) }
+        // (Bounded: were the lock not held, the second run would stop after one step.)
+        let (status, err) = try run(ranks: 0, data: data, out: out, extra: long + ["--resume", "--stop-after-step", "1"])
+        let firstWasRunning = first.isRunning
+        first.terminate()
+        let firstErr = String(decoding: (first.standardError as! Pipe).fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        first.waitUntilExit()
+        #expect(firstWasRunning, "the first run ended before the second started: \(firstErr)")
+        #expect(status != 0)
+        #expect(err.contains("is being written by another training run"), "\(err)")
+        #expect(err.split(separator: "\n").count == 1, "\(err)")
+    }
+
+    func childProcesses(of pid: Int32) throws -> [Int32] {
+        var out: [Int32] = []
+        for entry in try FileManager.default.contentsOfDirectory(atPath: "/proc") {
+            guard let child = Int32(entry),
+                  let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            if fields.count > 2, Int32(fields[1]) == pid { out.append(child) }
+        }
+        return out.sorted()
+    }
+}
+
+/// The per-step losses and the world sizes recorded in a run's metrics.jsonl.
+struct RunMetrics {
+    var losses: [Double] = []
+    var worldSizes: [Int] = []
+    init(_ run: URL) throws {
+        for r in try MetricsRecord.read(run.appendingPathComponent("metrics.jsonl")) {
+            switch r {
+            case .step(let s): losses.append(s.loss)
+            case .run(let i): worldSizes.append(i.worldSize)
+            case .eval: break
+            }
+        }
+    }
+}
