@@ -146,6 +146,72 @@ import Glibc
         #expect(s == 0, "\(e)")
     }
 
+    /// Two "hosts": two network namespaces joined by a veth pair, mpirun's launch agent entering the
+    /// other namespace instead of ssh; the ranks talk only over 10.x addresses on the veth.
+    @Test func twoNetworkNamespacesTrainAsTwoHosts() throws {
+        guard let (tmp, data) = try setUp() else { return }
+        let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        guard let ip, getuid() == 0 else {
+            print("NOTICE: no `ip` or not root: the two-namespace (two-host) test did not run")
+            return
+        }
+        let tag = "g3t\(getpid() % 10000)", net = "10.\(100 + Int(getpid()) % 100).0"
+        let (ns1, ns2) = (tag + "a", tag + "b"), (host1, host2) = (net + ".1", net + ".2")
+        func sh(_ args: [String]) -> Int32 {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: ip)
+            p.arguments = args
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            guard (try? p.run()) != nil else { return -1 }
+            p.waitUntilExit()
+            return p.terminationStatus
+        }
+        defer { _ = sh(["netns", "del", ns1]); _ = sh(["netns", "del", ns2]) }
+        let setup: [[String]] = [
+            ["netns", "add", ns1], ["netns", "add", ns2],
+            ["link", "add", tag + "x", "type", "veth", "peer", "name", tag + "y"],
+            ["link", "set", tag + "x", "netns", ns1], ["link", "set", tag + "y", "netns", ns2],
+            ["-n", ns1, "addr", "add", host1 + "/24", "dev", tag + "x"], ["-n", ns2, "addr", "add", host2 + "/24", "dev", tag + "y"],
+            ["-n", ns1, "link", "set", tag + "x", "up"], ["-n", ns2, "link", "set", tag + "y", "up"],
+            ["-n", ns1, "link", "set", "lo", "up"], ["-n", ns2, "link", "set", "lo", "up"],
+        ]
+        for args in setup where sh(args) != 0 {
+            print("NOTICE: `ip \(args.joined(separator: " "))` failed (no network namespaces here): the two-host test did not run")
+            return
+        }
+        let agent = tmp.url.appendingPathComponent("netns-agent.sh")
+        try """
+        #!/bin/sh
+        # mpirun's launch agent in place of ssh: [options] HOST command… runs command in HOST's namespace.
+        while [ "${1#-}" != "$1" ]; do shift; done
+        host="$1"; shift
+        case "$host" in \(host1)) ns=\(ns1) ;; \(host2)) ns=\(ns2) ;; *) echo "unknown host $host" >&2; exit 1 ;; esac
+        exec \(ip) netns exec "$ns" /bin/sh -c "$*"
+        """.write(to: agent, atomically: true, encoding: .utf8)
+        chmod(agent.path, 0o755)
+        let single = tmp.url.appendingPathComponent("single"), two = tmp.url.appendingPathComponent("two-hosts")
+        #expect(try run(ranks: 0, data: data, out: single).0 == 0)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: ip)
+        p.arguments = ["netns", "exec", ns1, Self.mpirun!, "--allow-run-as-root", "--oversubscribe", "-np", "2",
+                       "-H", "\(host1):1,\(host2):1", "--mca", "plm_rsh_agent", agent.path,
+                       "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", net + ".0/24", "--mca", "oob_tcp_if_include", net + ".0/24",
+                       try gemma3Executable().path, "train", "--data", data.path,
+                       "--config", SharedData.trainTiny.appendingPathComponent("config.json").path, "--out", two.path] + recipe
+        let pipe = Pipe()
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = pipe
+        try p.run()
+        let err = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0, "\(err)")
+        let d = try maxDifference(single, two)
+        print("data parallel: 2 ranks in 2 network namespaces vs 1 process after 20 steps: max |Δw| = \(d)")
+        #expect(d <= Self.weightBound)
+        #expect(try RunMetrics(two).worldSizes == [2])
+    }
+
     @Test func aSecondRunOnTheSameDirectoryIsRefused() throws {
         let tmp = try TemporaryDirectory()
         let data = tmp.url.appendingPathComponent("data")
