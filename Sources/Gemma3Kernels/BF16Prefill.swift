@@ -96,22 +96,13 @@ public final class BF16Panels: @unchecked Sendable {
     }
 }
 
-/// A `LinearWeight` whose batched products (`gemm`) run in bfloat16 (`BF16Panels`) while decoding
-/// (`gemv`) and row lookups use the wrapped weight unchanged.
-///
-/// The panels are built on the first product of at least `minimumTokensToBuild` tokens (building
-/// costs about as much as a few float32 prefills, so a short prompt alone does not pay for it);
-/// until then short products use the wrapped weight's float32 path.
-public final class BF16PrefillLinear: LinearWeight, @unchecked Sendable {
-    public let base: any LinearWeight
-    private let panels = Mutex<BF16Panels?>(nil)
+/// A weight that keeps a second copy of another for batched products (prefill) and forwards everything
+/// else — shape, storage, decoding (`gemv`), row lookups — to the wrapped one.
+public protocol PrefillCopyLinear: LinearWeight {
+    var base: any LinearWeight { get }
+}
 
-    /// Wraps `base`; requires `PrefillPrecision.bfloat16Supported`.
-    public init(_ base: any LinearWeight) {
-        precondition(PrefillPrecision.bfloat16Supported, "BF16PrefillLinear needs a CPU with AVX-512 BF16")
-        self.base = base
-    }
-
+extension PrefillCopyLinear {
     public var outFeatures: Int { base.outFeatures }
     public var inFeatures: Int { base.inFeatures }
     public var storageBytes: Int { base.storageBytes }
@@ -124,6 +115,24 @@ public final class BF16PrefillLinear: LinearWeight, @unchecked Sendable {
     public func dequantize(rows: Range<Int>, into out: UnsafeMutablePointer<Float>) {
         base.dequantize(rows: rows, into: out)
     }
+}
+
+/// A `LinearWeight` whose batched products (`gemm`) run in bfloat16 (`BF16Panels`) while decoding
+/// (`gemv`) and row lookups use the wrapped weight unchanged.
+///
+/// The panels are built on the first product of at least `minimumTokensToBuild` tokens (building
+/// costs about as much as a few float32 prefills, so a short prompt alone does not pay for it);
+/// until then short products use the wrapped weight's float32 path.
+public final class BF16PrefillLinear: PrefillCopyLinear, @unchecked Sendable {
+    public let base: any LinearWeight
+    private let panels = Mutex<BF16Panels?>(nil)
+
+    /// Wraps `base`; requires `PrefillPrecision.bfloat16Supported`.
+    public init(_ base: any LinearWeight) {
+        precondition(PrefillPrecision.bfloat16Supported, "BF16PrefillLinear needs a CPU with AVX-512 BF16")
+        self.base = base
+    }
+
 
     /// The packed copy, built now if it was not yet.
     public var bf16Panels: BF16Panels {
@@ -152,7 +161,7 @@ public final class BF16PrefillLinear: LinearWeight, @unchecked Sendable {
 /// product of at least `minimumTokensToBuild` tokens, then every such product is one `sgemm` on it
 /// (the default `gemm` dequantizes a panel of rows into a fresh buffer on every call). Decoding
 /// (`gemv`) and row lookups use the wrapped weight unchanged. Costs 4 bytes per weight once built.
-public final class Float32PrefillLinear: LinearWeight, @unchecked Sendable {
+public final class Float32PrefillLinear: PrefillCopyLinear, @unchecked Sendable {
     public let base: any LinearWeight
     private let copy = Mutex<UncheckedSendable<UnsafeMutablePointer<Float>>?>(nil)
 
@@ -160,18 +169,6 @@ public final class Float32PrefillLinear: LinearWeight, @unchecked Sendable {
 
     deinit { copy.withLock { $0?.value.deallocate() } }
 
-    public var outFeatures: Int { base.outFeatures }
-    public var inFeatures: Int { base.inFeatures }
-    public var storageBytes: Int { base.storageBytes }
-    public var formatName: String { base.formatName }
-
-    public func gemv(rows: Range<Int>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
-        base.gemv(rows: rows, x: x, y: y)
-    }
-
-    public func dequantize(rows: Range<Int>, into out: UnsafeMutablePointer<Float>) {
-        base.dequantize(rows: rows, into: out)
-    }
 
     /// Tokens from which a batched product builds the float32 copy.
     public static let minimumTokensToBuild = 32
