@@ -33,3 +33,11 @@ extension DataParallelGroup {
     /// Waits until every member got here.
     public func barrier() throws { _ = try sum(0) }
 }
+
+/// Refuses a step whose micro-batches cannot be dealt equally to `ranks` processes (unequal shares
+/// would make a different step than one process makes).
+func checkMicroBatchShare(accumulation: Int, ranks: Int) throws {
+    guard accumulation % ranks == 0 else {
+        throw TrainingError.invalidData("gradient_accumulation_steps (\(accumulation)) must be a multiple of the number of ranks (\(ranks)): each rank computes an equal share of a step's micro-batches")
+    }
+}

@@ -81,9 +81,7 @@ public func trainingStep(
 ) throws -> StepOutcome {
     guard let gradients = model.gradients else { throw TrainingError.invalidData("trainingStep needs a model created with training: true") }
     let (rank, ranks) = (group?.rank ?? 0, group?.size ?? 1)
-    guard accumulation % ranks == 0 else {
-        throw TrainingError.invalidData("gradient_accumulation_steps (\(accumulation)) must be a multiple of the number of ranks (\(ranks)): each rank computes an equal share of a step's micro-batches")
-    }
+    try checkMicroBatchShare(accumulation: accumulation, ranks: ranks)
     model.zeroGradients()
     var lossSum = 0.0
     let scale = 1 / Float(accumulation)
@@ -247,9 +245,7 @@ public final class Trainer {
         let fm = FileManager.default
         let run = options.runDirectory
         let group = options.group
-        if recipe.gradientAccumulationSteps % worldSize != 0 {
-            throw TrainingError.invalidData("gradient_accumulation_steps (\(recipe.gradientAccumulationSteps)) must be a multiple of the number of ranks (\(worldSize)): each rank computes an equal share of a step's micro-batches")
-        }
+        try checkMicroBatchShare(accumulation: recipe.gradientAccumulationSteps, ranks: worldSize)
         if isLeader {
             try fm.createDirectory(at: run, withIntermediateDirectories: true)
             runLock = try RunDirectoryLock(run)

@@ -73,10 +73,9 @@ struct BenchTrainCommand: ParsableCommand {
         let group: MPIGroup? = MPIGroup.isLaunchedByMPI(environment: CLIEnvironment.variables) ? try MPIGroup() : nil
         defer { group?.finish() }
         let ranks = group?.size ?? 1
-        if let local = CLIEnvironment.variables["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init), local > 1,
-           CLIEnvironment.variables["GEMMA3_THREADS"] == nil {
+        if group != nil, let perRank = CLIEnvironment.threadsPerLocalRank {
             var settings = RuntimeSettings.current
-            settings.threads = max(1, ProcessInfo.processInfo.activeProcessorCount / local)
+            settings.threads = perRank
             RuntimeSettings.configure(settings)
         }
         let model = try Gemma3TrainingModel(config: config, batchSize: batch, sequenceLength: seq, productPrecision: dtype.productPrecision)

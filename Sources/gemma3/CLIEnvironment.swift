@@ -29,6 +29,15 @@ enum CLIEnvironment {
         return settings
     }
 
+    /// Worker threads for one of several MPI ranks on this machine: its cores divided by the ranks
+    /// placed on it (`OMPI_COMM_WORLD_LOCAL_SIZE`); nil when not under MPI, one rank here, or
+    /// `GEMMA3_THREADS` chose.
+    static var threadsPerLocalRank: Int? {
+        guard variables["GEMMA3_THREADS"] == nil,
+              let local = variables["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init), local > 1 else { return nil }
+        return max(1, ProcessInfo.processInfo.activeProcessorCount / local)
+    }
+
     /// The download cache: `$GEMMA3_CACHE`, else `$HOME/.cache/gemma3`.
     static var cacheDirectory: CacheDirectory {
         if let cache = variables["GEMMA3_CACHE"], !cache.isEmpty {

@@ -141,9 +141,8 @@ struct TrainCommand: ParsableCommand {
         if let threads {
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
             settings.threads = threads
-        } else if group != nil, environment["GEMMA3_THREADS"] == nil,
-                  let local = environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init), local > 1 {
-            settings.threads = max(1, ProcessInfo.processInfo.activeProcessorCount / local)
+        } else if group != nil, let perRank = CLIEnvironment.threadsPerLocalRank {
+            settings.threads = perRank
         }
         RuntimeSettings.configure(settings)
         options.group = group
