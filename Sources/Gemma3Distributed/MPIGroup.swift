@@ -40,9 +40,17 @@ public final class MPIGroup: DataParallelGroup {
         environment["OMPI_COMM_WORLD_SIZE"] != nil || environment["PMIX_RANK"] != nil
     }
 
-    /// Loads `libmpi` (`library`, default Open MPI's soname) and initialises MPI
-    /// (`MPI_THREAD_FUNNELED`: only the thread that called this calls MPI).
-    public init(library: String = "libmpi.so.40") throws {
+    public let overlapsAllReduce: Bool
+    /// Runs the started gradient sums; nil when they are not overlapped.
+    private var communication: CommunicationThread?
+
+    /// Loads `libmpi` (`library`, default Open MPI's soname) and initialises MPI.
+    ///
+    /// - Parameter overlapAllReduce: sum the gradient buckets that `startAllReduceSum` hands over on a
+    ///   communication thread while the backward goes on (`MPI_THREAD_SERIALIZED`: that thread calls MPI
+    ///   only while the caller's thread does not). False: every call sums at once on the caller's
+    ///   thread (`MPI_THREAD_FUNNELED`). Falls back to false where the library gives less thread support.
+    public init(library: String = "libmpi.so.40", overlapAllReduce: Bool = true) throws {
         guard let lib = dlopen(library, RTLD_NOW | RTLD_GLOBAL) ?? dlopen("libmpi.so", RTLD_NOW | RTLD_GLOBAL) else {
             throw MPIError("this run was started by an MPI launcher but \(library) could not be loaded (\(String(cString: dlerror()))): install Open MPI (Debian: openmpi-bin libopenmpi-dev)")
         }
@@ -66,12 +74,32 @@ public final class MPIGroup: DataParallelGroup {
         double = try object("ompi_mpi_double")
         sumOp = try object("ompi_mpi_op_sum")
         var provided: Int32 = 0
-        let funneled: Int32 = 1  // MPI_THREAD_FUNNELED
-        guard initThread(nil, nil, funneled, &provided) == 0 else { throw MPIError("MPI_Init_thread failed") }
+        let (funneled, serialized): (Int32, Int32) = (1, 2)  // MPI_THREAD_FUNNELED, MPI_THREAD_SERIALIZED
+        guard initThread(nil, nil, overlapAllReduce ? serialized : funneled, &provided) == 0 else { throw MPIError("MPI_Init_thread failed") }
+        overlapsAllReduce = overlapAllReduce && provided >= serialized
         var r: Int32 = 0, n: Int32 = 0
         guard commRank(world, &r) == 0, commSize(world, &n) == 0 else { throw MPIError("MPI_Comm_rank/size failed") }
         rank = Int(r)
         size = Int(n)
+        if overlapsAllReduce {
+            let (sum, type, op, comm) = (allReduce, float, sumOp, world)
+            communication = CommunicationThread { base, count in sum(Self.inPlace, base, Int32(count), type, op, comm) == 0 }
+        }
+    }
+
+    public func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
+        guard let communication else { return try allReduceSum(buffer) }
+        guard let base = buffer.baseAddress else { return }
+        var offset = 0
+        while offset < buffer.count {
+            let n = min(Self.chunk, buffer.count - offset)
+            communication.enqueue(base + offset, count: n)
+            offset += n
+        }
+    }
+
+    public func finishAllReduceSums() throws -> Double {
+        try communication?.waitForAll() ?? 0
     }
 
     /// Largest element count per call (MPI counts are 32-bit).
@@ -109,5 +137,60 @@ public final class MPIGroup: DataParallelGroup {
     public func abortAll(code: Int32) -> Never {
         _ = abort(world, code)
         exit(code)
+    }
+}
+
+/// A thread that sums gradient buckets over MPI in the order they were queued, so the sums of one
+/// step's later layers run while the backward computes the earlier ones.
+private final class CommunicationThread: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var queue: [(UnsafeMutablePointer<Float>, Int)] = []
+    private var inProgress = false
+    private var failed = false
+    private var busySeconds = 0.0
+    private let sum: (UnsafeMutablePointer<Float>, Int) -> Bool
+
+    init(sum: @escaping (UnsafeMutablePointer<Float>, Int) -> Bool) {
+        self.sum = sum
+        let thread = Thread { self.run() }  // lives as long as the process
+        thread.name = "gemma3-allreduce"
+        thread.start()
+    }
+
+    func enqueue(_ base: UnsafeMutablePointer<Float>, count: Int) {
+        condition.lock()
+        queue.append((base, count))
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Blocks until the queue is empty and no sum runs; returns the busy seconds since the last call.
+    func waitForAll() throws -> Double {
+        condition.lock()
+        defer { condition.unlock() }
+        while inProgress || !queue.isEmpty { condition.wait() }
+        let seconds = busySeconds
+        busySeconds = 0
+        if failed { throw MPIError("MPI_Allreduce failed") }
+        return seconds
+    }
+
+    private func run() {
+        while true {
+            condition.lock()
+            while queue.isEmpty { condition.wait() }
+            let (base, count) = queue.removeFirst()
+            inProgress = true
+            condition.unlock()
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            let ok = sum(base, count)
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+            condition.lock()
+            inProgress = false
+            busySeconds += seconds
+            if !ok { failed = true }
+            condition.broadcast()
+            condition.unlock()
+        }
     }
 }

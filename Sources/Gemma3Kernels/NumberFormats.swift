@@ -50,6 +50,11 @@ extension NumberFormats {
         gemma3_round_to_bf16(src, dst, count)
     }
 
+    /// `dst[i]` = the bfloat16 bits of `src[i]` rounded as `roundToBFloat16`.
+    public static func convertToBFloat16(from src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<UInt16>, count: Int) {
+        gemma3_to_bf16(src, dst, count)
+    }
+
     /// Rounds `rows` rows of `columns` floats, `stride` apart, in place to bfloat16 values.
     public static func roundToBFloat16(_ x: UnsafeMutablePointer<Float>, rows: Int, columns: Int, stride: Int) {
         if stride == columns { roundToBFloat16(x, count: rows * columns); return }
@@ -60,14 +65,18 @@ extension NumberFormats {
 extension ProductPrecision {
     /// How this CPU computes bfloat16 training products, in one line (training says it once).
     ///
-    /// Every CPU runs them as float32 products of bfloat16-rounded inputs: the results are those of
-    /// bfloat16 hardware with float32 accumulation. Where the CPU has AVX-512 BF16 this is also the
-    /// fastest way measured: its `vdpbf16ps` retires half as many instructions per cycle as a float32
-    /// FMA of the same width (on the Intel Xeon of this project's machines: 3.6 vs 7.3 G/s on one
-    /// core), so it reaches the same FLOP rate, and oneDNN's bfloat16 matmul ran at 55–65 % of its
-    /// sgemm on the training shapes. Only a CPU whose bfloat16 units outrun its float32 FMA (AMX
-    /// tiles) would gain, and none was available to measure.
+    /// Where bfloat16 dot products outrun the float32 FMA (`BFloat16Products.pay`: AVX-512 BF16 on AMD
+    /// Zen 4/5, ≈ 1.8× the FLOP rate on Zen 5; AMX), the projection and LM-head products run natively in
+    /// bfloat16 through oneDNN. Elsewhere every product is a float32 product of bfloat16-rounded inputs —
+    /// the same values as bfloat16 hardware with float32 accumulation. On the Intel Xeon of this
+    /// project's machines `vdpbf16ps` retires half as many instructions per cycle as a float32 FMA of the
+    /// same width (3.6 vs 7.3 G/s on one core), so it reaches the same FLOP rate, and oneDNN's bfloat16
+    /// matmul ran at 55–65 % of its sgemm on the training shapes: emulation is the faster there.
     public static var bfloat16ExecutionNote: String {
+        if RuntimeSettings.current.resolvedNativeBFloat16Products {
+            return "bf16: projection and LM-head products run natively in bfloat16 (oneDNN \(MatrixProductBackend.oneDNNInstructionSet)); "
+                + "attention products on bfloat16-rounded inputs with float32 FMA"
+        }
         if PrefillPrecision.bfloat16Supported {
             return "bf16: products run on bfloat16-rounded inputs with float32 FMA (emulated): this CPU's AVX-512 BF16 "
                 + "dot products reach the same FLOP rate as its float32 FMA, so they are not faster"

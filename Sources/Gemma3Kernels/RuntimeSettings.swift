@@ -30,11 +30,15 @@ public struct RuntimeSettings: Sendable, Equatable {
     public var prefill: PrefillPrecision?
     /// The library of float32 matrix products: nil picks `MatrixProductBackend.automatic` for this CPU.
     public var productBackend: MatrixProductBackend?
+    /// Whether bfloat16 mixed-precision training runs its projection and LM-head products natively in
+    /// bfloat16 (`BFloat16Products`): nil where they pay on this CPU (`BFloat16Products.pay`); false keeps
+    /// float32 products of bfloat16-rounded inputs (same values up to the order of the float32 sums).
+    public var nativeBFloat16Products: Bool?
 
     public init(threads: Int = ProcessInfo.processInfo.activeProcessorCount, usesWorkerPool: Bool = true,
                 gemmThreading: GEMMThreading = .workers, decodeActivations: QuantizedLinear.ActivationPrecision? = nil,
                 unpacksForDecode: Bool = true, prefill: PrefillPrecision? = nil,
-                productBackend: MatrixProductBackend? = nil) {
+                productBackend: MatrixProductBackend? = nil, nativeBFloat16Products: Bool? = nil) {
         self.threads = max(1, threads)
         self.usesWorkerPool = usesWorkerPool
         self.gemmThreading = gemmThreading
@@ -42,6 +46,13 @@ public struct RuntimeSettings: Sendable, Equatable {
         self.unpacksForDecode = unpacksForDecode
         self.prefill = prefill
         self.productBackend = productBackend
+        self.nativeBFloat16Products = nativeBFloat16Products
+    }
+
+    /// Whether these settings run bfloat16 training products natively on this CPU (never where the
+    /// CPU lacks AVX-512 BF16).
+    public var resolvedNativeBFloat16Products: Bool {
+        (nativeBFloat16Products ?? BFloat16Products.pay) && PrefillPrecision.bfloat16Supported
     }
 
     /// The product backend these settings choose on this CPU.

@@ -95,6 +95,19 @@ public struct ParameterLayout: Sendable, Equatable {
 
     /// Offset of the LM head matrix: `lm_head.weight` when untied, else the embedding.
     public var outputProjection: Int { lmHead ?? embedding }
+
+    /// The floats of decoder layer `l` (all its tensors, contiguous in storage order).
+    public func layerRange(_ l: Int) -> Range<Int> {
+        let perLayer = DecoderLayerTensor.allCases.count
+        return tensors[1 + l * perLayer].offset ..< tensors[1 + (l + 1) * perLayer].offset
+    }
+
+    /// The ranges in the order the backward finishes them (`Gemma3TrainingModel.backward(gradientsFinal:)`):
+    /// final norm and untied head, layers L−1 … 1, then the embedding with layer 0. Together they cover
+    /// every float once.
+    public var gradientBuckets: [Range<Int>] {
+        [finalNorm ..< count] + stride(from: layers.count - 1, through: 1, by: -1).map(layerRange) + [0 ..< layerRange(0).upperBound]
+    }
 }
 
 /// One contiguous, 64-byte aligned float buffer holding every parameter of a model (or their gradients,
@@ -121,6 +134,7 @@ public final class ParameterStore: @unchecked Sendable {
     deinit {
         pointer.deallocate()
         roundedCopy?.pointer.deallocate()
+        bfloat16Bits?.pointer.deallocate()
     }
 
     /// Changes with every `markModified()`: copies derived from the values are redone when it has changed.
@@ -144,6 +158,22 @@ public final class ParameterStore: @unchecked Sendable {
             NumberFormats.roundToBFloat16(from: src.value + r.lowerBound, into: dst.value + r.lowerBound, count: r.count)
         }
         roundedCopy = (copy, generation)
+        return UnsafePointer(copy)
+    }
+
+    private var bfloat16Bits: (pointer: UnsafeMutablePointer<UInt16>, generation: UInt64)?
+
+    /// The values of `bfloat16Rounded()` as bfloat16 bits, in the same layout: the weights of native
+    /// bfloat16 products (`BFloat16Products`). Made once per change, as `bfloat16Rounded()`.
+    public func bfloat16Copy() -> UnsafePointer<UInt16> {
+        if let copy = bfloat16Bits, copy.generation == generation { return UnsafePointer(copy.pointer) }
+        let copy = bfloat16Bits?.pointer ?? UnsafeMutableRawPointer.allocate(byteCount: max(1, count) * 2, alignment: 64)
+            .bindMemory(to: UInt16.self, capacity: max(1, count))
+        let src = UncheckedSendable(pointer), dst = UncheckedSendable(copy)
+        Parallel.chunks(max(1, count), minimumPerChunk: 1 << 16) { r in
+            NumberFormats.convertToBFloat16(from: src.value + r.lowerBound, into: dst.value + r.lowerBound, count: r.count)
+        }
+        bfloat16Bits = (copy, generation)
         return UnsafePointer(copy)
     }
 

@@ -105,6 +105,15 @@ public final class Gemma3TrainingModel {
     private var roundsProductInputs: Bool { productPrecision == .bfloat16 }
     /// The weights the products read: the parameters, or under bfloat16 their rounded copy (set by `forward`).
     private var productWeights: UnsafePointer<Float>
+    /// Whether the projection and LM-head products run natively in bfloat16 (`BFloat16Products`):
+    /// bfloat16 precision where `RuntimeSettings` resolves so. The attention products stay float32 on
+    /// rounded inputs (many small per-head products).
+    public let nativeBFloat16Products: Bool
+    /// Native bfloat16: `productWeights` as bfloat16 bits (set by `forward`), and the scratch the
+    /// activation operands are converted into.
+    private var productWeightBits: UnsafePointer<UInt16>?
+    private var operandBits: UnsafeMutablePointer<UInt16>?
+    private var operandBitsCount = 0
     /// bfloat16: per (sequence, head) task, one block of attention probabilities rounded for the products
     /// (softmax's backward needs them unrounded).
     private let roundedProbabilities: UnsafeMutablePointer<Float>?
@@ -117,9 +126,11 @@ public final class Gemma3TrainingModel {
     ///     matrix product (projections, LM head, attention scores and weighted values, forward and backward)
     ///     are rounded to bfloat16, the products accumulate in float32; weights are read from
     ///     `parameters.bfloat16Rounded()`, redone after each optimizer step.
+    ///   - nativeBFloat16: under `.bfloat16`, run the projection and LM-head products natively
+    ///     (`BFloat16Products`, needs AVX-512 BF16) or emulated; nil: as `RuntimeSettings` resolves.
     public init(config: Gemma3Config, batchSize: Int, sequenceLength: Int,
                 parameters: ParameterStore? = nil, training: Bool = true,
-                productPrecision: ProductPrecision = .float32) throws {
+                productPrecision: ProductPrecision = .float32, nativeBFloat16: Bool? = nil) throws {
         try config.validate()
         guard batchSize > 0, sequenceLength > 0 else {
             throw Gemma3ModelError("batch size and sequence length must be positive, got \(batchSize) × \(sequenceLength)")
@@ -135,6 +146,8 @@ public final class Gemma3TrainingModel {
         self.gradients = training ? ParameterStore(layout: self.parameters.layout) : nil
         self.productPrecision = productPrecision
         self.productWeights = UnsafePointer(self.parameters.pointer)
+        self.nativeBFloat16Products = productPrecision == .bfloat16 && PrefillPrecision.bfloat16Supported
+            && (nativeBFloat16 ?? RuntimeSettings.current.resolvedNativeBFloat16Products)
 
         B = batchSize; T = sequenceLength; N = B * T
         H = config.hiddenSize; I = config.intermediateSize; V = config.vocabSize; L = config.numHiddenLayers
@@ -180,6 +193,7 @@ public final class Gemma3TrainingModel {
         tokens.deallocate()
         targets.deallocate()
         roundedProbabilities?.deallocate()
+        operandBits?.deallocate()
     }
 
     /// Bytes of the activation/scratch workspace (not counting parameters and gradients).
@@ -245,6 +259,11 @@ public final class Gemma3TrainingModel {
     private func gemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
                       a: UnsafePointer<Float>, lda: Int? = nil, b: UnsafePointer<Float>, ldb: Int? = nil,
                       beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int? = nil) {
+        if nativeBFloat16Products,
+           nativeProduct(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda ?? (transA ? m : k),
+                         b: b, ldb: ldb ?? (transB ? k : n), beta: beta, c: c, ldc: ldc ?? n) {
+            return
+        }
         if openBLASThreading {
             BLAS.setThreads(workers)
             BLAS.sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
@@ -261,6 +280,51 @@ public final class Gemma3TrainingModel {
                 gemmProfile![key, default: (0, 0)].flops += 2 * Double(m) * Double(n) * Double(k)
             }
         }
+    }
+
+    /// The product on bfloat16 operands through `BFloat16Products`: weights from `productWeightBits`,
+    /// activations converted into `operandBits` (exact: they were rounded to bfloat16 values already, or
+    /// are rounded now as autocast would). False when oneDNN refused a panel's shape (C untouched; the
+    /// caller then computes it in float32).
+    private func nativeProduct(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                               a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                               beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) -> Bool {
+        let t0 = gemmProfile == nil ? 0 : DispatchTime.now().uptimeNanoseconds
+        let (aRows, aColumns) = transA ? (k, m) : (m, k), (bRows, bColumns) = transB ? (n, k) : (k, n)
+        let aCount = hasBits(a) ? 0 : aRows * aColumns, bCount = hasBits(b) ? 0 : bRows * bColumns
+        if operandBits == nil || aCount + bCount > operandBitsCount {
+            operandBits?.deallocate()
+            operandBitsCount = max(1, aCount + bCount)
+            operandBits = .allocate(capacity: operandBitsCount)
+        }
+        let scratch = operandBits!
+        let (a16, lda16) = bits(of: a, rows: aRows, columns: aColumns, ld: lda, scratch: scratch)
+        let (b16, ldb16) = bits(of: b, rows: bRows, columns: bColumns, ld: ldb, scratch: scratch + aCount)
+        let ok = ParallelGEMM.bfloat16(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
+                                       a: a16, lda: lda16, b: b16, ldb: ldb16, beta: beta, c: c, ldc: ldc)
+        if ok, gemmProfile != nil {
+            let key = "bf16 \(transA ? "Aᵀ" : "A")[\(m)×\(k)]·\(transB ? "Bᵀ" : "B")[\(k)×\(n)]\(beta != 0 ? " + C" : "")"
+            gemmProfile![key, default: (0, 0)].seconds += Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+            gemmProfile![key, default: (0, 0)].flops += 2 * Double(m) * Double(n) * Double(k)
+        }
+        return ok
+    }
+
+    /// Whether `x` points into the product weights and their bfloat16 bits exist already.
+    private func hasBits(_ x: UnsafePointer<Float>) -> Bool {
+        productWeightBits != nil && x >= productWeights && x < productWeights + parameters.count
+    }
+
+    /// The bfloat16 bits of the stored operand `x` (`rows` × `columns`, `ld` apart) and their row stride:
+    /// the weights' copy, or `x` converted into `scratch` (compact rows).
+    private func bits(of x: UnsafePointer<Float>, rows: Int, columns: Int, ld: Int,
+                      scratch: UnsafeMutablePointer<UInt16>) -> (UnsafePointer<UInt16>, Int) {
+        if hasBits(x), let weights = productWeightBits { return (weights + (x - productWeights), ld) }
+        let src = UncheckedSendable(x), dst = UncheckedSendable(scratch)
+        parallelRows(rows) { _, r in
+            for row in r { NumberFormats.convertToBFloat16(from: src.value + row * ld, into: dst.value + row * columns, count: columns) }
+        }
+        return (UnsafePointer(scratch), columns)
     }
 
     /// When non-nil, every matrix product adds its wall time and FLOPs here, keyed by shape
@@ -346,6 +410,7 @@ public final class Gemma3TrainingModel {
         let P = parameters.pointer
         var t0 = now()
         productWeights = roundsProductInputs ? parameters.bfloat16Rounded() : UnsafePointer(P)
+        if nativeBFloat16Products { productWeightBits = parameters.bfloat16Copy() }
         charge(.weightCast, since: t0)
         let layout = parameters.layout
         let (H, N) = (self.H, self.N)
@@ -596,11 +661,20 @@ public final class Gemma3TrainingModel {
     /// Backpropagates the loss of the last `forward(inputs:targets:)`, adding d(lossScale · loss)/dθ into
     /// `gradients`. Use `lossScale` = 1/k to average k accumulated micro-batches. The logits buffer is
     /// reused for its gradient.
-    public func backward(lossScale: Float = 1) {
+    ///
+    /// - Parameter gradientsFinal: called (on this thread) with each range of `gradients` as soon as
+    ///   this backward will not write it again — the final norm and untied head after the last layer,
+    ///   each layer once the layer below it has run, the embedding and layer 0 at the end — so a
+    ///   data-parallel group can start summing them while the backward goes on. The ranges cover the
+    ///   whole store, each once, in the same order on every call.
+    public func backward(lossScale: Float = 1, gradientsFinal: ((Range<Int>) -> Void)? = nil) {
         precondition(isTraining, "backward() needs a model created with training: true")
         precondition(forwardDone && hasTargets, "backward() needs a preceding forward(inputs:targets:) with targets")
         forwardDone = false
-        guard lastTargetCount > 0, let gradients else { return }
+        guard lastTargetCount > 0, let gradients else {
+            parameters.layout.gradientBuckets.forEach { gradientsFinal?($0) }
+            return
+        }
         BLAS.setThreads(1)
         let P = parameters.pointer, G = gradients.pointer
         let layout = parameters.layout
@@ -652,6 +726,11 @@ public final class Gemma3TrainingModel {
             t0 = now()
             attentionBackward(layer: l, lb, o, G)
             charge(.attention, since: t0)
+            // Layer l has written its own tensors and the input norm of layer l + 1 (or the final norm).
+            if let gradientsFinal {
+                if last { gradientsFinal(layout.finalNorm ..< layout.count) }
+                if !last { gradientsFinal(layout.layerRange(l + 1)) }
+            }
         }
 
         // Input norm of layer 0, then the embedding lookup.
@@ -675,6 +754,7 @@ public final class Gemma3TrainingModel {
             for i in 0..<H { dst[i] += src[i] * scale }
         }
         charge(.embedding, since: t0)
+        gradientsFinal?(0 ..< layout.layerRange(0).upperBound)
     }
 
     /// Backward of `residualNormForward`. On entry `dXn` holds d loss/d xnNext and `dResid` d loss/d residOut

@@ -15,9 +15,24 @@ public protocol DataParallelGroup: AnyObject {
     func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws
     /// Copies member 0's `buffer` into every member's.
     func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>) throws
+    /// Whether `startAllReduceSum` returns before the sum is done (a communication thread sums the
+    /// gradient buckets while the backward still runs); false: it sums at once.
+    var overlapsAllReduce: Bool { get }
+    /// Starts replacing `buffer` by its sum over the group, as `allReduceSum` does; the buffer must
+    /// not be touched until `finishAllReduceSums()` returns. Members must start the same buffers in
+    /// the same order (the sums are matched by order, so the result does not depend on timing).
+    func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws
+    /// Waits for every started sum and returns the seconds the communication spent on them since the
+    /// last call (busy time, overlapped or not); rethrows the first failure.
+    func finishAllReduceSums() throws -> Double
 }
 
 extension DataParallelGroup {
+    /// Groups without a communication thread sum at once.
+    public var overlapsAllReduce: Bool { false }
+    public func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws { try allReduceSum(buffer) }
+    public func finishAllReduceSums() throws -> Double { 0 }
+
     /// The sum of `value` over the group.
     public func sum(_ value: Double) throws -> Double {
         var v = [value]

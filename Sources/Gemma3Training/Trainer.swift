@@ -59,8 +59,11 @@ public struct StepOutcome: Sendable, Equatable {
     /// Wall seconds of the gradient norm, clipping and AdamW update (the rest of the step is
     /// zeroing the gradients, filling the micro-batches, forward and backward).
     public var optimizerSeconds: Double
-    /// Wall seconds of summing the gradients and losses over a data-parallel group (0 without one).
+    /// Wall seconds the step waited for the sums of the gradients and losses over a data-parallel
+    /// group after its backward (0 without one): the all-reduce time the overlap did not hide.
     public var allReduceSeconds: Double = 0
+    /// Seconds the group's communication spent summing this step's gradients, overlapped or not.
+    public var allReduceBusySeconds: Double = 0
 }
 
 /// One optimizer step, nanoGPT style and exactly as the golden trajectory was produced:
@@ -85,19 +88,36 @@ public func trainingStep(
     model.zeroGradients()
     var lossSum = 0.0
     let scale = 1 / Float(accumulation)
+    // With an overlapping group, the last local micro-batch's backward hands each finished gradient
+    // bucket to the group's communication thread; the sums run while the layers below are computed.
+    let lastLocal = accumulation - ranks + rank
+    var bucketError: (any Error)?
     for k in 0..<accumulation {
         try fillMicroBatch(k)
         guard k % ranks == rank else { continue }
         let loss = try model.forward(inputs: UnsafeBufferPointer(inputs), targets: UnsafeBufferPointer(targets))
         lossSum += Double(loss)
-        model.backward(lossScale: scale)
+        if let group, group.overlapsAllReduce, k == lastLocal {
+            model.backward(lossScale: scale) { range in
+                guard bucketError == nil else { return }
+                do { try group.startAllReduceSum(UnsafeMutableBufferPointer(rebasing: gradients.buffer[range])) } catch { bucketError = error }
+            }
+        } else {
+            model.backward(lossScale: scale)
+        }
     }
-    var reduceSeconds = 0.0
+    var reduceSeconds = 0.0, reduceBusySeconds = 0.0
     if let group {
         let t0 = DispatchTime.now().uptimeNanoseconds
-        try group.allReduceSum(gradients.buffer)
+        if group.overlapsAllReduce {
+            reduceBusySeconds = try group.finishAllReduceSums()
+            if let bucketError { throw bucketError }
+        } else {
+            try group.allReduceSum(gradients.buffer)
+        }
         lossSum = try group.sum(lossSum)
         reduceSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+        if !group.overlapsAllReduce { reduceBusySeconds = reduceSeconds }
     }
     let loss = lossSum / Double(accumulation)
     let optimizerStart = DispatchTime.now().uptimeNanoseconds
@@ -107,7 +127,7 @@ public func trainingStep(
     if let group { norm = try group.valueOfRankZero(norm) }
     guard loss.isFinite, norm.isFinite else {
         return StepOutcome(loss: loss, gradNorm: norm, learningRate: learningRate, applied: false, optimizerSeconds: optimizerSeconds(),
-                           allReduceSeconds: reduceSeconds)
+                           allReduceSeconds: reduceSeconds, allReduceBusySeconds: reduceBusySeconds)
     }
     let clip = GradientClipping.scale(totalNorm: norm, maxNorm: gradClip)
     optimizer.adamStep += 1
@@ -116,7 +136,7 @@ public func trainingStep(
                  learningRate: learningRate, gradScale: clip, hyper: optimizer.hyper)
     model.parameters.markModified()
     return StepOutcome(loss: loss, gradNorm: norm, learningRate: learningRate, applied: true, optimizerSeconds: optimizerSeconds(),
-                       allReduceSeconds: reduceSeconds)
+                       allReduceSeconds: reduceSeconds, allReduceBusySeconds: reduceBusySeconds)
 }
 
 /// Entropy of the token frequencies of a file, in bits per token: the cross-entropy of the best

@@ -50,6 +50,9 @@ struct BenchTrainCommand: ParsableCommand {
     @Flag(help: "Also time every matrix product by shape (GFLOP/s of each against the sgemm reference).")
     var gemms = false
 
+    @Flag(inversion: .prefixedNo, help: "Under mpirun: overlap the gradient sums with the backward, as `train` does by default.")
+    var overlapAllReduce = true
+
     @Option(help: ArgumentHelp("Also train the same model with PyTorch (eager and torch.compile, float32 and bf16 autocast) using this python, in the same run.", valueName: "python"))
     var pytorch: String?
 
@@ -70,7 +73,7 @@ struct BenchTrainCommand: ParsableCommand {
     func run() throws {
         let config = Gemma3Config.preset(named: preset)!
         // Under mpirun: data parallel, one micro-batch of --batch × --seq per rank and step.
-        let group: MPIGroup? = MPIGroup.isLaunchedByMPI(environment: CLIEnvironment.variables) ? try MPIGroup() : nil
+        let group: MPIGroup? = MPIGroup.isLaunchedByMPI(environment: CLIEnvironment.variables) ? try MPIGroup(overlapAllReduce: overlapAllReduce) : nil
         defer { group?.finish() }
         let ranks = group?.size ?? 1
         if group != nil, let perRank = CLIEnvironment.threadsPerLocalRank {
@@ -93,7 +96,7 @@ struct BenchTrainCommand: ParsableCommand {
         defer { inputs.deallocate(); targets.deallocate() }
         var stepTimes: [Double] = []
         var optimizerSeconds = 0.0
-        var allReduceSeconds = 0.0
+        var allReduceSeconds = 0.0, allReduceBusySeconds = 0.0
         var losses: [Float] = []
         for step in 0..<(warmup + steps) {
             // Random windows of seq + 1 tokens, drawn before the clock starts.
@@ -115,6 +118,7 @@ struct BenchTrainCommand: ParsableCommand {
                 stepTimes.append(Double(end - start) * 1e-9)
                 optimizerSeconds += outcome.optimizerSeconds
                 allReduceSeconds += outcome.allReduceSeconds
+                allReduceBusySeconds += outcome.allReduceBusySeconds
                 losses.append(Float(outcome.loss))
             }
         }
@@ -140,6 +144,9 @@ struct BenchTrainCommand: ParsableCommand {
             let steps: Int
             let threads: Int
             let ranks: Int
+            let all_reduce_overlapped: Bool?
+            /// Seconds per step the all-reduce ran (overlapped or not); its exposed part is time_share.all_reduce.
+            let all_reduce_busy_seconds: Double?
             let dtype: String
             let build: String
             let host_cpu: String
@@ -169,7 +176,9 @@ struct BenchTrainCommand: ParsableCommand {
                 if let error = r.error { writeStderr("bench train: PyTorch \(reference.rawValue) not measured: \(error)") }
             }
         }
-        let output = Output(preset: preset, batch: batch, seq: seq, steps: steps, threads: Parallel.threadCount, ranks: ranks, dtype: dtype.rawValue, build: BuildInfo.description,
+        let output = Output(preset: preset, batch: batch, seq: seq, steps: steps, threads: Parallel.threadCount, ranks: ranks,
+                            all_reduce_overlapped: group.map(\.overlapsAllReduce),
+                            all_reduce_busy_seconds: group.map { _ in allReduceBusySeconds / Double(steps) }, dtype: dtype.rawValue, build: BuildInfo.description,
                             host_cpu: BuildInfo.hostCPU, products: RuntimeSettings.current.resolvedProductBackend.kernelDescription,
                             parameters: config.parameterCount, tokens_per_second: Double(tokensPerStep * ranks) / medianStep,
                             median_step_seconds: medianStep, gflop_per_step: flopsPerStep / 1e9, gflops: flopsPerStep / medianStep / 1e9,
@@ -191,6 +200,11 @@ struct BenchTrainCommand: ParsableCommand {
                          sgemmReference, batch * seq, config.hiddenSize, config.intermediateSize, config.hiddenSize,
                          output.fraction_of_sgemm * 100, output.cpu_cores_used))
             print(String(format: "  peak memory %.2f GiB", Double(peakBytes) / Double(1 << 30)))
+            if let group {
+                print(String(format: "  all-reduce: %.3f s per step busy, %.3f s exposed (%.1f%% of the step), %@", allReduceBusySeconds / Double(steps),
+                             allReduceSeconds / Double(steps), 100 * allReduceSeconds / total,
+                             group.overlapsAllReduce ? "overlapped with the backward" : "after the backward"))
+            }
             print("  time share: " + shares.sorted { $0.value > $1.value }
                 .map { $0.key + " " + String(format: "%.1f%%", $0.value * 100) }.joined(separator: ", "))
             print("  per phase (wall s / CPU s per step): " + StepPhase.allCases.map {

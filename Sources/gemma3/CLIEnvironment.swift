@@ -9,8 +9,9 @@ enum CLIEnvironment {
     /// `RuntimeSettings` from `GEMMA3_THREADS` (worker threads), `GEMMA3_POOL=0` (Dispatch instead of
     /// the spinning pool), `GEMMA3_GEMM=openblas` (OpenBLAS threads training products itself),
     /// `GEMMA3_VNNI=0` (16-bit decode kernels), `GEMMA3_UNPACK=0` (packed decode blocks) and
-    /// `GEMMA3_BF16_PREFILL=0` (float32 prefill) and `GEMMA3_PRODUCTS=openblas|onednn` (the library of
-    /// float32 matrix products; default: chosen for this CPU).
+    /// `GEMMA3_BF16_PREFILL=0` (float32 prefill), `GEMMA3_PRODUCTS=openblas|onednn` (the library of
+    /// float32 matrix products; default: chosen for this CPU) and `GEMMA3_BF16_PRODUCTS=0|1` (bf16
+    /// training products emulated in float32 / native; default: native where they pay).
     static func runtimeSettings() -> RuntimeSettings {
         var settings = RuntimeSettings()
         if let s = variables["GEMMA3_THREADS"], let n = Int(s), n > 0 { settings.threads = n }
@@ -25,6 +26,11 @@ enum CLIEnvironment {
                 exit(2)
             }
             settings.productBackend = backend
+        }
+        switch variables["GEMMA3_BF16_PRODUCTS"] {
+        case "0": settings.nativeBFloat16Products = false
+        case "1": settings.nativeBFloat16Products = true
+        default: break
         }
         return settings
     }

@@ -75,6 +75,9 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Worker threads (default: the machine's cores, divided by the MPI ranks placed on it).")
     var threads: Int?
 
+    @Flag(inversion: .prefixedNo, help: "Under mpirun: sum each layer's gradients on a communication thread while the backward computes the layers below (else one sum after the backward).")
+    var overlapAllReduce = true
+
     @Option(help: .hidden)  // tests: stop as if interrupted once this step is done (latest/ saved, status 0)
     var stopAfterStep: Int?
 
@@ -136,7 +139,7 @@ struct TrainCommand: ParsableCommand {
                                      recipe: r, resume: resume, tokenizerDirectory: tokenizer.map { URL(fileURLWithPath: $0, isDirectory: true) })
         options.replaceExisting = force
         let environment = CLIEnvironment.variables
-        let group: MPIGroup? = MPIGroup.isLaunchedByMPI(environment: environment) ? try MPIGroup() : nil
+        let group: MPIGroup? = MPIGroup.isLaunchedByMPI(environment: environment) ? try MPIGroup(overlapAllReduce: overlapAllReduce) : nil
         var settings = RuntimeSettings.current
         if let threads {
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }

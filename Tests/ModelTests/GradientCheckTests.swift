@@ -252,6 +252,31 @@ struct GradientCase: CustomStringConvertible, Sendable {
         #expect(full.contains { $0 != 0 })
     }
 
+    /// The buckets `backward(gradientsFinal:)` reports cover the store once, in `gradientBuckets` order, and
+    /// none changes after it is reported (so a data-parallel sum started then sums the final values).
+    @Test(arguments: [true, false])
+    func gradientBucketsAreFinalWhenReported(_ tied: Bool) throws {
+        let config = tinyConfig(kvHeads: 2, tied: tied)
+        let params = randomParameters(config, seed: 5)
+        let model = try Gemma3TrainingModel(config: config, batchSize: 2, sequenceLength: 5, parameters: params)
+        let ids: [Int32] = [1, 5, 9, 2, 7, 3, 3, 8, 4, 4]
+        let targets = Gemma3TrainingModel.nextTokenTargets(ids, batchSize: 2, sequenceLength: 5)
+        model.zeroGradients()
+        try model.forward(inputs: ids, targets: targets)
+        model.backward()  // a first micro-batch: the buckets then hold partial sums
+        try model.forward(inputs: ids, targets: targets)
+        let gradients = model.gradients!.buffer
+        var reported: [(Range<Int>, [Float])] = []
+        model.backward { range in reported.append((range, Array(gradients[range]))) }
+        #expect(reported.map(\.0) == model.parameters.layout.gradientBuckets)
+        #expect(reported.map(\.0.count).reduce(0, +) == model.parameters.layout.count)
+        #expect(Set(reported.flatMap { Array($0.0) }).count == model.parameters.layout.count)
+        for (range, snapshot) in reported {
+            #expect(Array(gradients[range]) == snapshot, "bucket \(range) changed after it was reported")
+            #expect(snapshot.contains { $0 != 0 }, "bucket \(range) reported before any gradient reached it")
+        }
+    }
+
     @Test func badTokensAreRejected() throws {
         let model = try Gemma3TrainingModel(config: tinyConfig(), batchSize: 1, sequenceLength: 3)
         #expect(throws: Gemma3ModelError.self) { try model.forward(inputs: [1, 2], targets: nil) }

@@ -84,9 +84,14 @@ import Glibc
         #expect(s1 == 0, "\(e1)")
         let (s2, e2) = try run(ranks: 2, data: data, out: b)
         #expect(s2 == 0, "\(e2)")
-        // Two 2-rank runs: bit for bit.
+        // Two 2-rank runs: bit for bit; and the sums after the backward (no overlap) give the same bits
+        // as the per-layer sums overlapped with it (a bucket summed before it was final would not).
+        let c = tmp.url.appendingPathComponent("c")
+        let (s3, e3) = try run(ranks: 2, data: data, out: c, extra: ["--no-overlap-all-reduce"])
+        #expect(s3 == 0, "\(e3)")
         for name in ["latest/model.safetensors", "latest/optimizer.safetensors"] {
             #expect(try Data(contentsOf: a.appendingPathComponent(name)) == Data(contentsOf: b.appendingPathComponent(name)), "\(name)")
+            #expect(try Data(contentsOf: a.appendingPathComponent(name)) == Data(contentsOf: c.appendingPathComponent(name)), "\(name), no overlap")
         }
         let d = try maxDifference(single, a)
         print("data parallel: 2 ranks vs 1 process after 20 steps: max |Δw| = \(d)")

@@ -29,6 +29,8 @@ void gemma3_bf16_round_rows(const float *x, long ldx, long rows, long count,
 /// dst[i] = src[i] rounded to the nearest bfloat16 value (ties to even), kept as float32; NaN stays
 /// NaN. `dst` may equal `src`. Runs on any x86-64 (vectorised for AVX-512 or AVX2 where present).
 void gemma3_round_to_bf16(const float *src, float *dst, long n);
+/// The same rounding as `gemma3_round_to_bf16`, storing the bfloat16 bits (any x86-64 or other CPU).
+void gemma3_to_bf16(const float *src, uint16_t *dst, long n);
 
 /// Packs `count` ≤ 32 float32 rows of `k` values (row stride `ld`) into one panel of
 /// `gemma3_bf16_gemm`'s layout (k_pairs = ⌈k/2⌉ groups of 32 rows × 2 values), rounded to bfloat16
