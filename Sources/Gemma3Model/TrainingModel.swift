@@ -259,10 +259,15 @@ public final class Gemma3TrainingModel {
     private func gemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
                       a: UnsafePointer<Float>, lda: Int? = nil, b: UnsafePointer<Float>, ldb: Int? = nil,
                       beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int? = nil) {
-        if nativeBFloat16Products,
-           nativeProduct(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda ?? (transA ? m : k),
-                         b: b, ldb: ldb ?? (transB ? k : n), beta: beta, c: c, ldc: ldc ?? n) {
-            return
+        var (a, b) = (a, b)
+        if nativeBFloat16Products {
+            if nativeProduct(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda ?? (transA ? m : k),
+                             b: b, ldb: ldb ?? (transB ? k : n), beta: beta, c: c, ldc: ldc ?? n) {
+                return
+            }
+            // No kernel for this shape: float32 on the rounded weights (the activations are rounded in place).
+            if hasBits(a) { a = parameters.bfloat16Rounded() + (a - productWeights) }
+            if hasBits(b) { b = parameters.bfloat16Rounded() + (b - productWeights) }
         }
         if openBLASThreading {
             BLAS.setThreads(workers)
@@ -409,8 +414,13 @@ public final class Gemma3TrainingModel {
         BLAS.setThreads(1)
         let P = parameters.pointer
         var t0 = now()
-        productWeights = roundsProductInputs ? parameters.bfloat16Rounded() : UnsafePointer(P)
-        if nativeBFloat16Products { productWeightBits = parameters.bfloat16Copy() }
+        if nativeBFloat16Products {
+            // The bfloat16 bits only; a product oneDNN refuses reads `bfloat16Rounded()`, made then.
+            productWeights = UnsafePointer(P)
+            productWeightBits = parameters.bfloat16Copy()
+        } else {
+            productWeights = roundsProductInputs ? parameters.bfloat16Rounded() : UnsafePointer(P)
+        }
         charge(.weightCast, since: t0)
         let layout = parameters.layout
         let (H, N) = (self.H, self.N)
