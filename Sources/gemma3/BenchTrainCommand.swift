@@ -50,8 +50,8 @@ struct BenchTrainCommand: ParsableCommand {
     @Flag(help: "Also time every matrix product by shape (GFLOP/s of each against the sgemm reference).")
     var gemms = false
 
-    @Flag(inversion: .prefixedNo, help: "Under mpirun: overlap the gradient sums with the backward, as `train` does by default.")
-    var overlapAllReduce = true
+    @Flag(inversion: .prefixedNo, help: "Under mpirun: overlap the gradient sums with the backward or not (default: as `train` chooses).")
+    var overlapAllReduce: Bool?
 
     @Option(help: ArgumentHelp("Also train the same model with PyTorch (eager and torch.compile, float32 and bf16 autocast) using this python, in the same run.", valueName: "python"))
     var pytorch: String?
@@ -73,10 +73,10 @@ struct BenchTrainCommand: ParsableCommand {
     func run() throws {
         let config = Gemma3Config.preset(named: preset)!
         // Under mpirun: data parallel, one micro-batch of --batch × --seq per rank and step.
-        let group: MPIGroup? = MPIGroup.isLaunchedByMPI(environment: CLIEnvironment.variables) ? try MPIGroup(overlapAllReduce: overlapAllReduce) : nil
+        let group: MPIGroup? = MPIGroup.isLaunchedByMPI(environment: CLIEnvironment.variables) ? try MPIGroup(overlapAllReduce: CLIEnvironment.overlapsAllReduce(flag: overlapAllReduce)) : nil
         defer { group?.finish() }
         let ranks = group?.size ?? 1
-        if group != nil, let perRank = CLIEnvironment.threadsPerLocalRank {
+        if let group, let perRank = CLIEnvironment.threadsPerLocalRank(overlapping: group.overlapsAllReduce) {
             var settings = RuntimeSettings.current
             settings.threads = perRank
             RuntimeSettings.configure(settings)

@@ -35,13 +35,28 @@ enum CLIEnvironment {
         return settings
     }
 
-    /// Worker threads for one of several MPI ranks on this machine: its cores divided by the ranks
-    /// placed on it (`OMPI_COMM_WORLD_LOCAL_SIZE`); nil when not under MPI, one rank here, or
-    /// `GEMMA3_THREADS` chose.
-    static var threadsPerLocalRank: Int? {
-        guard variables["GEMMA3_THREADS"] == nil,
-              let local = variables["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init), local > 1 else { return nil }
+    /// The cores of this machine for each MPI rank placed on it (`OMPI_COMM_WORLD_LOCAL_SIZE`); nil
+    /// when not under MPI.
+    static var coresPerLocalRank: Int? {
+        guard let local = variables["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init), local >= 1 else { return nil }
         return max(1, ProcessInfo.processInfo.activeProcessorCount / local)
+    }
+
+    /// Whether the gradient sums overlap the backward when no flag says: where each rank has at least
+    /// 4 cores, so one can be left to the communication thread (measured on a 2-core machine with 2 ranks
+    /// of 1 thread: the thread then competes with the compute and the overlap loses, 327 vs 348 tokens/s).
+    static func overlapsAllReduce(flag: Bool?) -> Bool {
+        flag ?? ((coresPerLocalRank ?? 1) >= 4)
+    }
+
+    /// Worker threads for one of several MPI ranks on this machine: its cores (less the one the
+    /// communication thread takes when the sums overlap the backward); nil when not under MPI, one
+    /// rank here and no overlap, or `GEMMA3_THREADS` chose.
+    static func threadsPerLocalRank(overlapping: Bool) -> Int? {
+        guard variables["GEMMA3_THREADS"] == nil, let cores = coresPerLocalRank else { return nil }
+        let local = variables["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? 1
+        if local <= 1 && !overlapping { return nil }
+        return max(1, cores - (overlapping ? 1 : 0))
     }
 
     /// The download cache: `$GEMMA3_CACHE`, else `$HOME/.cache/gemma3`.

@@ -72,11 +72,11 @@ struct TrainCommand: ParsableCommand {
     @Flag(help: "No progress line or log lines.")
     var quiet = false
 
-    @Option(help: "Worker threads (default: the machine's cores, divided by the MPI ranks placed on it).")
+    @Option(help: "Worker threads (default: the machine's cores, divided by the MPI ranks placed on it, less one when the sums overlap).")
     var threads: Int?
 
-    @Flag(inversion: .prefixedNo, help: "Under mpirun: sum each layer's gradients on a communication thread while the backward computes the layers below (else one sum after the backward).")
-    var overlapAllReduce = true
+    @Flag(inversion: .prefixedNo, help: "Under mpirun: sum each layer's gradients on a communication thread while the backward computes the layers below, or once after the backward (default: overlap where each rank has ≥ 4 cores, leaving one to that thread).")
+    var overlapAllReduce: Bool?
 
     @Option(help: .hidden)  // tests: stop as if interrupted once this step is done (latest/ saved, status 0)
     var stopAfterStep: Int?
@@ -139,12 +139,12 @@ struct TrainCommand: ParsableCommand {
                                      recipe: r, resume: resume, tokenizerDirectory: tokenizer.map { URL(fileURLWithPath: $0, isDirectory: true) })
         options.replaceExisting = force
         let environment = CLIEnvironment.variables
-        let group: MPIGroup? = MPIGroup.isLaunchedByMPI(environment: environment) ? try MPIGroup(overlapAllReduce: overlapAllReduce) : nil
+        let group: MPIGroup? = MPIGroup.isLaunchedByMPI(environment: environment) ? try MPIGroup(overlapAllReduce: CLIEnvironment.overlapsAllReduce(flag: overlapAllReduce)) : nil
         var settings = RuntimeSettings.current
         if let threads {
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
             settings.threads = threads
-        } else if group != nil, let perRank = CLIEnvironment.threadsPerLocalRank {
+        } else if let group, let perRank = CLIEnvironment.threadsPerLocalRank(overlapping: group.overlapsAllReduce) {
             settings.threads = perRank
         }
         RuntimeSettings.configure(settings)

@@ -80,9 +80,9 @@ import Glibc
         let single = tmp.url.appendingPathComponent("single"), a = tmp.url.appendingPathComponent("a"), b = tmp.url.appendingPathComponent("b")
         let (s0, e0) = try run(ranks: 0, data: data, out: single)
         #expect(s0 == 0, "\(e0)")
-        let (s1, e1) = try run(ranks: 2, data: data, out: a)
+        let (s1, e1) = try run(ranks: 2, data: data, out: a, extra: ["--overlap-all-reduce"])
         #expect(s1 == 0, "\(e1)")
-        let (s2, e2) = try run(ranks: 2, data: data, out: b)
+        let (s2, e2) = try run(ranks: 2, data: data, out: b, extra: ["--overlap-all-reduce"])
         #expect(s2 == 0, "\(e2)")
         // Two 2-rank runs: bit for bit; and the sums after the backward (no overlap) give the same bits
         // as the per-layer sums overlapped with it (a bucket summed before it was final would not).
