@@ -151,6 +151,51 @@ import Glibc
         #expect(s == 0, "\(e)")
     }
 
+    @Test func sigtermToMpirunSavesLatestOnEveryRankAndTheRunResumes() throws {
+        guard let (tmp, data) = try setUp() else { return }
+        let out = tmp.url.appendingPathComponent("terminated")
+        let long = ["--max-iters", "1000000", "--eval-interval", "1000000", "--checkpoint-interval", "1000000"]
+        // mpirun started as from a shell: the test runner's threads block signals and Foundation's
+        // Process passes that mask on, so an mpirun it starts would never see the SIGTERM.
+        let train = ["train", "--data", data.path, "--config", SharedData.trainTiny.appendingPathComponent("config.json").path,
+                     "--out", out.path] + recipe + long
+        let mpirunPID = try spawnWithSignalsUnblocked(Self.mpirun!, ["--allow-run-as-root", "--oversubscribe", "-np", "2", "--mca", "btl", "tcp,self",
+                                                                     "--mca", "btl_tcp_if_include", "lo", try gemma3Executable().path] + train)
+        // Wait until training runs (steps in metrics.jsonl), then SIGTERM mpirun itself.
+        let metrics = out.appendingPathComponent("metrics.jsonl")
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline, ((try? String(contentsOf: metrics, encoding: .utf8)) ?? "").components(separatedBy: "\"step\"").count < 4 {
+            usleep(100_000)
+        }
+        let children = try childProcesses(of: mpirunPID)
+        #expect(children.count >= 1)
+        let sentAt = Date()
+        kill(mpirunPID, SIGTERM)
+        // Bounded wait: SIGKILL everything after 60 s so a failure cannot hang the suite.
+        var status: Int32 = 0
+        while waitpid(mpirunPID, &status, WNOHANG) == 0 {
+            if Date().timeIntervalSince(sentAt) > 60 { kill(mpirunPID, SIGKILL); children.forEach { kill($0, SIGKILL) } }
+            usleep(50_000)
+        }
+        let seconds = Date().timeIntervalSince(sentAt)
+        print("data parallel: mpirun ended \(seconds) s after SIGTERM, wait status \(status)")
+        #expect(seconds < 60)
+        // Every rank is gone (none left waiting in a sum).
+        for child in children {
+            // Gone, or a zombie its new parent has not reaped yet.
+            let stat = (try? String(contentsOfFile: "/proc/\(child)/stat", encoding: .utf8)) ?? ""
+            let state = stat.lastIndex(of: ")").map { stat[stat.index($0, offsetBy: 2)] }
+            #expect(stat.isEmpty || state == "Z", "rank \(child) still runs")
+        }
+        // latest/ holds the step it stopped at (not a checkpoint interval), whole; the run resumes from it.
+        let state = try JSONDecoder().decode(TrainerState.self, from: Data(contentsOf: out.appendingPathComponent("latest/trainer_state.json")))
+        #expect(state.step > 0 && state.step < 1_000_000 && state.worldSize == 2)
+        let (s, e) = try run(ranks: 2, data: data, out: out, extra: long + ["--resume", "--stop-after-step", "\(state.step + 2)"])
+        #expect(s == 0, "\(e)")
+        let resumed = try JSONDecoder().decode(TrainerState.self, from: Data(contentsOf: out.appendingPathComponent("latest/trainer_state.json")))
+        #expect(resumed.step == state.step + 2)
+    }
+
     /// Two "hosts": two network namespaces joined by a veth pair, mpirun's launch agent entering the
     /// other namespace instead of ssh; the ranks talk only over 10.x addresses on the veth.
     @Test func twoNetworkNamespacesTrainAsTwoHosts() throws {
@@ -237,6 +282,33 @@ import Glibc
         #expect(status != 0)
         #expect(err.contains("is being written by another training run"), "\(err)")
         #expect(err.split(separator: "\n").count == 1, "\(err)")
+    }
+
+    /// Starts `path` with `arguments` (output discarded) with no signal blocked and SIGINT/SIGTERM at
+    /// their default action, as a shell would; returns its pid.
+    func spawnWithSignalsUnblocked(_ path: String, _ arguments: [String]) throws -> pid_t {
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var none = sigset_t(), defaults = sigset_t()
+        sigemptyset(&none)
+        sigemptyset(&defaults)
+        sigaddset(&defaults, SIGINT)
+        sigaddset(&defaults, SIGTERM)
+        posix_spawnattr_setsigmask(&attributes, &none)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        var files = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&files)
+        defer { posix_spawn_file_actions_destroy(&files) }
+        posix_spawn_file_actions_addopen(&files, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&files, 2, "/dev/null", O_WRONLY, 0)
+        let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, path, &files, &attributes, argv, environ)
+        guard rc == 0 else { throw CocoaError(.executableLoad, userInfo: [NSLocalizedDescriptionKey: "posix_spawn \(path): \(rc)"]) }
+        return pid
     }
 
     func childProcesses(of pid: Int32) throws -> [Int32] {
