@@ -207,8 +207,12 @@ public final class GGUFFile: @unchecked Sendable {
                 guard offset < UInt64(size) else { throw FormatError("\(path): truncated or corrupt file: tensor \(name) starts beyond the end of the file") }
                 var bytes: Int? = nil
                 if let t = GGMLType(rawValue: rawType) {
-                    guard let b = t.byteCount(elements: elements), dims[0] % t.blockSize == 0 else {
+                    guard dims[0] % t.blockSize == 0 else {
                         throw FormatError("\(path): tensor \(name) of type \(t.name) has rows of \(dims[0]) values, not a multiple of the block size \(t.blockSize)")
+                    }
+                    // More bytes than the whole file holds (or than an Int counts) is corrupt, whatever the offset.
+                    guard let b = t.byteCount(elements: elements), b <= size else {
+                        throw FormatError("\(path): tensor \(name) (\(dims.map(String.init).joined(separator: " × ")) \(t.name)) needs more bytes than the file's \(size)")
                     }
                     bytes = b
                 }

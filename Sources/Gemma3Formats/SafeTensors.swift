@@ -71,7 +71,8 @@ public final class SafeTensorsFile: @unchecked Sendable {
         var ok = false
         defer { if !ok { munmap(map, size) } }
 
-        let headerLength = Int(UInt64(littleEndian: raw.loadUnaligned(as: UInt64.self)))
+        // Clamped: a length of 2^63 or more is as wrong as any other length past the end.
+        let headerLength = Int(clamping: UInt64(littleEndian: raw.loadUnaligned(as: UInt64.self)))
         guard headerLength > 0, headerLength <= 100_000_000, 8 + headerLength <= size else {
             throw FormatError("\(url.path): header length \(headerLength) does not fit a file of \(size) bytes (truncated or not safetensors)")
         }
@@ -117,8 +118,12 @@ public final class SafeTensorsFile: @unchecked Sendable {
                 guard !overflow else { throw FormatError("\(url.path): tensor \"\(name)\" shape is too large") }
                 count = p
             }
-            guard end - begin == count * dtype.size else {
-                throw FormatError("\(url.path): tensor \"\(name)\" \(dtypeName)\(shape) needs \(count * dtype.size) bytes but data_offsets span \(end - begin)")
+            let (bytes, bytesOverflow) = count.multipliedReportingOverflow(by: dtype.size)
+            guard !bytesOverflow else {
+                throw FormatError("\(url.path): tensor \"\(name)\" \(dtypeName)\(shape) needs more bytes than the file's data section (\(dataLength))")
+            }
+            guard end - begin == bytes else {
+                throw FormatError("\(url.path): tensor \"\(name)\" \(dtypeName)\(shape) needs \(bytes) bytes but data_offsets span \(end - begin)")
             }
             guard end <= dataLength else {
                 throw FormatError("\(url.path): tensor \"\(name)\" ends at byte \(end) but the data section has \(dataLength) bytes (truncated file?)")
@@ -152,10 +157,12 @@ public final class SafeTensorsFile: @unchecked Sendable {
 
     deinit { munmap(UnsafeMutableRawPointer(mutating: base), mappedLength) }
 
+    /// A JSON integer, exactly: 50257.9 or 1e300 are not shapes or offsets.
     private static func integer(_ any: Any) -> Int? {
-        if let n = any as? Int { return n }
-        if let n = any as? NSNumber { return n.intValue }
-        return nil
+        guard let n = any as? NSNumber else { return nil }
+        let d = n.doubleValue
+        guard d.isFinite, d == d.rounded(.towardZero), abs(d) < 0x1p62 else { return nil }
+        return Int(n.int64Value)
     }
 
     /// The tensor called `name`, or nil.

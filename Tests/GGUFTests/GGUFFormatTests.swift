@@ -166,7 +166,25 @@ struct GGUFFormatTests {
         bad[32 + keyLength] = 99
         try check(bad, contains: "unknown value type")
         try check([], contains: "not a GGUF file")
+        // A tensor whose bytes overflow (issue 18's probe: F32 [2^40 − 1, 2^21] trapped): one line, no trap.
+        try check(oneTensorFile(type: 0, dimensions: [(1 << 40) - 1, 1 << 21]), contains: "needs more bytes than the file")
+        try check(oneTensorFile(type: 0, dimensions: [1 << 30, 1 << 30]), contains: "needs more bytes than the file")
+        // A real block-size mismatch keeps its own message.
+        try check(oneTensorFile(type: 8, dimensions: [33, 2]), contains: "not a multiple of the block size")
         #expect(throws: FormatError.self) { try GGUFFile(path: dir.appendingPathComponent("missing.gguf").path) }
+    }
+
+    /// A GGUF v3 file with no metadata and one tensor named "t" of raw `type` and `dimensions` at offset 0,
+    /// followed by 64 bytes of data.
+    func oneTensorFile(type: UInt32, dimensions: [UInt64]) -> [UInt8] {
+        var b: [UInt8] = Array("GGUF".utf8)
+        func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { b.append(contentsOf: $0) } }
+        put(UInt32(3)); put(UInt64(1)); put(UInt64(0))
+        put(UInt64(1)); b.append(UInt8(ascii: "t"))
+        put(UInt32(dimensions.count)); dimensions.forEach { put($0) }
+        put(type); put(UInt64(0))
+        while b.count % 32 != 0 { b.append(0) }
+        return b + [UInt8](repeating: 0, count: 64)
     }
 
     @Test("writer rejects inconsistent tensors")

@@ -155,6 +155,13 @@ func rawSafetensors(header: String, data: [UInt8], declaredLength: UInt64? = nil
             ("overlap", rawSafetensors(header: #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, data: [UInt8](repeating: 0, count: 8)), "overlaps"),
             ("trailing bytes", rawSafetensors(header: good, data: [UInt8](repeating: 0, count: 12)), "tensors cover 8"),
             ("bad offsets", rawSafetensors(header: #"{"t":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}}"#, data: [UInt8](repeating: 0, count: 8)), "invalid data_offsets"),
+            // Hostile sizes (issue 18's probe): no trap, no allocation, one line.
+            ("header length 2^63", rawSafetensors(header: good, data: [UInt8](repeating: 0, count: 8), declaredLength: 1 << 63), "header length"),
+            ("header length 2^64-1", rawSafetensors(header: good, data: [UInt8](repeating: 0, count: 8), declaredLength: .max), "header length"),
+            ("element bytes overflow", rawSafetensors(header: #"{"t":{"dtype":"F32","shape":[2305843009213693952],"data_offsets":[0,8]}}"#, data: [UInt8](repeating: 0, count: 8)), "needs more bytes than"),
+            ("fractional shape", rawSafetensors(header: #"{"t":{"dtype":"F32","shape":[1.9],"data_offsets":[0,4]}}"#, data: [UInt8](repeating: 0, count: 4)), "invalid shape"),
+            ("huge shape", rawSafetensors(header: #"{"t":{"dtype":"F32","shape":[1e300],"data_offsets":[0,4]}}"#, data: [UInt8](repeating: 0, count: 4)), "invalid shape"),
+            ("fractional offset", rawSafetensors(header: #"{"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4.5]}}"#, data: [UInt8](repeating: 0, count: 4)), "invalid data_offsets"),
         ]
         for (name, bytes, message) in cases {
             let url = dir.appendingPathComponent(name + ".safetensors")
