@@ -44,6 +44,10 @@ public enum GGUFGemma3 {
         func optionalInt(_ k: String) throws -> Int? { file[key(k)] == nil ? nil : try file.int(key(k)) }
         let hidden = try file.int(key("embedding_length"))
         let layers = try file.int(key("block_count"))
+        // Before the per-layer lists are built from it (issue 18's probe: 0xFFFFFFFF allocated 4 GB, −1 trapped).
+        guard layers >= 1, layers <= Gemma3Config.limits.layers else {
+            throw FormatError("\(file.path): block_count \(layers) is outside 1…\(Gemma3Config.limits.layers)")
+        }
         let heads = try file.int(key("attention.head_count"))
         guard file[key("attention.head_count_kv")]?.arrayValue == nil else {
             throw FormatError("\(file.path): per-layer head_count_kv arrays are not supported")

@@ -126,6 +126,31 @@ public struct Gemma3Config: Codable, Sendable, Equatable {
     /// Number of parameters (the tied embedding counted once).
     public var parameterCount: Int { ParameterLayout(config: self).count }
 
+    /// Upper bounds `validate()` enforces: far above every published Gemma 3, small enough that sizes
+    /// derived from them cannot overflow.
+    public static let limits = (width: 1 << 16, layers: 1024, heads: 1024, positions: 1 << 20, parameters: 1 << 36)
+
+    /// The parameter count computed with overflow checks; nil past `limits.parameters`.
+    static func parameterCountChecked(_ c: Gemma3Config) -> Int? {
+        let q = c.numAttentionHeads.multipliedReportingOverflow(by: c.headDim), kv = c.numKeyValueHeads.multipliedReportingOverflow(by: c.headDim)
+        guard !q.overflow, !kv.overflow else { return nil }
+        // Per layer: q, k, v, o projections; gate, up, down; norms (generous: 8 vectors of hidden or head_dim).
+        let terms: [(Int, Int)] = [(c.hiddenSize, q.partialValue), (c.hiddenSize, kv.partialValue), (c.hiddenSize, kv.partialValue),
+                                   (q.partialValue, c.hiddenSize), (c.hiddenSize, c.intermediateSize), (c.hiddenSize, c.intermediateSize),
+                                   (c.intermediateSize, c.hiddenSize), (8, max(c.hiddenSize, c.headDim))]
+        var perLayer = 0
+        for (a, b) in terms {
+            let (p, o) = a.multipliedReportingOverflow(by: b)
+            guard !o, p <= limits.parameters else { return nil }
+            perLayer += p
+        }
+        let (layers, o1) = perLayer.multipliedReportingOverflow(by: c.numHiddenLayers)
+        let (embedding, o2) = c.vocabSize.multipliedReportingOverflow(by: c.hiddenSize)
+        guard !o1, !o2 else { return nil }
+        let total = layers + embedding * (c.tieWordEmbeddings ? 1 : 2)
+        return total <= limits.parameters ? total : nil
+    }
+
     // MARK: Validation
 
     /// Throws a one-line `Gemma3ConfigError` if the configuration cannot describe a working model.
@@ -144,6 +169,20 @@ public struct Gemma3Config: Codable, Sendable, Equatable {
         try positive(maxPositionEmbeddings, "max_position_embeddings")
         guard vocabSize <= Int(Int32.max) else {
             throw Gemma3ConfigError("config: vocab_size \(vocabSize) does not fit 32-bit token ids")
+        }
+        // Bounds far above any Gemma 3 (27B: 62 layers, hidden 5376, MLP 21504, 32 heads, 128K context), so
+        // that a hostile config fails here instead of allocating its sizes.
+        let bounds: [(Int, Int, String)] = [
+            (hiddenSize, Self.limits.width, "hidden_size"), (intermediateSize, Self.limits.width, "intermediate_size"),
+            (numHiddenLayers, Self.limits.layers, "num_hidden_layers"), (numAttentionHeads, Self.limits.heads, "num_attention_heads"),
+            (numKeyValueHeads, Self.limits.heads, "num_key_value_heads"), (headDim, Self.limits.width, "head_dim"),
+            (maxPositionEmbeddings, Self.limits.positions, "max_position_embeddings"), (slidingWindow, Self.limits.positions, "sliding_window"),
+        ]
+        for (value, limit, name) in bounds where value > limit {
+            throw Gemma3ConfigError("config: \(name) \(value) is above the supported \(limit)")
+        }
+        guard Self.parameterCountChecked(self) != nil else {
+            throw Gemma3ConfigError("config: the model's parameters (vocab \(vocabSize) × hidden \(hiddenSize), \(numHiddenLayers) layers) exceed \(Self.limits.parameters)")
         }
         guard numAttentionHeads % numKeyValueHeads == 0 else {
             throw Gemma3ConfigError(
@@ -309,6 +348,10 @@ public struct Gemma3Config: Codable, Sendable, Equatable {
             let pattern = try c.decodeIfPresent(Int.self, forKey: .slidingWindowPattern)
                 ?? c.decodeIfPresent(Int.self, forKey: .privateSlidingWindowPattern) ?? 6
             guard pattern > 0 else { throw Gemma3ConfigError("sliding_window_pattern must be positive, got \(pattern)") }
+            // Checked before the list is built: a hostile count must not allocate it.
+            guard numHiddenLayers > 0, numHiddenLayers <= Self.limits.layers else {
+                throw Gemma3ConfigError("config: num_hidden_layers must be 1…\(Self.limits.layers), got \(numHiddenLayers)")
+            }
             layerTypes = Gemma3Config.layerTypes(count: numHiddenLayers, slidingWindowPattern: pattern)
         }
 

@@ -66,6 +66,26 @@ struct GGUFModelTests {
         }
     }
 
+    @Test("a hostile block_count (2^32 − 1, −1, 0) is a one-line error before any per-layer list is built")
+    func hostileBlockCount() throws {
+        let config = tinyConfig(vocab: 96)
+        let store = tinyStore(config, seed: 1)
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for value in [GGUFValue.uint32(.max), .int32(-1), .uint32(0), .uint64(1 << 40)] {
+            var w = try GGUFGemma3.writer(config: config, parameters: store, matrixType: .f32)
+            w.set("gemma3.block_count", value)
+            let url = dir.appendingPathComponent("hostile.gguf")
+            try w.write(to: url)
+            do {
+                _ = try GGUFGemma3.config(from: try GGUFFile(url: url))
+                Issue.record("block_count \(value) accepted")
+            } catch let e as FormatError {
+                #expect(e.message.contains("block_count") && !e.message.contains("\n"), "\(e.message)")
+            }
+        }
+    }
+
     @Test("Q4_0/Q5_0 widened to Q8_0 hold exactly the same values")
     func widening() throws {
         for type in [GGMLType.q4_0, .q5_0, .q4_K] {

@@ -82,6 +82,35 @@ func variant(_ key: String, _ value: Any?) throws -> String {
         #expect((0..<18).filter { !three.isSliding(layer: $0) } == [2, 5, 8, 11, 14, 17])
     }
 
+    /// Issue 18's probe: hostile sizes fail in validation, before anything of their size is allocated
+    /// (1e9 layers without layer_types used to build the list and climb to 7 GB).
+    @Test func hostileSizesAreRefusedBeforeAllocating() throws {
+        let cases: [(String, Any, String)] = [
+            ("num_hidden_layers", 1_000_000_000, "num_hidden_layers"), ("hidden_size", 1_000_000_000, "hidden_size"),
+            ("hidden_size", 1_000_000_000_000_000, "hidden_size"), ("intermediate_size", 1 << 40, "intermediate_size"),
+            ("sliding_window", 1 << 24, "sliding_window"), ("max_position_embeddings", 1 << 24, "max_position_embeddings"),
+            ("num_attention_heads", 1 << 20, "num_attention_heads"), ("vocab_size", 1 << 30, "parameters"),
+        ]
+        func changed(_ changes: [String: Any?]) throws -> String {
+            var object = try JSONSerialization.jsonObject(with: Data(published270mConfig.utf8)) as! [String: Any]
+            for (k, v) in changes { object[k] = v }
+            return String(decoding: try JSONSerialization.data(withJSONObject: object), as: UTF8.self)
+        }
+        for (key, value, fragment) in cases {
+            // Without layer_types, so a layer count must not build its default list either.
+            let json = try changed([key: value, "layer_types": nil])
+            do {
+                _ = try decode(json)
+                Issue.record("\(key) = \(value) accepted")
+            } catch {
+                let message = "\(error)"
+                #expect(message.contains(fragment) && !message.contains("\n"), "\(key): \(message)")
+            }
+        }
+        // The largest published Gemma 3 text shapes stay accepted (27B: hidden 5376, MLP 21504, 62 layers).
+        #expect(throws: Never.self) { _ = try decode(try changed(["hidden_size": 5376, "intermediate_size": 21504, "num_hidden_layers": 62, "layer_types": nil])) }
+    }
+
     @Test func textConfigWrapperAndEosList() throws {
         var inner = try JSONSerialization.jsonObject(with: Data(published270mConfig.utf8)) as! [String: Any]
         inner["eos_token_id"] = [1, 106]
