@@ -66,6 +66,7 @@ public final class TokenConstraint: @unchecked Sendable {
         public var budgetMasks = 0
         /// Time in `allowedTokens` (walks and lookups).
         public var maskSeconds = 0.0
+        public init() {}
     }
     public private(set) var statistics = Statistics()
 

@@ -150,6 +150,15 @@ struct MaskBruteForceTests {
             let n = 1 + Int(rng.next() % 6)
             tokens.append((0..<n).map { _ in alphabet[Int(rng.next() % UInt64(alphabet.count))] })
         }
+        // Every 2- and 3-byte string over JSON's punctuation: tokens that close one element and
+        // open the next (`"},`, `":[`, `,"a`), the paths where calls and returns happen mid-token.
+        let punctuation = Array("{}[]:,\" 1a".utf8)
+        for a in punctuation {
+            for b in punctuation {
+                tokens.append([a, b])
+                for c in punctuation { tokens.append([a, b, c]) }
+            }
+        }
         tokens.append([])  // a control token: never allowed
         return tokens
     }
@@ -168,7 +177,7 @@ struct MaskBruteForceTests {
         let c = TokenConstraint(grammar: grammar, vocabulary: vocabulary)
         var rng = SplitMix64(seed: seed)
         for k in 0..<states {
-            try randomState(c, vocabulary: vocabulary, steps: Int(rng.next() % 24), rng: &rng)
+            try randomState(c, vocabulary: vocabulary, steps: Int(rng.next() % 40), rng: &rng)
             let mask = c.allowedTokens()
             var expected = 0, maxAfter = 0
             for t in 0..<vocabulary.size {
@@ -198,7 +207,7 @@ struct MaskBruteForceTests {
     func schemas() throws {
         for (i, s) in testSchemas.enumerated() {
             let vocabulary = TokenVocabulary(tokenBytes: Self.smallVocabulary(seed: UInt64(i + 1)))
-            try Self.check(try .jsonSchema(s), vocabulary, states: 12, seed: UInt64(100 + i))
+            try Self.check(try .jsonSchema(s), vocabulary, states: 40, seed: UInt64(100 + i))
         }
     }
 
@@ -207,7 +216,7 @@ struct MaskBruteForceTests {
         for (i, p) in testPatterns.enumerated() {
             var tokens = Self.smallVocabulary(seed: UInt64(50 + i))
             tokens += ["yes", "no", "may", "be", "ab", "bc", "@", ".com", ".org", " Ab", "Cd", "-1", "2.5", "日", "è"].map { Array($0.utf8) }
-            try Self.check(try .regex(p), TokenVocabulary(tokenBytes: tokens), states: 10, seed: UInt64(200 + i))
+            try Self.check(try .regex(p), TokenVocabulary(tokenBytes: tokens), states: 30, seed: UInt64(200 + i))
         }
     }
 
