@@ -308,3 +308,102 @@ struct UnsupportedSchemaTests {
         }
     }
 }
+
+/// Runs `gemma3 args…`; returns (exit status, stdout, stderr).
+private func runGemma3(_ args: [String]) throws -> (Int32, String, String) {
+    let p = Process()
+    p.executableURL = try gemma3Executable()
+    p.arguments = args
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    p.standardInput = FileHandle.nullDevice
+    try p.run()
+    nonisolated(unsafe) var errData = Data()
+    let group = DispatchGroup()
+    group.enter()
+    DispatchQueue.global().async {
+        errData = err.fileHandleForReading.readDataToEndOfFile()
+        group.leave()
+    }
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    group.wait()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+}
+
+@Suite("Structured output: the command line", .serialized)
+struct StructuredOutputCommandLineTests {
+    /// A random-weight checkpoint directory with the GPT-2 tokenizer files.
+    static func modelDirectory() throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("gemma3-structured-\(UUID().uuidString)")
+        var c = Gemma3Config(vocabSize: 50257, hiddenSize: 16, intermediateSize: 32, numHiddenLayers: 2, numAttentionHeads: 2,
+                             numKeyValueHeads: 1, headDim: 8, slidingWindow: 16, layerTypes: [.slidingAttention, .fullAttention],
+                             maxPositionEmbeddings: 256)
+        c.eosTokenIds = [50256]
+        let store = ParameterStore(config: c)
+        var rng = SplitMix64(seed: 17)
+        for t in store.layout.tensors { rng.fillNormal(store.view(t), std: t.isMatrix ? 0.5 : 0.1) }
+        try HFCheckpoint.save(config: c, parameters: store, directory: url)
+        for f in ["vocab.json", "merges.txt"] {
+            try FileManager.default.copyItem(at: sharedGPT2.appendingPathComponent(f), to: url.appendingPathComponent(f))
+        }
+        return url
+    }
+
+    @Test("generate --json-schema / --json-object / --regex: stdout is the answer, --json's text field too; all valid")
+    func generateFlags() throws {
+        let dir = try Self.modelDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let schemaFile = dir.appendingPathComponent("schema.json")
+        try Data(testSchemas[0].utf8).write(to: schemaFile)
+        var outputs: [(Int, String)] = []
+        for seed in 1...4 {
+            let common = ["generate", "--model", dir.path, "--prompt", "Person:", "--temperature", "1", "--seed", "\(seed)", "--max-new-tokens", "60"]
+            let (status, stdout, stderr) = try runGemma3(common + ["--json-schema", schemaFile.path])
+            #expect(status == 0, "\(stderr)")
+            #expect(stdout.hasSuffix("\n"))
+            outputs.append((0, String(stdout.dropLast())))
+            let (s2, json, e2) = try runGemma3(common + ["--json-schema", schemaFile.path, "--json"])
+            #expect(s2 == 0, "\(e2)")
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+            let text = try #require(object["text"] as? String)
+            #expect(text == String(stdout.dropLast()), "the same seed gives the same answer")
+            let (s3, anyObject, e3) = try runGemma3(common + ["--json-object"])
+            #expect(s3 == 0, "\(e3)")
+            outputs.append((1, String(anyObject.dropLast())))
+            let (s4, regex, e4) = try runGemma3(common + ["--regex", #"\d{3}-[a-z]{2,4}"#])
+            #expect(s4 == 0, "\(e4)")
+            #expect(regex.range(of: #"^\d{3}-[a-z]{2,4}\n$"#, options: .regularExpression) != nil, "\(regex.debugDescription)")
+        }
+        let failures = try jsonSchemaFailures(schemas: [testSchemas[0], #"{"type":"object"}"#], outputs: outputs)
+        #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+    }
+
+    @Test("a bad schema, an unsupported keyword, a bad regex or two constraints: one line on stderr, non-zero exit")
+    func errors() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gemma3-structured-errors-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let unsupported = dir.appendingPathComponent("minimum.json"), broken = dir.appendingPathComponent("broken.json")
+        try Data(#"{"type":"integer","minimum":3}"#.utf8).write(to: unsupported)
+        try Data(#"{"type":"#.utf8).write(to: broken)
+        // The constraint is checked before the model is loaded: no model is needed for these.
+        let model = dir.appendingPathComponent("no-model").path
+        let cases: [([String], String)] = [
+            (["generate", "--model", model, "--prompt", "x", "--json-schema", unsupported.path], "unsupported JSON Schema keyword \"minimum\""),
+            (["generate", "--model", model, "--prompt", "x", "--json-schema", broken.path], "not valid JSON"),
+            (["generate", "--model", model, "--prompt", "x", "--json-schema", dir.appendingPathComponent("absent.json").path], "cannot read"),
+            (["generate", "--model", model, "--prompt", "x", "--regex", "(a"], "missing ')'"),
+            (["chat", "--model", model, "--message", "x", "--regex", "a{2,1}"], "below the minimum"),
+            (["generate", "--model", model, "--prompt", "x", "--regex", "a", "--json-object"], "at most one of"),
+        ]
+        for (args, why) in cases {
+            let (status, stdout, stderr) = try runGemma3(args)
+            #expect(status != 0)
+            #expect(stdout.isEmpty)
+            let lines = stderr.split(separator: "\n").filter { !$0.hasPrefix("Usage") && !$0.hasPrefix("  See") && !$0.isEmpty }
+            #expect(lines.count == 1 && stderr.contains(why), "\(args): \(stderr)")
+        }
+    }
+}
