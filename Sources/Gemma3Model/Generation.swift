@@ -247,6 +247,14 @@ struct ConstrainedLogits {
         mask.words.withUnsafeBufferPointer { words in
             for w in 0..<min(words.count, (limit + 63) / 64) {
                 var bits = words[w]
+                // Inside a string nearly every word is full: copy its 64 logits in one go.
+                if bits == ~0, w * 64 + 64 <= limit, extraSorted.first.map({ Int($0) >= w * 64 }) ?? true {
+                    let base = w * 64
+                    (logits + n).update(from: all.baseAddress! + base, count: 64)
+                    for k in 0..<64 { ids[n + k] = TokenID(base + k) }
+                    n += 64
+                    continue
+                }
                 while bits != 0 {
                     let id = w * 64 + bits.trailingZeroBitCount
                     bits &= bits - 1

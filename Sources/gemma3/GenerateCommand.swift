@@ -16,7 +16,9 @@ struct GenerateCommand: ParsableCommand {
         --max-new-tokens, at the end-of-text token (50256 for GPT-2 models, or the config's \
         eos_token_id), at a --stop string (cut from the text), or at the end of the context. \
         --json prints one JSON object instead of streaming; --interactive reads one prompt per \
-        line from stdin.
+        line from stdin. --json-schema FILE, --json-object or --regex PATTERN constrain the answer \
+        (every answer parses and validates; it ends when the value is complete; the prompt is then \
+        not echoed unless --echo); see docs/structured-output.md.
         """
     )
 
