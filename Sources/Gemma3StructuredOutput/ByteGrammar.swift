@@ -203,6 +203,9 @@ public struct ByteGrammar: Sendable {
     let accepting: [Bool]
     /// No calls, not accepting, some byte transition: after reaching it, the configuration stays single.
     let isPlain: [Bool]
+    /// No calls and accepting: at the bottom of the stack, reaching it means "complete, and go on
+    /// with its own transitions" (regexes, where most states accept).
+    let isFinalWithoutCalls: [Bool]
     let hasByteTransition: [Bool]
     /// Start state of each rule.
     let ruleStart: [Int32]
@@ -352,6 +355,7 @@ public struct ByteGrammar: Sendable {
         self.accepting = accepting
         self.hasByteTransition = hasByte
         self.isPlain = (0..<stateCount).map { hasByte[$0] && !accepting[$0] && callStart[$0] == callStart[$0 + 1] }
+        self.isFinalWithoutCalls = (0..<stateCount).map { accepting[$0] && callStart[$0] == callStart[$0 + 1] }
         self.ruleStart = ruleStart
         self.bytesToAccept = cost
         try checkLeftRecursion()

@@ -271,8 +271,11 @@ public final class TokenConstraint: @unchecked Sendable {
         let depthCount = v.maxTokenBytes + 2
         let stride = levelCapacity * 2
         guard configurations.count <= stride else { return nil }
-        var levelCount = [Int](repeating: 0, count: depthCount)
-        var levelComplete = [Bool](repeating: false, count: depthCount)
+        let levelCount = UnsafeMutablePointer<Int>.allocate(capacity: depthCount)
+        defer { levelCount.deallocate() }
+        // Locals, not stored properties, in the loop: class properties are accessed through the
+        // runtime's exclusivity checks.
+        let levels = self.levels
         for k in 0..<configurations.count { levels[k] = configurations[k] }
         levelCount[0] = configurations.count / 2
         var allowed = 0
@@ -288,9 +291,14 @@ public final class TokenConstraint: @unchecked Sendable {
             g.transitions.withUnsafeBufferPointer { transitions in
             g.byteClass.withUnsafeBufferPointer { byteClass in
             g.isPlain.withUnsafeBufferPointer { isPlain in
+            g.isFinalWithoutCalls.withUnsafeBufferPointer { isFinalWithoutCalls in
+            g.hasByteTransition.withUnsafeBufferPointer { hasByteTransition in
             g.bytesToAccept.withUnsafeBufferPointer { bytesToAccept in
             words.withUnsafeMutableBufferPointer { words -> Bool in
                 var i = 0
+                // The stack's cost, looked up once per run of tokens on the same stack.
+                var lastStack: Int32 = 0
+                var lastStackCost: Int32 = 0
                 while i < nodeCount {
                     let d = Int(nodeDepth[i])
                     let parent = levels + (d - 1) * stride
@@ -307,6 +315,13 @@ public final class TokenConstraint: @unchecked Sendable {
                             out[0] = t
                             out[1] = parent[1]
                             count = 1
+                        } else if parent[1] == 0 && isFinalWithoutCalls[Int(t)] {
+                            // The closure of an accepting state on the empty stack: itself (if it
+                            // can go on) and "complete".
+                            out[0] = t
+                            out[1] = 0
+                            count = hasByteTransition[Int(t)] ? 1 : 0
+                            complete = true
                         } else {
                             (count, complete) = stepInto(parent, n, byte, out)
                         }
@@ -315,7 +330,6 @@ public final class TokenConstraint: @unchecked Sendable {
                     }
                     if count < 0 { return true }
                     levelCount[d] = count
-                    levelComplete[d] = complete
                     if count == 0 && !complete {
                         i = Int(nodeSkip[i])
                         continue
@@ -327,7 +341,12 @@ public final class TokenConstraint: @unchecked Sendable {
                             after = ByteGrammar.unreachable
                             var k = 0
                             while k < count {
-                                let c = bytesToAccept[Int(out[2 * k])] + stackCost[Int(out[2 * k + 1])]
+                                let stack = out[2 * k + 1]
+                                if stack != lastStack {
+                                    lastStack = stack
+                                    lastStackCost = stackCost[Int(stack)]
+                                }
+                                let c = bytesToAccept[Int(out[2 * k])] + lastStackCost
                                 if c < after { after = c }
                                 k += 1
                             }
@@ -344,7 +363,7 @@ public final class TokenConstraint: @unchecked Sendable {
                     i = count == 0 ? Int(nodeSkip[i]) : i + 1
                 }
                 return false
-            }}}}}}}}}}
+            }}}}}}}}}}}}
         if overflow { return nil }
         return TokenMask(words: words, allowedCount: allowed, maxBytesToCompleteAfter: Int(maxAfter))
     }
@@ -356,7 +375,9 @@ public final class TokenConstraint: @unchecked Sendable {
                           _ output: UnsafeMutablePointer<Int32>) -> (Int, Bool) {
         let g = grammar
         let c = Int(g.byteClass[Int(byte)])
+        let levelCapacity = self.levelCapacity
         let workLimit = levelCapacity * 4
+        let work = self.work, seen = self.seen
         var w = 0
         for k in 0..<n {
             let t = g.transitions[Int(input[2 * k]) * g.classCount + c]
