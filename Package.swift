@@ -20,6 +20,7 @@ let package = Package(
         .library(name: "Gemma3Kernels", targets: ["Gemma3Kernels"]),
         .library(name: "Gemma3Tokenizers", targets: ["Gemma3Tokenizers"]),
         .library(name: "Gemma3Formats", targets: ["Gemma3Formats"]),
+        .library(name: "Gemma3StructuredOutput", targets: ["Gemma3StructuredOutput"]),
         .library(name: "Gemma3Model", targets: ["Gemma3Model"]),
         .library(name: "Gemma3Training", targets: ["Gemma3Training"]),
         .library(name: "Gemma3Hub", targets: ["Gemma3Hub"]),
@@ -67,9 +68,12 @@ let package = Package(
         .target(name: "Gemma3Tokenizers", dependencies: ["Gemma3Infrastructure"], swiftSettings: cpuSettings),
         // safetensors and GGUF readers/writers, quantized block formats.
         .target(name: "Gemma3Formats", dependencies: ["Gemma3Infrastructure", "Gemma3Kernels"], swiftSettings: cpuSettings),
+        // Constrained decoding: JSON Schema / JSON object / regex → byte grammar, the vocabulary
+        // trie and the per-step token mask.
+        .target(name: "Gemma3StructuredOutput", dependencies: ["Gemma3Infrastructure", "Gemma3Tokenizers"], swiftSettings: cpuSettings),
         // Gemma3Config, parameters, forward/backward, KV-cache inference, sampling, generation,
         // LanguageModel.load (any supported model file with the fastest kernels by default).
-        .target(name: "Gemma3Model", dependencies: ["Gemma3Infrastructure", "Gemma3Kernels", "Gemma3Formats", "Gemma3Tokenizers"], swiftSettings: cpuSettings),
+        .target(name: "Gemma3Model", dependencies: ["Gemma3Infrastructure", "Gemma3Kernels", "Gemma3Formats", "Gemma3Tokenizers", "Gemma3StructuredOutput"], swiftSettings: cpuSettings),
         // Data preparation, batches, AdamW, schedules, the training loop, checkpoints, the metrics record.
         .target(name: "Gemma3Training", dependencies: ["Gemma3Infrastructure", "Gemma3Model", "Gemma3Formats", "Gemma3Tokenizers", "Gemma3Kernels"], swiftSettings: cpuSettings),
         // Downloads into a cache folder the caller chooses: resumable HTTPS with SHA-256 checks, the
@@ -88,7 +92,7 @@ let package = Package(
             name: "gemma3",
             dependencies: [
                 "Gemma3Infrastructure", "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Formats", "Gemma3Model", "Gemma3Training", "Gemma3Hub", "Gemma3Plots",
-                "Gemma3Distributed",
+                "Gemma3Distributed", "Gemma3StructuredOutput",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: cpuSettings
@@ -104,6 +108,7 @@ let package = Package(
         .testTarget(name: "TrainingTests", dependencies: ["Gemma3TestSupport", "Gemma3Training", "Gemma3Plots", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
         .testTarget(name: "ModelTests", dependencies: ["Gemma3TestSupport", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Training"]),
         .testTarget(name: "InferenceTests", dependencies: ["Gemma3TestSupport", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers"]),
+        .testTarget(name: "StructuredOutputTests", dependencies: ["Gemma3TestSupport", "Gemma3StructuredOutput", "Gemma3Model", "Gemma3Tokenizers", "Gemma3Kernels"]),
         // The README's library examples, compiled and run.
         .testTarget(name: "ExamplesTests", dependencies: ["Gemma3Model", "Gemma3Training"]),
         .testTarget(name: "GGUFTests", dependencies: ["Gemma3TestSupport", "Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Model"]),

@@ -18,10 +18,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 # tiktoken is the independent reference the tokenizer tests compare against; numpy and
-# safetensors check that the files we write are readable by the Python ecosystem.
-if ! python3 -c "import tiktoken, numpy, safetensors" >/dev/null 2>&1; then
-    python3 -m pip install -q --disable-pip-version-check tiktoken numpy safetensors 2>/dev/null \
-        || python3 -m pip install -q --disable-pip-version-check --break-system-packages tiktoken numpy safetensors
+# safetensors check that the files we write are readable by the Python ecosystem; jsonschema
+# validates the structured-output tests' generations.
+if ! python3 -c "import tiktoken, numpy, safetensors, jsonschema" >/dev/null 2>&1; then
+    python3 -m pip install -q --disable-pip-version-check tiktoken numpy safetensors jsonschema 2>/dev/null \
+        || python3 -m pip install -q --disable-pip-version-check --break-system-packages tiktoken numpy safetensors jsonschema
 fi
 # With --reference-tools (CI): torch + transformers, for the PyTorch autocast golden values of
 # MixedPrecisionTests (without them those comparisons print NOTICE). Where the machine keeps a CPU

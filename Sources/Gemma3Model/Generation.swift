@@ -11,12 +11,20 @@ public struct GenerationOptions: Sendable {
     public var stopTokenIds: Set<TokenID>
     /// Generation ends when the text contains one of these; the text is cut before it.
     public var stopStrings: [String]
+    /// Structured output: only tokens that keep the text a valid prefix of the grammar's language
+    /// are sampled, stop tokens only once the value is complete, and generation ends when nothing
+    /// can extend it (`StopReason.valueComplete`). Within `maxNewTokens` (and the context) the
+    /// value is always finished when the limit allows it at all. Reset at the start of each
+    /// generation; not shared between concurrent generations.
+    public var constraint: TokenConstraint?
 
-    public init(maxNewTokens: Int = 128, sampling: SamplingOptions = .greedy, stopTokenIds: Set<TokenID> = [], stopStrings: [String] = []) {
+    public init(maxNewTokens: Int = 128, sampling: SamplingOptions = .greedy, stopTokenIds: Set<TokenID> = [], stopStrings: [String] = [],
+                constraint: TokenConstraint? = nil) {
         self.maxNewTokens = maxNewTokens
         self.sampling = sampling
         self.stopTokenIds = stopTokenIds
         self.stopStrings = stopStrings.filter { !$0.isEmpty }
+        self.constraint = constraint
     }
 }
 
@@ -26,6 +34,8 @@ public enum StopReason: String, Sendable, Codable {
     case stopToken = "stop_token"
     case stopString = "stop_string"
     case contextFull = "context_full"
+    /// The constrained value is complete and nothing can extend it.
+    case valueComplete = "value_complete"
 }
 
 /// The outcome of one generation, with its timings.
@@ -92,7 +102,18 @@ public final class Generator: @unchecked Sendable {
         try options.sampling.validate()
 
         let penalised = options.sampling.repetitionPenalty != 1
-        var sampler = Sampler(options: options.sampling)
+        let constraint = options.constraint
+        // Under a constraint the penalty is applied to the full logits before the allowed ones are
+        // gathered, so the sampler itself must not apply it again.
+        var samplerOptions = options.sampling
+        if constraint != nil { samplerOptions.repetitionPenalty = 1 }
+        var sampler = Sampler(options: samplerOptions)
+        var allowed = ConstrainedLogits()
+        if let constraint {
+            constraint.reset()
+            allowed.reserve(engine.weights.config.vocabSize)
+        }
+        defer { allowed.release() }
         var seen = penalised ? cachedTokens + promptIds : []
         var generated: [TokenID] = []
         var utf8 = StreamingUTF8Decoder()
@@ -114,7 +135,27 @@ public final class Generator: @unchecked Sendable {
         var steps = 0
 
         while generated.count < options.maxNewTokens {
-            let token = sampler.sample(logits, seen: seen)
+            let token: TokenID
+            if let constraint {
+                if constraint.isComplete && !constraint.canContinue {
+                    reason = .valueComplete
+                    break
+                }
+                Sampler.applyRepetitionPenalty(logits, seen: seen, penalty: options.sampling.repetitionPenalty)
+                // Tokens this generation may still produce, this one included.
+                let remaining = min(options.maxNewTokens - generated.count, engine.maxContext - engine.position + 1)
+                let mask = constraint.allowedTokens(remainingTokens: remaining)
+                let n = allowed.gather(logits, mask: mask, extra: constraint.isComplete ? options.stopTokenIds : [])
+                guard n > 0 else {
+                    // Complete, nothing may follow and no stop token: the value is done.
+                    reason = .valueComplete
+                    break
+                }
+                token = allowed.ids![Int(sampler.sample(allowed.logitsBuffer(n), seen: []))]
+                if !options.stopTokenIds.contains(token) { try constraint.advance(token) }
+            } else {
+                token = sampler.sample(logits, seen: seen)
+            }
             generated.append(token)
             if penalised { seen.append(token) }
             if options.stopTokenIds.contains(token) {
@@ -129,6 +170,12 @@ public final class Generator: @unchecked Sendable {
                 let (safe, completed) = stops.push(utf8.push(bytes))
                 emit(safe)
                 stopped = completed
+            }
+            let valueDone = !stopped && constraint.map { $0.isComplete && !$0.canContinue } == true
+            if valueDone {
+                // Nothing can follow: end now (a conversation still feeds the token back below).
+                reason = .valueComplete
+                if !continuing { break }
             }
             // A one-shot generation stops here when nothing will read the next logits.
             if !continuing && (stopped || generated.count == options.maxNewTokens) {
@@ -146,6 +193,7 @@ public final class Generator: @unchecked Sendable {
                 reason = .stopString
                 break
             }
+            if valueDone { break }
         }
         let decodeSeconds = steps > 0 ? Self.seconds(clock.now - decodeStart) : 0
         if reason != .stopString {
@@ -166,6 +214,63 @@ public final class Generator: @unchecked Sendable {
     static func seconds(_ d: Duration) -> Double {
         let c = d.components
         return Double(c.seconds) + Double(c.attoseconds) * 1e-18
+    }
+}
+
+/// The logits of the tokens a constraint allows, gathered into one short buffer in id order, so
+/// the sampler (its filters and its draw) runs over the allowed tokens only.
+struct ConstrainedLogits {
+    private(set) var ids: UnsafeMutablePointer<TokenID>? = nil
+    private var logits: UnsafeMutablePointer<Float>? = nil
+    private var capacity = 0
+
+    mutating func reserve(_ n: Int) {
+        release()
+        capacity = n
+        ids = .allocate(capacity: n)
+        logits = .allocate(capacity: n)
+    }
+
+    mutating func release() {
+        ids?.deallocate(); logits?.deallocate()
+        ids = nil; logits = nil; capacity = 0
+    }
+
+    func logitsBuffer(_ n: Int) -> UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: logits, count: n) }
+
+    /// Gathers the allowed tokens' logits (mask bits, plus `extra` ids); returns how many.
+    mutating func gather(_ all: UnsafeMutableBufferPointer<Float>, mask: TokenMask, extra: Set<TokenID>) -> Int {
+        guard let ids, let logits else { return 0 }
+        var n = 0
+        let limit = min(all.count, capacity)
+        var extraSorted = extra.filter { $0 >= 0 && Int($0) < limit && !mask.contains($0) }.sorted()[...]
+        mask.words.withUnsafeBufferPointer { words in
+            for w in 0..<min(words.count, (limit + 63) / 64) {
+                var bits = words[w]
+                // Inside a string nearly every word is full: copy its 64 logits in one go.
+                if bits == ~0, w * 64 + 64 <= limit, extraSorted.first.map({ Int($0) >= w * 64 }) ?? true {
+                    let base = w * 64
+                    (logits + n).update(from: all.baseAddress! + base, count: 64)
+                    for k in 0..<64 { ids[n + k] = TokenID(base + k) }
+                    n += 64
+                    continue
+                }
+                while bits != 0 {
+                    let id = w * 64 + bits.trailingZeroBitCount
+                    bits &= bits - 1
+                    guard id < limit else { break }
+                    while let e = extraSorted.first, Int(e) < id {
+                        ids[n] = e; logits[n] = all[Int(e)]; n += 1
+                        extraSorted.removeFirst()
+                    }
+                    ids[n] = TokenID(id)
+                    logits[n] = all[id]
+                    n += 1
+                }
+            }
+        }
+        for e in extraSorted { ids[n] = e; logits[n] = all[Int(e)]; n += 1 }
+        return n
     }
 }
 

@@ -1,8 +1,10 @@
 // A small strict JSON reader for tokenizer files (vocab.json, encoder.json, tokenizer.json).
 // Foundation's JSONSerialization would do, but this is faster on a 1 MB vocabulary, keeps object
-// order, and reports the byte offset of a syntax error.
+// order, and reports the byte offset of a syntax error. Public for the other modules that read JSON
+// whose member order matters (Gemma3StructuredOutput: a JSON Schema's `properties`).
 
-enum JSONValue {
+/// A parsed JSON document; objects keep their members in file order.
+public enum JSONValue: Sendable {
     case null
     case bool(Bool)
     case number(Double)
@@ -10,7 +12,8 @@ enum JSONValue {
     case array([JSONValue])
     case object([JSONMember])
 
-    subscript(key: String) -> JSONValue? {
+    /// The value of member `key` of an object (the first one), nil for other values.
+    public subscript(key: String) -> JSONValue? {
         if case .object(let members) = self {
             for member in members where member.key == key { return member.value }
         }
@@ -18,23 +21,26 @@ enum JSONValue {
     }
 }
 
-struct JSONMember {
-    let key: String
-    let value: JSONValue
+/// One member of a JSON object.
+public struct JSONMember: Sendable {
+    public let key: String
+    public let value: JSONValue
 }
 
-struct JSONSyntaxError: Error {
-    let offset: Int
-    let reason: String
+/// Where and why a JSON document failed to parse.
+public struct JSONSyntaxError: Error, Sendable {
+    public let offset: Int
+    public let reason: String
 }
 
-struct JSONReader {
+/// The reader: `JSONReader.parse(bytes)`.
+public struct JSONReader {
     private let bytes: UnsafeBufferPointer<UInt8>
     private var position = 0
     private var depth = 0
 
     /// Parses one JSON document from `bytes` (trailing whitespace allowed, nothing else).
-    static func parse(_ bytes: UnsafeBufferPointer<UInt8>) throws(JSONSyntaxError) -> JSONValue {
+    public static func parse(_ bytes: UnsafeBufferPointer<UInt8>) throws(JSONSyntaxError) -> JSONValue {
         var reader = JSONReader(bytes: bytes)
         if bytes.count >= 3 && bytes[0] == 0xEF && bytes[1] == 0xBB && bytes[2] == 0xBF { reader.position = 3 }  // BOM
         let value = try reader.parseValue()

@@ -39,6 +39,9 @@ struct ChatCommand: ParsableCommand {
     @Option(help: ArgumentHelp(PrefillChoice.help, valueName: "auto|f32|bf16"))
     var prefill: PrefillChoice = .auto
 
+    @OptionGroup(title: "Structured output (every reply)")
+    var structured: StructuredOutputFlags
+
     @Flag(help: "Print one JSON object with every turn (ids, text, speeds) instead of streaming.")
     var json = false
 
@@ -49,18 +52,21 @@ struct ChatCommand: ParsableCommand {
     }
 
     func run() throws {
+        let grammar = try structured.grammar()
         let loaded = try loadModel(model, options: LoadOptions(prefill: try prefill.precision()))
         guard loaded.gemmaTokenizer != nil else {
             throw ModelCommandError("\(model): chat needs a Gemma 3 GGUF file or a model directory with Gemma's tokenizer.json")
         }
         let session = try loaded.makeChatSession(context: context)
+        let constraint = grammar.map { TokenConstraint(grammar: $0, vocabulary: TokenVocabulary(tokenizer: loaded.tokenizer)) }
         let engine = session.engine
         let seed = sampling.startSeed
         var turns: [[String: Any]] = []
         var turn = 0
         func answer(_ message: String) throws {
             let options = GenerationOptions(maxNewTokens: maxNewTokens,
-                                            sampling: sampling.options(defaults: Self.samplingDefaults, seed: seed &+ UInt64(turn)))
+                                            sampling: sampling.options(defaults: Self.samplingDefaults, seed: seed &+ UInt64(turn)),
+                                            constraint: constraint)
             turn += 1
             if json {
                 let r = try session.reply(to: message, options: options)

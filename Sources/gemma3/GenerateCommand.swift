@@ -16,7 +16,9 @@ struct GenerateCommand: ParsableCommand {
         --max-new-tokens, at the end-of-text token (50256 for GPT-2 models, or the config's \
         eos_token_id), at a --stop string (cut from the text), or at the end of the context. \
         --json prints one JSON object instead of streaming; --interactive reads one prompt per \
-        line from stdin.
+        line from stdin. --json-schema FILE, --json-object or --regex PATTERN constrain the answer \
+        (every answer parses and validates; it ends when the value is complete; the prompt is then \
+        not echoed unless --echo); see docs/structured-output.md.
         """
     )
 
@@ -53,7 +55,10 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Tokenizer directory (default: the model directory's files, else the download location).", valueName: "dir"))
     var tokenizer: String?
 
-    @Flag(inversion: .prefixedNo, help: "Write the prompt before the generated text, as llama.cpp's completion tool does (default: on with --prompt, off with --interactive; --json is unaffected).")
+    @OptionGroup(title: "Structured output")
+    var structured: StructuredOutputFlags
+
+    @Flag(inversion: .prefixedNo, help: "Write the prompt before the generated text, as llama.cpp's completion tool does (default: on with --prompt, off with --interactive or a structured-output constraint; --json is unaffected).")
     var echo: Bool?
 
     @Option(help: ArgumentHelp(PrefillChoice.help, valueName: "auto|f32|bf16"))
@@ -71,8 +76,11 @@ struct GenerateCommand: ParsableCommand {
     }
 
     func run() throws {
+        // The constraint is compiled first: a bad schema fails before the model loads.
+        let grammar = try structured.grammar()
         let loaded = try loadModel(model, options: LoadOptions(weightDType: dtype, prefill: try prefill.precision(),
                                                                tokenizerDirectory: tokenizer.map { URL(fileURLWithPath: $0, isDirectory: true) }))
+        let constraint = grammar.map { TokenConstraint(grammar: $0, vocabulary: TokenVocabulary(tokenizer: loaded.tokenizer)) }
         let generator = try loaded.makeGenerator(context: context)
         let engine = generator.engine
         let stopIds = ignoreEos ? [] : loaded.stopTokens
@@ -80,7 +88,7 @@ struct GenerateCommand: ParsableCommand {
         var seed = sampling.startSeed
         func answer(_ text: String) throws {
             let options = GenerationOptions(maxNewTokens: maxNewTokens, sampling: sampling.options(defaults: Self.samplingDefaults, seed: seed),
-                                            stopTokenIds: stopIds, stopStrings: stopStrings)
+                                            stopTokenIds: stopIds, stopStrings: stopStrings, constraint: constraint)
             if json {
                 let r = try generator.generate(prompt: text, options: options)
                 print(try jsonLine([
@@ -94,7 +102,7 @@ struct GenerateCommand: ParsableCommand {
             } else {
                 // The prompt goes out with the first generated text, so a prompt refused by the
                 // engine (too long, bad tokens) leaves stdout empty.
-                var promptWritten = !(echo ?? !interactive)
+                var promptWritten = !(echo ?? !(interactive || constraint != nil))
                 let r = try generator.generate(prompt: text, options: options) { piece in
                     if !promptWritten { writeStdout(text); promptWritten = true }
                     writeStdout(piece)
