@@ -250,6 +250,13 @@ public final class Trainer {
         }
     }
 
+    /// The largest id in a token file: one pass over its memory-mapped uint16s (0 when empty).
+    static func largestToken(_ file: TokenFile) -> Int {
+        var largest: UInt16 = 0
+        for t in file.tokens where t > largest { largest = t }
+        return Int(largest)
+    }
+
     private func appendMetrics(_ r: MetricsRecord) {
         metricsHandle?.write(Data((r.jsonLine + "\n").utf8))
     }
@@ -275,6 +282,18 @@ public final class Trainer {
         // The others read the run directory only after rank 0 has repaired it.
         try group?.barrier()
         defer { runLock = nil }
+
+        // --- The data is checked whole before anything is replaced (--force used to delete the old run
+        // first and then fail on a vocabulary mismatch, leaving nothing).
+        guard meta.vocabSize <= config.vocabSize else {
+            throw TrainingError.invalidData("\(options.dataDirectory.path) was tokenized with a \(meta.vocabSize)-token vocabulary but the model has \(config.vocabSize)")
+        }
+        for (tokens, file) in [(trainTokens, DatasetMeta.trainFileName), (valTokens, DatasetMeta.valFileName)] {
+            let largest = Trainer.largestToken(tokens)
+            guard largest < config.vocabSize else {
+                throw TrainingError.invalidData("\(options.dataDirectory.appendingPathComponent(file).path) holds token id \(largest), outside the model's vocabulary of \(config.vocabSize)")
+            }
+        }
 
         // --- Weights, optimizer and loop state: fresh or from latest/.
         let parameters: ParameterStore
@@ -314,9 +333,6 @@ public final class Trainer {
             state = TrainerState(step: 0, adamStep: 0, samplerState: Trainer.samplerSeed(recipe.seed), bestValLoss: nil,
                                  consecutiveNonFinite: 0, pendingEval: true, elapsedSeconds: 0, recipe: recipe,
                                  trainTokens: trainTokens.count, model: options.modelName)
-        }
-        guard meta.vocabSize <= config.vocabSize else {
-            throw TrainingError.invalidData("\(options.dataDirectory.path) was tokenized with a \(meta.vocabSize)-token vocabulary but the model has \(config.vocabSize)")
         }
         // Every rank starts from rank 0's weights.
         if let group {

@@ -111,11 +111,29 @@ func fileBytes(_ url: URL) throws -> Data { try Data(contentsOf: url) }
         try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
         try makeDataset(in: data)
         let out = tmp.url.appendingPathComponent("run")
-        _ = try train(data: data, out: out, stopAfter: 2)
+        _ = try train(data: data, out: out, stopAfter: 5)  // past the eval at 4: best/ exists too
         var other = tinyRecipe
         other.learningRate = 1e-3
         #expect(throws: TrainingError.self) { _ = try train(data: data, out: out, recipe: other, resume: true) }
         #expect(throws: TrainingError.self) { _ = try train(data: data, out: out) }
+        // --force with data that cannot train this model: refused before the old run is touched.
+        let latestBefore = try fileBytes(out.appendingPathComponent("latest/model.safetensors"))
+        let metricsBefore = try fileBytes(out.appendingPathComponent("metrics.jsonl"))
+        for (name, vocab) in [("big-vocab", 2000), ("bad-token", 1000)] {
+            let bad = tmp.url.appendingPathComponent(name)
+            try FileManager.default.createDirectory(at: bad, withIntermediateDirectories: true)
+            try makeDataset(in: bad, vocab: vocab)
+            if name == "bad-token" {
+                // One id past the vocabulary, where a sampled window may never look.
+                var tokens = try Data(contentsOf: bad.appendingPathComponent("val.bin"))
+                tokens[tokens.count - 2] = 0xE8; tokens[tokens.count - 1] = 0x03  // 1000
+                try tokens.write(to: bad.appendingPathComponent("val.bin"))
+            }
+            #expect(throws: TrainingError.self) { _ = try train(data: bad, out: out, force: true) }
+            #expect(try fileBytes(out.appendingPathComponent("latest/model.safetensors")) == latestBefore, "\(name): latest/ changed")
+            #expect(FileManager.default.fileExists(atPath: out.appendingPathComponent("best/model.safetensors").path), "\(name): best/ gone")
+            #expect(try fileBytes(out.appendingPathComponent("metrics.jsonl")) == metricsBefore, "\(name): metrics.jsonl changed")
+        }
         // --force replaces it: a fresh run from step 0.
         let replaced = try train(data: data, out: out, stopAfter: 1, force: true)
         #expect(replaced.step == 1)
