@@ -24,7 +24,7 @@ struct ChatCommand: ParsableCommand {
     @Option(name: .customLong("message"), help: ArgumentHelp("A user message (repeatable: one turn each); default: read stdin lines.", valueName: "text"))
     var messages: [String] = []
 
-    @Option(help: "Most tokens per reply.")
+    @Option(parsing: .unconditional, help: "Most tokens per reply.")
     var maxNewTokens = 256
 
     @OptionGroup(title: "Sampling")

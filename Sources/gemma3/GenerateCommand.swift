@@ -31,7 +31,8 @@ struct GenerateCommand: ParsableCommand {
     @Flag(help: "Read prompts from stdin, one per line, and answer each.")
     var interactive = false
 
-    @Option(help: "Most tokens to generate.")
+    // .unconditional: "--max-new-tokens -1" reads -1 (and says it is < 0) instead of "missing value".
+    @Option(parsing: .unconditional, help: "Most tokens to generate.")
     var maxNewTokens = 200
 
     @OptionGroup(title: "Sampling")

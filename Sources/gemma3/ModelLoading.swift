@@ -49,19 +49,19 @@ extension WeightDType: ExpressibleByArgument {}
 
 /// The sampling flags shared by `generate` and `chat`; each verb gives its own defaults.
 struct SamplingFlags: ParsableArguments {
-    @Option(help: "Sampling temperature; 0 = greedy (default: generate 0.8, chat 1).")
+    @Option(parsing: .unconditional, help: "Sampling temperature; 0 = greedy (default: generate 0.8, chat 1).")
     var temperature: Float?
 
-    @Option(help: "Keep the k most likely tokens (0 = off; default: generate 200, chat 64).")
+    @Option(parsing: .unconditional, help: "Keep the k most likely tokens (0 = off; default: generate 200, chat 64).")
     var topK: Int?
 
-    @Option(help: "Nucleus sampling: keep the most likely tokens up to this probability mass (1 = off; default: generate 1, chat 0.95).")
+    @Option(parsing: .unconditional, help: "Nucleus sampling: keep the most likely tokens up to this probability mass (1 = off; default: generate 1, chat 0.95).")
     var topP: Float?
 
-    @Option(help: "Drop tokens less likely than min-p × the top probability (0 = off).")
+    @Option(parsing: .unconditional, help: "Drop tokens less likely than min-p × the top probability (0 = off).")
     var minP: Float = 0
 
-    @Option(help: "Penalty for tokens already present (HF semantics; 1 = off).")
+    @Option(parsing: .unconditional, help: "Penalty for tokens already present (HF semantics; 1 = off).")
     var repetitionPenalty: Float = 1
 
     @Option(help: "Random seed (default: a fresh one, printed with the statistics).")

@@ -95,6 +95,9 @@ private final class TinyModelDirectory {
             ["generate", "--model", dir.url.path, "--prompt", ""],
             ["generate", "--model", dir.url.path, "--prompt", "one two three four five six", "--context", "4"],
             ["generate", "--model", dir.url.path, "--prompt", "x", "--top-p", "0"],
+            // A negative value after a space is read as the value (it used to say "missing value").
+            ["generate", "--model", dir.url.path, "--prompt", "x", "--max-new-tokens", "-1"],
+            ["generate", "--model", dir.url.path, "--prompt", "x", "--temperature", "-0.5"],
             ["eval", "--model", dir.url.path, "--data", dir.url.appendingPathComponent("missing.bin").path],
         ]
         for args in cases {
@@ -103,6 +106,7 @@ private final class TinyModelDirectory {
             #expect(stdout.isEmpty)
             let errorLines = stderr.split(separator: "\n").filter { $0.hasPrefix("Error:") }
             #expect(errorLines.count == 1, "\(args): \(stderr)")
+            if args.contains("-1") || args.contains("-0.5") { #expect(!stderr.contains("Missing value"), "\(args): \(stderr)") }
         }
     }
 
