@@ -135,6 +135,11 @@ public final class Gemma3TrainingModel {
         guard batchSize > 0, sequenceLength > 0 else {
             throw Gemma3ModelError("batch size and sequence length must be positive, got \(batchSize) × \(sequenceLength)")
         }
+        // Sizes below are products of the token count with the model's widths; bounded so none overflows.
+        let (tokenCount, tooMany) = batchSize.multipliedReportingOverflow(by: sequenceLength)
+        guard !tooMany, tokenCount <= 1 << 24 else {
+            throw Gemma3ModelError("batch size × sequence length (\(batchSize) × \(sequenceLength)) is above the supported \(1 << 24) tokens per micro-batch")
+        }
         if let parameters, parameters.layout != ParameterLayout(config: config) {
             throw Gemma3ModelError("parameter store layout does not match the config")
         }
@@ -165,6 +170,14 @@ public final class Gemma3TrainingModel {
         var measure = RegionCarver(block: placeholder, measuring: true)
         _ = TrainingWorkspace(&measure, shape, training: training)
         arenaCount = max(16, measure.floats)
+        // Refused before allocating: the workspace is touched at once, so a size past the machine's memory
+        // would be killed by the kernel rather than fail.
+        let workspaceBytes = UInt64(arenaCount) * 4
+        guard workspaceBytes <= ProcessInfo.processInfo.physicalMemory else {
+            throw Gemma3ModelError(String(format: "the workspace of %ld × %ld tokens needs %.1f GiB, more than this machine's %.1f GiB: use a smaller batch or sequence",
+                                          batchSize, sequenceLength, Double(workspaceBytes) / 1073741824,
+                                          Double(ProcessInfo.processInfo.physicalMemory) / 1073741824))
+        }
         arena = UnsafeMutableRawPointer.allocate(byteCount: arenaCount * 4, alignment: 64).bindMemory(to: Float.self, capacity: arenaCount)
         arena.initialize(repeating: 0, count: arenaCount)
         var carver = RegionCarver(block: arena, measuring: false)

@@ -277,6 +277,23 @@ struct GradientCase: CustomStringConvertible, Sendable {
         }
     }
 
+    /// Issue 18's probe: `train --batch-size 1000000000` aborted in the allocator; now a one-line error first.
+    @Test func absurdBatchesAreRefusedBeforeAllocating() throws {
+        let config = tinyConfig()
+        for (b, t) in [(1_000_000_000, 64), (Int.max / 2, 4), (1 << 20, 1 << 10)] {
+            #expect(throws: Gemma3ModelError.self) { _ = try Gemma3TrainingModel(config: config, batchSize: b, sequenceLength: t) }
+        }
+        // Within the token bound but past the machine's memory (a 262,144-token vocabulary's logits alone: 16 TiB).
+        var wide = tinyConfig(vocab: 262_144)
+        wide.maxPositionEmbeddings = 1 << 16
+        do {
+            _ = try Gemma3TrainingModel(config: wide, batchSize: 1 << 8, sequenceLength: 1 << 16)
+            Issue.record("a 16 TiB workspace was accepted")
+        } catch let e as Gemma3ModelError {
+            #expect("\(e)".contains("GiB") && !"\(e)".contains("\n"), "\(e)")
+        }
+    }
+
     @Test func badTokensAreRejected() throws {
         let model = try Gemma3TrainingModel(config: tinyConfig(), batchSize: 1, sequenceLength: 3)
         #expect(throws: Gemma3ModelError.self) { try model.forward(inputs: [1, 2], targets: nil) }
