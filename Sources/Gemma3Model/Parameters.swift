@@ -145,35 +145,34 @@ public final class ParameterStore: @unchecked Sendable {
     public func markModified() { generation &+= 1 }
 
     private var roundedCopy: (pointer: UnsafeMutablePointer<Float>, generation: UInt64)?
+    private var bfloat16Bits: (pointer: UnsafeMutablePointer<UInt16>, generation: UInt64)?
 
     /// Every value rounded to the nearest bfloat16 (ties to even), kept as float32, in the same layout:
     /// the weights the products read under bfloat16 mixed precision. Made on the first call after a
     /// change (`generation`), so once per optimizer step however many models and micro-batches read it.
     public func bfloat16Rounded() -> UnsafePointer<Float> {
-        if let copy = roundedCopy, copy.generation == generation { return UnsafePointer(copy.pointer) }
-        let copy = roundedCopy?.pointer ?? UnsafeMutableRawPointer.allocate(byteCount: max(1, count) * 4, alignment: 64)
-            .bindMemory(to: Float.self, capacity: max(1, count))
-        let src = UncheckedSendable(pointer), dst = UncheckedSendable(copy)
-        Parallel.chunks(max(1, count), minimumPerChunk: 1 << 16) { r in
-            NumberFormats.roundToBFloat16(from: src.value + r.lowerBound, into: dst.value + r.lowerBound, count: r.count)
-        }
-        roundedCopy = (copy, generation)
-        return UnsafePointer(copy)
+        derivedCopy(&roundedCopy) { NumberFormats.roundToBFloat16(from: $0, into: $1, count: $2) }
     }
-
-    private var bfloat16Bits: (pointer: UnsafeMutablePointer<UInt16>, generation: UInt64)?
 
     /// The values of `bfloat16Rounded()` as bfloat16 bits, in the same layout: the weights of native
     /// bfloat16 products (`BFloat16Products`). Made once per change, as `bfloat16Rounded()`.
     public func bfloat16Copy() -> UnsafePointer<UInt16> {
-        if let copy = bfloat16Bits, copy.generation == generation { return UnsafePointer(copy.pointer) }
-        let copy = bfloat16Bits?.pointer ?? UnsafeMutableRawPointer.allocate(byteCount: max(1, count) * 2, alignment: 64)
-            .bindMemory(to: UInt16.self, capacity: max(1, count))
-        let src = UncheckedSendable(pointer), dst = UncheckedSendable(copy)
-        Parallel.chunks(max(1, count), minimumPerChunk: 1 << 16) { r in
-            NumberFormats.convertToBFloat16(from: src.value + r.lowerBound, into: dst.value + r.lowerBound, count: r.count)
+        derivedCopy(&bfloat16Bits) { NumberFormats.convertToBFloat16(from: $0, into: $1, count: $2) }
+    }
+
+    /// `slot`'s copy, redone by `convert` (source, destination, count) over all cores when the values
+    /// changed since it was made; the buffer is allocated once and reused.
+    private func derivedCopy<T>(_ slot: inout (pointer: UnsafeMutablePointer<T>, generation: UInt64)?,
+                                _ convert: (UnsafePointer<Float>, UnsafeMutablePointer<T>, Int) -> Void) -> UnsafePointer<T> {
+        if let copy = slot, copy.generation == generation { return UnsafePointer(copy.pointer) }
+        let n = max(1, count)
+        let copy = slot?.pointer ?? UnsafeMutableRawPointer.allocate(byteCount: n * MemoryLayout<T>.stride, alignment: 64)
+            .bindMemory(to: T.self, capacity: n)
+        let src = UncheckedSendable(UnsafePointer(pointer)), dst = UncheckedSendable(copy)
+        Parallel.chunks(n, minimumPerChunk: 1 << 16) { r in
+            convert(src.value + r.lowerBound, dst.value + r.lowerBound, r.count)
         }
-        bfloat16Bits = (copy, generation)
+        slot = (copy, generation)
         return UnsafePointer(copy)
     }
 

@@ -19,3 +19,32 @@ public func gemma3Executable() throws -> URL {
     }
     throw MissingExecutable(description: "cannot find the gemma3 executable next to \(CommandLine.arguments[0]); set GEMMA3_BINARY")
 }
+
+/// Runs `executable` with `arguments` (and `environment` merged over this process's), writing `stdin`
+/// to it; returns its exit status, stdout and stderr. Both pipes are read concurrently so neither fills up.
+@discardableResult
+public func runProcess(_ executable: String, _ arguments: [String], environment: [String: String]? = nil,
+                       stdin: Data? = nil) throws -> (status: Int32, stdout: Data, stderr: Data) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: executable)
+    p.arguments = arguments
+    if let environment { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+    let out = Pipe(), err = Pipe(), input = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    p.standardInput = input
+    try p.run()
+    nonisolated(unsafe) var errData = Data()
+    let group = DispatchGroup()
+    group.enter()
+    DispatchQueue.global().async {
+        errData = err.fileHandleForReading.readDataToEndOfFile()
+        group.leave()
+    }
+    if let stdin { input.fileHandleForWriting.write(stdin) }
+    try input.fileHandleForWriting.close()
+    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    group.wait()
+    p.waitUntilExit()
+    return (p.terminationStatus, outData, errData)
+}

@@ -311,25 +311,8 @@ struct UnsupportedSchemaTests {
 
 /// Runs `gemma3 args…`; returns (exit status, stdout, stderr).
 private func runGemma3(_ args: [String]) throws -> (Int32, String, String) {
-    let p = Process()
-    p.executableURL = try gemma3Executable()
-    p.arguments = args
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    p.standardInput = FileHandle.nullDevice
-    try p.run()
-    nonisolated(unsafe) var errData = Data()
-    let group = DispatchGroup()
-    group.enter()
-    DispatchQueue.global().async {
-        errData = err.fileHandleForReading.readDataToEndOfFile()
-        group.leave()
-    }
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    group.wait()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    let r = try runProcess(try gemma3Executable().path, args)
+    return (r.status, String(decoding: r.stdout, as: UTF8.self), String(decoding: r.stderr, as: UTF8.self))
 }
 
 @Suite("Structured output: the command line", .serialized)

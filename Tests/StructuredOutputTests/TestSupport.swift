@@ -24,27 +24,8 @@ struct TestFailure: Error, CustomStringConvertible {
 
 /// Runs `python3 -c code args…` with `stdin`; returns (status, stdout, stderr).
 func python(_ code: String, _ arguments: [String] = [], stdin: Data = Data()) throws -> (Int32, String, String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["python3", "-c", code] + arguments
-    let out = Pipe(), err = Pipe(), input = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    p.standardInput = input
-    try p.run()
-    nonisolated(unsafe) var errData = Data()
-    let group = DispatchGroup()
-    group.enter()
-    DispatchQueue.global().async {
-        errData = err.fileHandleForReading.readDataToEndOfFile()
-        group.leave()
-    }
-    input.fileHandleForWriting.write(stdin)
-    try input.fileHandleForWriting.close()
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    group.wait()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    let r = try runProcess("/usr/bin/env", ["python3", "-c", code] + arguments, stdin: stdin)
+    return (r.status, String(decoding: r.stdout, as: UTF8.self), String(decoding: r.stderr, as: UTF8.self))
 }
 
 /// Validates every (schema index, text) pair with Python's `json` and `jsonschema` (Draft 2020-12);
