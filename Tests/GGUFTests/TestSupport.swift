@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3TestSupport
 
 /// The repository root, located from this source file.
 let repositoryRoot = URL(fileURLWithPath: #filePath)

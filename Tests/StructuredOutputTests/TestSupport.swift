@@ -1,4 +1,5 @@
 import Foundation
+import Gemma3TestSupport
 import Gemma3Kernels
 import Gemma3Model
 import Gemma3StructuredOutput
