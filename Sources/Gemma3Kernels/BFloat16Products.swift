@@ -91,6 +91,10 @@ public enum BFloat16Products {
 
     private static func makePlan(_ key: PlanKey) -> Plan? {
         guard let engine else { return nil }
+        // oneDNN fixes a primitive's blocking (and so the order of its float32 sums) for the calling
+        // thread's OpenMP thread count at creation: make every plan for the one thread it runs on, so
+        // a product's bits do not depend on which thread first asked for its shape.
+        BLAS.setOpenMPThreads?(1)
         // Logical A [m×k], B [k×n], C [m×n]; a transposed operand is the same storage read with swapped strides.
         func desc(_ rows: Int, _ cols: Int, ld: Int, transposed: Bool, type: dnnl_data_type_t) -> dnnl_memory_desc_t? {
             var d = dnnl_memory_desc_t()
