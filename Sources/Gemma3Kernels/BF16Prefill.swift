@@ -21,7 +21,13 @@ public enum PrefillPrecision: String, Sendable, CaseIterable {
     /// Whether bfloat16 prefill is the faster choice here: only where the bfloat16 dot products outrun
     /// float32 FMA clearly (≥ 1.5×); otherwise float32 products (oneDNN or OpenBLAS) are faster than our
     /// bfloat16 kernel (measured on the Intel Xeon: 637 vs 502 tokens/s for a 512-token Gemma 3 270M prefill).
-    public static var bfloat16IsFaster: Bool { bfloat16Supported && bfloat16DotSpeedup >= 1.5 }
+    ///
+    /// Decided from the CPU, not from `bfloat16DotSpeedup`: a timed probe lands on either side of the
+    /// threshold on a loaded machine, and two processes that choose differently compute different bits
+    /// (a bf16 training run resumed by another process diverged in CI). AMD's AVX-512 BF16 (Zen 4, Zen 5:
+    /// measured 1.7–2.1×) runs `vdpbf16ps` at the FMA's instruction rate, so at twice its FLOP rate;
+    /// Intel's (Cooper Lake to Emerald Rapids: measured 1.0×) at half, so no faster.
+    public static var bfloat16IsFaster: Bool { bfloat16Supported && gemma3_cpu_is_amd() != 0 }
 
     /// What `RuntimeSettings.current` chooses on this CPU: bfloat16 where it runs, else float32.
     public static var automatic: PrefillPrecision { RuntimeSettings.current.resolvedPrefill }

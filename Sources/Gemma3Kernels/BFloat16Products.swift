@@ -11,12 +11,13 @@ import Glibc
 /// float32 FMA; elsewhere it keeps float32 products of bfloat16-rounded inputs, which give the same
 /// values up to the order of the float32 sums.
 public enum BFloat16Products {
-    /// Whether native bfloat16 products pay on this CPU: oneDNN's kernels use AVX-512 BF16 or AMX, and a
-    /// `vdpbf16ps` reaches at least 1.5× the float32 FMA's FLOP rate (`PrefillPrecision.bfloat16DotSpeedup`;
-    /// ≈ 1.8 on AMD Zen 5, 1.0 on the Intel Xeon of this project's machines, where they would lose).
+    /// Whether native bfloat16 products pay on this CPU: oneDNN's kernels use AMX, or AVX-512 BF16 where
+    /// its dot products outrun float32 FMA (`PrefillPrecision.bfloat16IsFaster`: ≈ 1.8× on AMD Zen 5,
+    /// 1.0× on the Intel Xeon of this project's machines, where they would lose). Fixed for the CPU, so
+    /// every process on a machine computes the same bits.
     public static let pay: Bool = {
         let isa = dnnl_get_effective_cpu_isa()
-        return (isa == dnnl_cpu_isa_avx512_core_bf16 || isa == dnnl_cpu_isa_avx512_core_amx) && PrefillPrecision.bfloat16IsFaster
+        return isa == dnnl_cpu_isa_avx512_core_amx || (isa == dnnl_cpu_isa_avx512_core_bf16 && PrefillPrecision.bfloat16IsFaster)
     }()
 
     /// C[m×n] = alpha · op(A)[m×k] · op(B)[k×n] + beta · C, row-major as `BLAS.sgemm`, A and B holding

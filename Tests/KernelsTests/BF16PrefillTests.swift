@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import Gemma3Kernels
 
@@ -11,6 +12,18 @@ import Testing
     }
 
     func rounded(_ x: Float) -> Double { Double(NumberFormats.bf16ToFloat(NumberFormats.floatToBF16(x))) }
+
+    /// The choice must not be timed: processes that decide differently compute different bits (a
+    /// resumed bf16 training run diverged in CI while the probe sat near its old threshold).
+    @Test("bf16 prefill and native bf16 products are chosen by the CPU's vendor and features, as /proc/cpuinfo tells")
+    func bfloat16ChoiceFollowsTheCPU() throws {
+        let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        let flags = Set(cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").map(String.init) ?? [])
+        let amd = cpuinfo.contains("AuthenticAMD")
+        #expect(PrefillPrecision.bfloat16Supported == flags.contains("avx512_bf16"))
+        #expect(PrefillPrecision.bfloat16IsFaster == (flags.contains("avx512_bf16") && amd))
+        print("bf16 choice: vendor \(amd ? "AMD" : "other"), avx512_bf16 \(flags.contains("avx512_bf16")), probe \(PrefillPrecision.bfloat16DotSpeedup)×, native products \(BFloat16Products.pay)")
+    }
 
     @Test("bf16 panels: every output of odd shapes and strides equals the product of the rounded inputs")
     func panelsMatchRoundedProduct() {

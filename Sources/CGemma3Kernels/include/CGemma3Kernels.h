@@ -78,4 +78,7 @@ int gemma3_q8_gemv(int type, const void *data, long row_bytes, long row_begin, l
 /// 2 = AVX-512 (F, BW, VL, DQ), 1 = AVX2 with FMA, 0 = neither.
 int gemma3_cpu_vector_level(void);
 
+/// 1 on AMD processors (CPUID vendor "AuthenticAMD"), else 0.
+int gemma3_cpu_is_amd(void);
+
 #endif
