@@ -83,7 +83,7 @@ struct Endpoints: Sendable {
             }
             if withPieces {
                 return jsonResponse(["tokens": .array(ids.map { id in
-                    let bytes = model.tokenizer.bytes(of: id) ?? []
+                    let bytes = (model.tokenizer as? GemmaTokenizer)?.tokenBytes(id, special: true) ?? model.tokenizer.bytes(of: id) ?? []
                     let piece: JSONOutput = bytes.withUnsafeBufferPointer { firstInvalidUTF8Offset($0) == nil }
                         ? .string(String(decoding: bytes, as: UTF8.self)) : .array(bytes.map { .int(Int($0)) })
                     return ["id": .int(Int(id)), "piece": piece]
@@ -105,7 +105,12 @@ struct Endpoints: Sendable {
                 ids.append(TokenID(d))
             }
             let text: String
-            do { text = try model.tokenizer.text(of: ids) } catch { throw APIError.invalid("\(error)", param: "tokens") }
+            do {
+                // Control tokens are written out (`<start_of_turn>`), as llama-server does.
+                if let gemma = model.tokenizer as? GemmaTokenizer { text = try gemma.decodeToString(ids, special: true) } else {
+                    text = try model.tokenizer.text(of: ids)
+                }
+            } catch { throw APIError.invalid("\(error)", param: "tokens") }
             return jsonResponse(["content": .string(text)])
         }
     }
@@ -145,7 +150,7 @@ struct Endpoints: Sendable {
                 switch error {
                 case .queueFull:
                     throw APIError(status: 429, "the server is busy: \(scheduler.slotCount) slots in use and the queue is full; retry later",
-                                   type: "rate_limit_error", code: "queue_full", retryAfter: 1)
+                                   code: "queue_full", retryAfter: 1)
                 case .stopping:
                     throw APIError(status: 503, "the server is shutting down", type: "unavailable_error", code: "shutting_down")
                 }

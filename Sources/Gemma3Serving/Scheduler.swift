@@ -237,6 +237,7 @@ public final class Scheduler<Decoder: BatchDecoding>: GenerationScheduling, @unc
 
             prefillStep()
             decodeStep()
+            publishLoad()
         }
     }
 
