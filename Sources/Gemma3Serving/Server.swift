@@ -123,7 +123,8 @@ public final class GemmaServer: Sendable {
             router: router,
             configuration: ApplicationConfiguration(address: .hostname(host, port: configuration.port), serverName: "gemma3-swift"),
             onServerRunning: { channel in
-                onEvent(.listening(host: host, port: channel.localAddress?.port ?? 0))
+                // No address: the channel is already closing (a failed model load shuts down at once).
+                if let port = channel.localAddress?.port { onEvent(.listening(host: host, port: port)) }
             },
             logger: logger)
         let schedulerService = SchedulerService(state: state)
