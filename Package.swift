@@ -26,11 +26,19 @@ let package = Package(
         .library(name: "Gemma3Hub", targets: ["Gemma3Hub"]),
         .library(name: "Gemma3Plots", targets: ["Gemma3Plots"]),
         .library(name: "Gemma3Distributed", targets: ["Gemma3Distributed"]),
+        .library(name: "Gemma3Serving", targets: ["Gemma3Serving"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/weichsel/ZIPFoundation", from: "0.9.20"),
+        // gemma3 serve: HTTP on SwiftNIO, metrics in Prometheus' text format, graceful shutdown.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
     ],
     targets: [
         // OpenBLAS from Debian's libopenblas-dev (cblas_sgemm, openblas_set_num_threads).
@@ -87,13 +95,29 @@ let package = Package(
         .target(name: "Gemma3Plots", dependencies: ["CSystemZlib", "Gemma3Infrastructure", "Gemma3Training"], swiftSettings: cpuSettings),
         // Data-parallel training over Open MPI, libmpi loaded at run time (builds without MPI installed).
         .target(name: "Gemma3Distributed", dependencies: ["Gemma3Training"], swiftSettings: cpuSettings),
+        // The OpenAI-compatible HTTP server: continuous-batching scheduler over a `BatchDecoding`
+        // engine, the /v1 endpoints, Prometheus metrics (docs/serving.md).
+        .target(
+            name: "Gemma3Serving",
+            dependencies: [
+                "Gemma3Infrastructure", "Gemma3Tokenizers", "Gemma3Model",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: cpuSettings
+        ),
         // The command-line tool: a thin layer over the libraries.
         .executableTarget(
             name: "gemma3",
             dependencies: [
                 "Gemma3Infrastructure", "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Formats", "Gemma3Model", "Gemma3Training", "Gemma3Hub", "Gemma3Plots",
-                "Gemma3Distributed", "Gemma3StructuredOutput",
+                "Gemma3Distributed", "Gemma3StructuredOutput", "Gemma3Serving",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: cpuSettings
         ),
@@ -111,6 +135,8 @@ let package = Package(
         .testTarget(name: "StructuredOutputTests", dependencies: ["Gemma3TestSupport", "Gemma3StructuredOutput", "Gemma3Model", "Gemma3Tokenizers", "Gemma3Kernels"]),
         // The README's library examples, compiled and run.
         .testTarget(name: "ExamplesTests", dependencies: ["Gemma3Model", "Gemma3Training"]),
+        // gemma3 serve as a child process, driven by the official `openai` Python client.
+        .testTarget(name: "ServingTests", dependencies: ["Gemma3TestSupport", "Gemma3Model", "Gemma3Kernels"], exclude: ["Scripts"]),
         .testTarget(name: "GGUFTests", dependencies: ["Gemma3TestSupport", "Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Model"]),
     ]
 )

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system and Python packages the build and the tests need (Debian + PyPI).
 # Idempotent: does nothing when everything is already there.
-#   --reference-tools  also PyTorch + transformers (the autocast comparisons; CI passes it)
+#   --reference-tools  also PyTorch + transformers (the autocast comparisons) and the official
+#                      `openai` client (the gemma3 serve tests); CI passes it
 set -euo pipefail
 need_apt=()
 for p in libopenblas-dev libdnnl-dev zlib1g-dev openmpi-bin libopenmpi-dev pkg-config python3 python3-pip; do
@@ -33,4 +34,10 @@ if [ "${1:-}" = "--reference-tools" ] && ! python3 -c "import torch, transformer
     python3 -m pip install -q --disable-pip-version-check "$torch_spec" transformers 2>/dev/null \
         || python3 -m pip install -q --disable-pip-version-check --break-system-packages "$torch_spec" transformers \
         || echo "NOTICE: install-deps: torch/transformers could not be installed: the autocast comparisons will print NOTICE" >&2
+fi
+# With --reference-tools: the official OpenAI Python client, the real client of ServingTests.
+if [ "${1:-}" = "--reference-tools" ] && ! python3 -c "import openai" >/dev/null 2>&1; then
+    python3 -m pip install -q --disable-pip-version-check openai 2>/dev/null \
+        || python3 -m pip install -q --disable-pip-version-check --break-system-packages openai \
+        || echo "NOTICE: install-deps: openai could not be installed: ServingTests will fail" >&2
 fi

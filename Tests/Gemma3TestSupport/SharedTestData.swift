@@ -23,6 +23,10 @@ public enum TestPaths {
 public struct ProcessResult {
     public var status: Int32
     public var output: String
+    public init(status: Int32, output: String) {
+        self.status = status
+        self.output = output
+    }
 }
 
 /// Runs `python3 -c script args…` and returns its exit status and combined stdout + stderr.
