@@ -96,15 +96,17 @@ import Gemma3Formats
         (0..<n).map { _ in TokenID(rng.next() % UInt64(vocab)) }
     }
 
-    /// Eight slots on a model whose window (5) is far below the prompts: prompts cross prefill chunks
-    /// (chunk 16) and the window, one is long enough (270) for the decode attention over the full
-    /// layer to be split in parts; slots join and leave at different steps and are reused.
+    /// Eight slots on a model whose window (5 or 3) is far below the prompts: prompts cross prefill
+    /// chunks (chunk 16) and the window; the full layer's decode attention is split in parts for one
+    /// slot (270 positions) and not for the others (150 and fewer); slots join and leave at different
+    /// steps and are reused.
     @Test func eightSlotsMatchLoneEnginesBitForBitOnASmallModel() throws {
         for (window, kvHeads) in [(5, 2), (3, 1)] {
             let config = smallConfig(window: window, vocab: 300, kvHeads: kvHeads)
             let weights = try InferenceWeights(config: config, parameters: randomStore(config, seed: 71))
             var rng = SplitMix64(seed: 72)
-            let lengths = [1, 4, 16, 17, 33, 270, 9, 2]
+            // Full-layer keys of 1…255 (one attention part) and ≥ 256 (split in parts, merged) share steps.
+            let lengths = [1, 4, 16, 150, 33, 270, 9, 2]
             var visits = lengths.enumerated().map { s, n in
                 Visit(slot: s, join: [0, 0, 1, 3, 2, 0, 6, 9][s], prompt: randomPrompt(n, vocab: config.vocabSize, rng: &rng),
                       decodeSteps: [25, 12, 30, 8, 20, 15, 3, 18][s])
@@ -147,7 +149,7 @@ import Gemma3Formats
         _ = try InferenceEngine(weights: model.weights, maxContext: 64).prefill(Array(repeating: 2, count: 40))
         var rng = SplitMix64(seed: 91)
         let V = model.config.vocabSize
-        let visits = [(0, 0, 600, 6), (1, 0, 3, 12), (2, 1, 40, 8), (3, 2, 1, 10), (4, 0, 17, 4), (5, 3, 90, 7), (6, 5, 260, 5), (7, 0, 9, 3),
+        let visits = [(0, 0, 600, 6), (1, 0, 3, 12), (2, 1, 40, 8), (3, 2, 1, 10), (4, 0, 17, 4), (5, 3, 90, 7), (6, 5, 260, 5), (7, 0, 150, 3),
                       (4, 6, 25, 5)]
             .map { Visit(slot: $0.0, join: $0.1, prompt: randomPrompt($0.2, vocab: V, rng: &rng), decodeSteps: $0.3) }
         try runVisits(visits, weights: model.weights, slots: 8, context: 640, chunk: 512, seed: 92)
