@@ -118,6 +118,10 @@ extension PrefillCopyLinear {
         base.gemv(rows: rows, x: x, y: y)
     }
 
+    public func gemv(rows: Range<Int>, batch: Int, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
+        base.gemv(rows: rows, batch: batch, x: x, ldx: ldx, y: y, ldy: ldy)
+    }
+
     public func dequantize(rows: Range<Int>, into out: UnsafeMutablePointer<Float>) {
         base.dequantize(rows: rows, into: out)
     }

@@ -71,6 +71,17 @@ public enum GGMLDot {
             }
         }
 
+        /// A view of activations already quantized into `scratch` by `init(_:count:scratch:limit:)`
+        /// with the same `count` (batched products quantize each row once, then reuse it per tile).
+        @inlinable
+        public init(prepared scratch: UnsafeMutableRawPointer, count: Int) {
+            self.count = count
+            q = scratch.assumingMemoryBound(to: Int16.self)
+            scale = (scratch + count * 2).assumingMemoryBound(to: Float.self)
+            sum16 = (scratch + count * 2 + (count / 32) * 4).assumingMemoryBound(to: Int32.self)
+            blockSum = (scratch + count * 2 + (count / 32) * 4 + (count / 16) * 4).assumingMemoryBound(to: Float.self)
+        }
+
         /// Sum of q over the 32 values of block `b`.
         @inlinable @inline(__always) public func sum32(_ b: Int) -> Int32 { sum16[2 &* b] &+ sum16[2 &* b &+ 1] }
     }

@@ -26,6 +26,14 @@ public protocol LinearWeight: AnyObject, Sendable {
     /// Y[n × outFeatures] = X[n × inFeatures] · Wᵀ, with row strides `ldx` and `ldy`; uses all cores
     /// through `Parallel` (OpenBLAS itself single-threaded, see `ParallelGEMM`).
     func gemm(n: Int, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int)
+    /// Y[b, r] = Σ_j W[r, j] · X[b, j] for r in `rows` and b in 0..<batch (single-threaded; row b of
+    /// `x` starts at `x + b·ldx`, of `y` at `y + b·ldy`): the decode product of several sequences,
+    /// reading each weight once from memory for all of them.
+    ///
+    /// Every Y[b, r] must equal, bit for bit, what `gemv(rows:x:y:)` gives for X[b] alone, whatever
+    /// `rows` and `batch` are (batched decoding is then exactly single-sequence decoding). The default
+    /// (`Linear.tiledGemv`) guarantees it by calling `gemv(rows:x:y:)` on tiles of rows.
+    func gemv(rows: Range<Int>, batch: Int, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int)
 }
 
 extension LinearWeight {
@@ -50,6 +58,18 @@ extension LinearWeight {
                 a: x, lda: ldx, b: panel, ldb: cols, c: y + start, ldc: ldy)
             start += count
         }
+    }
+
+    /// The default batched product: `Linear.tiledGemv`.
+    public func gemv(rows: Range<Int>, batch: Int, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
+        Linear.tiledGemv(self, rows: rows, batch: batch, x: x, ldx: ldx, y: y, ldy: ldy)
+    }
+
+    /// Rows of this matrix per tile of a batched product (`Linear.batchTileBytes` of weights, at least one row).
+    @inlinable
+    public var batchTileRows: Int {
+        let rowBytes = max(1, storageBytes / max(1, outFeatures))
+        return max(1, Linear.batchTileBytes / rowBytes)
     }
 
     /// One row of W as float32 (an embedding lookup).
@@ -89,6 +109,94 @@ public enum Linear {
     @inlinable
     public static func gemv(_ weight: any LinearWeight, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         gemv([(weight, y)], x: x)
+    }
+
+    /// One matrix of a batched product: its output rows go to `y + b·ldy` for input row b.
+    public struct BatchedProduct: @unchecked Sendable {
+        public let weight: any LinearWeight
+        public let y: UnsafeMutablePointer<Float>
+        public let ldy: Int
+        public init(weight: any LinearWeight, y: UnsafeMutablePointer<Float>, ldy: Int) {
+            self.weight = weight
+            self.y = y
+            self.ldy = ldy
+        }
+    }
+
+    /// Y_i[b] = W_i · X[b] for several matrices that share the input rows (q/k/v, gate/up) and
+    /// `batch` rows of input `x` (row stride `ldx`), in one parallel region: as `gemv(_:x:)`, the rows
+    /// of all matrices are concatenated and split over the cores, and each core runs the batched
+    /// primitive on its range, so every weight is read once for the whole batch.
+    /// With `batch` 1 this is exactly `gemv(_:x:)`. Results do not depend on the split (see
+    /// `LinearWeight.gemv(rows:batch:x:ldx:y:ldy:)`).
+    public static func gemv(_ products: [BatchedProduct], batch: Int, x: UnsafePointer<Float>, ldx: Int) {
+        guard batch > 0 else { return }
+        var total = 0
+        for p in products { total += p.weight.outFeatures }
+        let items = UncheckedSendable(products)
+        let xs = UncheckedSendable(x)
+        // Each row costs `batch` dot products: smaller ranges still amortise a region's start.
+        Parallel.chunks(total, minimumPerChunk: max(16, 256 / batch)) { g in
+            var lo = g.lowerBound
+            let hi = g.upperBound
+            var base = 0
+            for p in items.value {
+                let end = base + p.weight.outFeatures
+                if lo < end && lo < hi {
+                    let upper = min(end, hi)
+                    let rows = (lo - base)..<(upper - base)
+                    if batch == 1 {
+                        p.weight.gemv(rows: rows, x: xs.value, y: p.y)
+                    } else {
+                        p.weight.gemv(rows: rows, batch: batch, x: xs.value, ldx: ldx, y: p.y, ldy: p.ldy)
+                    }
+                    lo = upper
+                }
+                base = end
+            }
+        }
+    }
+
+    /// Y[b] = W · X[b] for `batch` input rows, all rows of W split over the cores.
+    public static func gemv(_ weight: any LinearWeight, batch: Int, x: UnsafePointer<Float>, ldx: Int,
+                            y: UnsafeMutablePointer<Float>, ldy: Int) {
+        if batch == 1 {
+            gemv([(weight, y)], x: x)
+        } else {
+            gemv([BatchedProduct(weight: weight, y: y, ldy: ldy)], batch: batch, x: x, ldx: ldx)
+        }
+    }
+
+    /// Weight bytes per tile of a batched product: a tile is multiplied with every input row
+    /// before the next is read, so it should stay in L1/L2 between rows (32 KiB: the L1 data cache of
+    /// current x86 cores, with room left in L2 for the activations).
+    public static let batchTileBytes = 32 << 10
+
+    /// The batched product as single-row products on tiles of `batchTileRows` rows: the tile is read
+    /// from memory once and from cache for the other rows, and every value is `gemv(rows:x:y:)`'s.
+    @inlinable
+    public static func tiledGemv(_ weight: some LinearWeight, rows: Range<Int>, batch: Int, x: UnsafePointer<Float>, ldx: Int,
+                                 y: UnsafeMutablePointer<Float>, ldy: Int) {
+        guard !rows.isEmpty, batch > 0 else { return }
+        if batch == 1 {
+            weight.gemv(rows: rows, x: x, y: y)
+            return
+        }
+        tiled(rows: rows, batch: batch, tileRows: weight.batchTileRows) { t, b in
+            weight.gemv(rows: t, x: x + b * ldx, y: y + b * ldy)
+        }
+    }
+
+    /// The tiled batched product for kernels that take prepared activations: `prepare(b)` once per
+    /// input row (e.g. quantization), then `kernel(tile, b)` for every tile and row.
+    @inlinable
+    public static func tiled(rows: Range<Int>, batch: Int, tileRows: Int, _ kernel: (Range<Int>, Int) -> Void) {
+        var lo = rows.lowerBound
+        while lo < rows.upperBound {
+            let hi = min(rows.upperBound, lo + tileRows)
+            for b in 0..<batch { kernel(lo..<hi, b) }
+            lo = hi
+        }
     }
 }
 

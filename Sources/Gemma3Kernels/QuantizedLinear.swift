@@ -185,6 +185,71 @@ public final class QuantizedLinear: LinearWeight, @unchecked Sendable {
         }
     }
 
+    /// The batched product. Block formats quantize each input row once for the whole call (not once
+    /// per tile) and then run the single-row kernel on each tile for each row: the same activations
+    /// and the same kernel as `gemv(rows:x:y:)`, so the same values. Float formats and `.float` tile
+    /// the single-row product.
+    public func gemv(rows: Range<Int>, batch: Int, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
+        guard !rows.isEmpty, batch > 0 else { return }
+        if batch == 1 {
+            gemv(rows: rows, x: x, y: y)
+            return
+        }
+        switch type {
+        case .f32, .bf16, .f16:
+            Linear.tiledGemv(self, rows: rows, batch: batch, x: x, ldx: ldx, y: y, ldy: ldy)
+            return
+        default: break
+        }
+        if activations == .float {
+            Linear.tiledGemv(self, rows: rows, batch: batch, x: x, ldx: ldx, y: y, ldy: ldy)
+            return
+        }
+        let tile = batchTileRows
+        let (n, data, rowBytes, type) = (inFeatures, data, rowBytes, type)
+        if activations == .int8 && Self.int8Supported {
+            // Per row: n bytes, then block scales, block sums and half-block sums (5 floats a block).
+            let blocks = n / 32
+            let stride = (n + 5 * blocks * 4 + 63) & ~63
+            withUnsafeTemporaryAllocation(byteCount: batch * stride, alignment: 64) { raw in
+                let base = raw.baseAddress!
+                @inline(__always) func parts(_ b: Int) -> (UnsafeMutablePointer<Int8>, UnsafeMutablePointer<Float>) {
+                    let p = base + b * stride
+                    return (p.assumingMemoryBound(to: Int8.self), (p + n).assumingMemoryBound(to: Float.self))
+                }
+                for b in 0..<batch {
+                    let (qs, f) = parts(b)
+                    gemma3_quantize_q8_blocks(x + b * ldx, n, qs, f, f + blocks, f + 2 * blocks)
+                }
+                Linear.tiled(rows: rows, batch: batch, tileRows: tile) { t, b in
+                    let (qs, f) = parts(b)
+                    let status = gemma3_q8_gemv(Int32(type.rawValue), data, rowBytes, t.lowerBound, t.upperBound,
+                                                qs, f, f + blocks, f + 2 * blocks, blocks, y + b * ldy)
+                    precondition(status == 0, "no 8-bit kernel for \(type.name)")
+                }
+            }
+            return
+        }
+        let stride = (GGMLDot.QuantizedActivations.scratchBytes(count: n) + 63) & ~63
+        withUnsafeTemporaryAllocation(byteCount: batch * stride, alignment: 64) { raw in
+            let base = raw.baseAddress!
+            // The scratch layout is fixed by `count`, so each row's view is rebuilt without requantizing.
+            for b in 0..<batch { _ = GGMLDot.QuantizedActivations(x + b * ldx, count: n, scratch: base + b * stride) }
+            Linear.tiled(rows: rows, batch: batch, tileRows: tile) { t, b in
+                let xq = GGMLDot.QuantizedActivations(prepared: base + b * stride, count: n)
+                let yb = y + b * ldy
+                switch type {
+                case .q8_0: GGMLDot.q8_0(data, rowBytes: rowBytes, rows: t, x: xq, y: yb)
+                case .q4_0: GGMLDot.q4_0(data, rowBytes: rowBytes, rows: t, x: xq, y: yb)
+                case .q5_0: GGMLDot.q5_0(data, rowBytes: rowBytes, rows: t, x: xq, y: yb)
+                case .q4_K: GGMLDot.q4_K(data, rowBytes: rowBytes, rows: t, x: xq, y: yb)
+                case .q6_K: GGMLDot.q6_K(data, rowBytes: rowBytes, rows: t, x: xq, y: yb)
+                default: break  // excluded by checkShape
+                }
+            }
+        }
+    }
+
     /// Quantizes x to 8 bits per block (stack buffers), then the VNNI kernel over the packed rows.
     private func gemvInt8(rows: Range<Int>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         let n = inFeatures, blocks = inFeatures / 32

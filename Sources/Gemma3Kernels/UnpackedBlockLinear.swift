@@ -136,6 +136,37 @@ public final class UnpackedBlockLinear: LinearWeight, @unchecked Sendable {
         }
     }
 
+    /// The batched product: each input row quantized once for the whole call, then the single-row
+    /// kernel per tile and row (the values of `gemv(rows:x:y:)`).
+    public func gemv(rows: Range<Int>, batch: Int, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
+        guard !rows.isEmpty, batch > 0 else { return }
+        if batch == 1 {
+            gemv(rows: rows, x: x, y: y)
+            return
+        }
+        if activations == .float {
+            Linear.tiledGemv(self, rows: rows, batch: batch, x: x, ldx: ldx, y: y, ldy: ldy)
+            return
+        }
+        let (n, data, rowBytes, type) = (inFeatures, UnsafeRawPointer(self.data), self.rowBytes, sourceType)
+        let stride = (GGMLDot.QuantizedActivations.scratchBytes(count: n) + 63) & ~63
+        withUnsafeTemporaryAllocation(byteCount: batch * stride, alignment: 64) { raw in
+            let base = raw.baseAddress!
+            for b in 0..<batch {
+                _ = GGMLDot.QuantizedActivations(x + b * ldx, count: n, scratch: base + b * stride, limit: GGMLDot.highByteLimit)
+            }
+            Linear.tiled(rows: rows, batch: batch, tileRows: batchTileRows) { t, b in
+                let xq = GGMLDot.QuantizedActivations(prepared: base + b * stride, count: n)
+                let yb = y + b * ldy
+                switch type {
+                case .q4_K: GGMLDot.unpackedQ4_K(data, rowBytes: rowBytes, rows: t, x: xq, y: yb)
+                case .q6_K: GGMLDot.unpackedQ6_K(data, rowBytes: rowBytes, rows: t, x: xq, y: yb)
+                default: GGMLDot.unpackedQ8(data, rowBytes: rowBytes, rows: t, x: xq, y: yb)
+                }
+            }
+        }
+    }
+
     public func dequantize(rows: Range<Int>, into out: UnsafeMutablePointer<Float>) {
         packed.dequantize(rows: rows, into: out)
     }

@@ -50,3 +50,17 @@ func argmax(_ x: ArraySlice<Float>) -> Int {
     for i in x.indices where x[i] > x[best] { best = i }
     return best - x.startIndex
 }
+
+/// The real Gemma 3 270M GGUF: $GEMMA3_GGUF, else the `gemma3 download gemma3-270m` cache path.
+let realModelPath: String? = {
+    let env = ProcessInfo.processInfo.environment
+    let candidates: [String?] = [env["GEMMA3_GGUF"],
+                                 FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/gemma3/gemma-3-270m-q4_k_m.gguf").path]
+    return candidates.compactMap { $0 }.first { FileManager.default.fileExists(atPath: $0) }
+}()
+
+/// Whether two sequences of floats hold the same bits. Takes copies (arrays, slices), not engine
+/// buffers: those live only as long as their engine, which the optimizer may release after its last use.
+func bitsEqual<A: Collection<Float>, B: Collection<Float>>(_ a: A, _ b: B) -> Bool {
+    a.count == b.count && zip(a, b).allSatisfy { $0.bitPattern == $1.bitPattern }
+}
