@@ -56,11 +56,14 @@ public enum ServerEvent: Sendable {
     case modelLoaded(ServedModel, seconds: Double)
 }
 
-/// The engine behind the scheduler. `SequentialBatchDecoder` until a batched engine lands; the
-/// switch is this one line.
-func makeBatchDecoder(model: LanguageModel, slots: Int, context: Int, prefillChunk: Int) throws -> SequentialBatchDecoder {
-    try SequentialBatchDecoder(weights: model.weights, slots: slots, context: context, prefillChunk: prefillChunk)
+/// The engine behind the scheduler.
+func makeBatchDecoder(model: LanguageModel, slots: Int, context: Int, prefillChunk: Int) throws -> BatchedEngine {
+    try BatchedEngine(weights: model.weights, slots: slots, context: context, prefillChunk: prefillChunk)
 }
+
+/// The model's continuous-batching engine: one decode step reads every weight once for all slots,
+/// and each slot's numbers are those of a lone `InferenceEngine` (batch-invariant).
+extension BatchedEngine: BatchDecoding {}
 
 /// The model's state as the endpoints see it.
 final class ServingState: @unchecked Sendable {
