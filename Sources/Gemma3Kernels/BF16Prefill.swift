@@ -130,9 +130,11 @@ extension PrefillCopyLinear {
 /// A `LinearWeight` whose batched products (`gemm`) run in bfloat16 (`BF16Panels`) while decoding
 /// (`gemv`) and row lookups use the wrapped weight unchanged.
 ///
-/// The panels are built on the first product of at least `minimumTokensToBuild` tokens (building
-/// costs about as much as a few float32 prefills, so a short prompt alone does not pay for it);
-/// until then short products use the wrapped weight's float32 path.
+/// Products of at least `minimumTokensToBuild` tokens run on the panels (built by the first of
+/// them: building costs about as much as a few float32 prefills, so short prompts do not pay for
+/// it); shorter products always use the wrapped weight's float32 path, built or not, so a product's
+/// numbers depend on its size only, never on what ran before (a server's answer must not change
+/// with the requests it served earlier).
 public final class BF16PrefillLinear: PrefillCopyLinear, @unchecked Sendable {
     public let base: any LinearWeight
     private let panels = Mutex<BF16Panels?>(nil)
@@ -158,9 +160,8 @@ public final class BF16PrefillLinear: PrefillCopyLinear, @unchecked Sendable {
     public static let minimumTokensToBuild = 32
 
     public func gemm(n: Int, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
-        let ready: BF16Panels? = n >= Self.minimumTokensToBuild ? bf16Panels : panels.withLock { $0 }
-        if let ready {
-            ready.gemm(n: n, x: x, ldx: ldx, y: y, ldy: ldy)
+        if n >= Self.minimumTokensToBuild {
+            bf16Panels.gemm(n: n, x: x, ldx: ldx, y: y, ldy: ldy)
         } else {
             base.gemm(n: n, x: x, ldx: ldx, y: y, ldy: ldy)
         }
@@ -169,7 +170,8 @@ public final class BF16PrefillLinear: PrefillCopyLinear, @unchecked Sendable {
 
 /// A block-format weight with a float32 copy for batched products (prefill): built once, on the first
 /// product of at least `minimumTokensToBuild` tokens, then every such product is one `sgemm` on it
-/// (the default `gemm` dequantizes a panel of rows into a fresh buffer on every call). Decoding
+/// (the default `gemm` dequantizes a panel of rows into a fresh buffer on every call). Shorter
+/// products always take the default path, so results depend on a product's size only. Decoding
 /// (`gemv`) and row lookups use the wrapped weight unchanged. Costs 4 bytes per weight once built.
 public final class Float32PrefillLinear: PrefillCopyLinear, @unchecked Sendable {
     public let base: any LinearWeight
@@ -198,7 +200,7 @@ public final class Float32PrefillLinear: PrefillCopyLinear, @unchecked Sendable 
     }
 
     public func gemm(n: Int, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
-        guard n >= Self.minimumTokensToBuild || copy.withLock({ $0 != nil }) else {
+        guard n >= Self.minimumTokensToBuild else {
             base.gemm(n: n, x: x, ldx: ldx, y: y, ldy: ldy)
             return
         }

@@ -145,8 +145,8 @@ public enum GGUFGemma3 {
     /// `prefill` chooses the arithmetic of batched products (prompts, several tokens at once): with
     /// `.bfloat16` on a CPU that has AVX-512 BF16, the layer matrices stored in block formats
     /// (Q4_0 … Q8_0, Q4_K, Q6_K) or BF16 get a bfloat16 copy for those products (`BF16PrefillLinear`,
-    /// built by the first product of ≥ 32 tokens; shorter products use float32 until then, so results
-    /// can depend on earlier calls). Otherwise (`.float32`, or F16 matrices) non-F32 layer matrices get a
+    /// built by the first product of ≥ 32 tokens; shorter products always use float32, so results
+    /// depend on a product's size only, never on earlier calls). Otherwise (`.float32`, or F16 matrices) non-F32 layer matrices get a
     /// float32 copy for batched products, built the same way (`Float32PrefillLinear`; 4 bytes a weight,
     /// one sgemm per product instead of dequantizing on every call). F32 matrices, decoding and the LM head always stay as
     /// they are, and `activations: .float` (exact arithmetic on the stored weights) keeps float32

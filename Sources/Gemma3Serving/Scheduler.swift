@@ -2,6 +2,20 @@ import Foundation
 import Gemma3Model
 import Gemma3Tokenizers
 
+/// How much of a slot's cached tokens a new request may reuse.
+public enum PromptCacheMode: String, Sendable, CaseIterable {
+    /// Only whole prefill chunks that the slot computed by prefill at chunk-aligned positions: a
+    /// fresh run computes exactly those chunks the same way, so a reply is bit for bit the reply
+    /// without the cache (`gemma3 generate`'s). Reuse starts once a prompt passes one chunk.
+    case exact
+    /// The longest shared prefix, as llama-server: fastest, but positions computed by decode or in
+    /// other chunks are not recomputed, so a reply may differ from the uncached one in the last bits
+    /// (and, rarely, in its tokens).
+    case prefix
+    /// Never reuse.
+    case off
+}
+
 /// What the HTTP layer sees of a scheduler, whatever its engine type.
 public protocol GenerationScheduling: AnyObject, Sendable {
     /// Queues a generation. Its events arrive on the returned stream; `cancel` (or dropping the
@@ -70,6 +84,9 @@ public final class Scheduler<Decoder: BatchDecoding>: GenerationScheduling, @unc
     private struct Slot {
         /// The tokens in this slot's cache, in order.
         var tokens: [TokenID] = []
+        /// Leading positions written by full prefill chunks at chunk-aligned positions (the part
+        /// `PromptCacheMode.exact` may reuse).
+        var exactLength = 0
         var job: Job?
         var lastUsed: UInt64 = 0
     }
@@ -117,8 +134,13 @@ public final class Scheduler<Decoder: BatchDecoding>: GenerationScheduling, @unc
     ///   - tokenizer: turns generated ids into text (the model's).
     ///   - maxQueue: most requests waiting for a slot (≥ 0).
     ///   - observer: receives load, time-to-first-token and token counts.
-    public init(decoder: Decoder, tokenizer: any TextTokenizer, maxQueue: Int, observer: (any SchedulerObserver)? = nil) {
+    /// What a new request may reuse of a slot's cache.
+    public let promptCache: PromptCacheMode
+
+    public init(decoder: Decoder, tokenizer: any TextTokenizer, maxQueue: Int, promptCache: PromptCacheMode = .exact,
+                observer: (any SchedulerObserver)? = nil) {
         self.decoder = decoder
+        self.promptCache = promptCache
         self.tokenizer = tokenizer
         self.maxQueue = max(0, maxQueue)
         self.contextLength = decoder.contextLength
@@ -272,8 +294,21 @@ public final class Scheduler<Decoder: BatchDecoding>: GenerationScheduling, @unc
     private func admit(_ job: Job) {
         let prompt = job.request.promptTokens
         // Free slots, longest shared prefix first, least recently used first on ties.
+        let chunk = decoder.prefillChunk
+        func reusable(_ s: Int) -> Int {
+            guard job.request.cachePrompt else { return 0 }
+            switch promptCache {
+            case .off: return 0
+            case .prefix: return Self.commonPrefix(slots[s].tokens, prompt)
+            case .exact:
+                // Whole aligned chunks only, and never the chunk that holds the last prompt token
+                // (it is fed again for its logits, so it must be computed as a fresh run would).
+                let shared = min(Self.commonPrefix(slots[s].tokens, prompt), slots[s].exactLength, prompt.count - 1)
+                return shared / chunk * chunk
+            }
+        }
         let candidates = slots.indices.filter { slots[$0].job == nil }
-            .map { s in (slot: s, shared: job.request.cachePrompt ? Self.commonPrefix(slots[s].tokens, prompt) : 0) }
+            .map { s in (slot: s, shared: reusable(s)) }
             .sorted { $0.shared != $1.shared ? $0.shared > $1.shared : slots[$0.slot].lastUsed < slots[$1.slot].lastUsed }
         precondition(!candidates.isEmpty, "admitted without a free slot")
         // The first slot that can keep its shared prefix (an engine may refuse some rewinds, and
@@ -291,6 +326,7 @@ public final class Scheduler<Decoder: BatchDecoding>: GenerationScheduling, @unc
             // A refused rewind may still have shortened the cache.
             let kept = min(decoder.cachedLength(slot: c.slot), slots[c.slot].tokens.count)
             slots[c.slot].tokens.removeLast(slots[c.slot].tokens.count - kept)
+            slots[c.slot].exactLength = min(slots[c.slot].exactLength, kept / chunk * chunk)
         }
         if best < 0 {
             best = candidates.min { slots[$0.slot].lastUsed < slots[$1.slot].lastUsed }!.slot
@@ -298,6 +334,7 @@ public final class Scheduler<Decoder: BatchDecoding>: GenerationScheduling, @unc
             reuse = 0
         }
         slots[best].tokens.removeLast(slots[best].tokens.count - reuse)
+        slots[best].exactLength = min(slots[best].exactLength, reuse / chunk * chunk)
         slots[best].job = job
         job.slot = best
         job.fed = reuse
@@ -321,6 +358,10 @@ public final class Scheduler<Decoder: BatchDecoding>: GenerationScheduling, @unc
         let last = end == prompt.count
         do {
             let logits = try decoder.prefill(slot: job.slot, tokens: chunk, wantsLogits: last)
+            // A full chunk at an aligned position after exact positions extends them.
+            if job.fed == slots[job.slot].exactLength && job.fed % decoder.prefillChunk == 0 && chunk.count == decoder.prefillChunk {
+                slots[job.slot].exactLength = end
+            }
             slots[job.slot].tokens += chunk
             job.fed = end
             if last {

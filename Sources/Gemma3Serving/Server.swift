@@ -24,6 +24,8 @@ public struct ServerConfiguration: Sendable {
     public var maxBodyBytes: Int
     /// Prompt tokens per prefill step (one chunk per scheduler iteration).
     public var prefillChunk: Int
+    /// What a request may reuse of a slot's cached tokens (`exact` keeps replies bit-identical to uncached ones).
+    public var promptCache: PromptCacheMode
     /// After SIGTERM/SIGINT, how long in-flight requests may run before they are cancelled.
     public var shutdownGracePeriod: Duration
     /// The model name `/v1/models` lists.
@@ -32,7 +34,7 @@ public struct ServerConfiguration: Sendable {
     public var logger: Logger?
 
     public init(host: String = "127.0.0.1", port: Int = 8080, parallel: Int = 4, context: Int? = nil, apiKey: String? = nil,
-                maxQueue: Int = 64, maxBodyBytes: Int = 1 << 20, prefillChunk: Int = 512, shutdownGracePeriod: Duration = .seconds(10),
+                maxQueue: Int = 64, maxBodyBytes: Int = 1 << 20, prefillChunk: Int = 512, promptCache: PromptCacheMode = .exact, shutdownGracePeriod: Duration = .seconds(10),
                 modelID: String, logger: Logger? = nil) {
         self.host = host
         self.port = port
@@ -42,6 +44,7 @@ public struct ServerConfiguration: Sendable {
         self.maxQueue = maxQueue
         self.maxBodyBytes = maxBodyBytes
         self.prefillChunk = prefillChunk
+        self.promptCache = promptCache
         self.shutdownGracePeriod = shutdownGracePeriod
         self.modelID = modelID
         self.logger = logger
@@ -58,7 +61,10 @@ public enum ServerEvent: Sendable {
 
 /// The engine behind the scheduler.
 func makeBatchDecoder(model: LanguageModel, slots: Int, context: Int, prefillChunk: Int) throws -> BatchedEngine {
-    try BatchedEngine(weights: model.weights, slots: slots, context: context, prefillChunk: prefillChunk)
+    // Spare ring rows for rewinds: a chunk plus an answer of up to 512 tokens (reuse past that
+    // recomputes the prompt).
+    try BatchedEngine(weights: model.weights, slots: slots, context: context, prefillChunk: prefillChunk,
+                      rewindLimit: min(context, prefillChunk + 512))
 }
 
 /// The model's continuous-batching engine: one decode step reads every weight once for all slots,
@@ -170,7 +176,8 @@ public final class GemmaServer: Sendable {
                 }
                 let decoder = try makeBatchDecoder(model: model, slots: configuration.parallel, context: context,
                                                    prefillChunk: configuration.prefillChunk)
-                let scheduler = Scheduler(decoder: decoder, tokenizer: model.tokenizer, maxQueue: configuration.maxQueue, observer: metrics)
+                let scheduler = Scheduler(decoder: decoder, tokenizer: model.tokenizer, maxQueue: configuration.maxQueue,
+                                          promptCache: configuration.promptCache, observer: metrics)
                 let served = ServedModel(id: configuration.modelID, tokenizer: model.tokenizer, stopTokens: model.stopTokens,
                                          contextLength: decoder.contextLength, created: Int(Date().timeIntervalSince1970))
                 scheduler.start()

@@ -47,6 +47,9 @@ struct ServeCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: "Prompt tokens per prefill step (a new prompt holds up decoding for at most one step).")
     var prefillChunk = 512
 
+    @Option(help: ArgumentHelp("What a request may reuse of a slot's cached tokens: exact (whole prefill chunks: replies bit-identical to uncached ones), prefix (the longest shared prefix, as llama-server; replies may differ in the last bits), off.", valueName: "exact|prefix|off"))
+    var promptCache: PromptCacheMode = .exact
+
     @Option(parsing: .unconditional, help: "Worker threads of the compute pool (default: GEMMA3_THREADS, else every core).")
     var threads: Int?
 
@@ -75,7 +78,7 @@ struct ServeCommand: ParsableCommand {
         let name = URL(fileURLWithPath: model).standardizedFileURL.lastPathComponent
         let configuration = ServerConfiguration(
             host: host, port: port, parallel: parallel, context: context, apiKey: apiKey, maxQueue: queue,
-            maxBodyBytes: maxBodyBytes, prefillChunk: prefillChunk, modelID: name, logger: logger)
+            maxBodyBytes: maxBodyBytes, prefillChunk: prefillChunk, promptCache: promptCache, modelID: name, logger: logger)
         let path = model
         let server = GemmaServer(configuration: configuration) { try loadModel(path) }
         let done = DispatchSemaphore(value: 0)
@@ -109,3 +112,5 @@ private final class ServeFailure: @unchecked Sendable {
     func set(_ e: any Error) { lock.lock(); stored = e; lock.unlock() }
     var error: (any Error)? { lock.lock(); defer { lock.unlock() }; return stored }
 }
+
+extension PromptCacheMode: ExpressibleByArgument {}

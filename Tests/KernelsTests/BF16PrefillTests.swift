@@ -81,7 +81,8 @@ import Testing
             viaWrapper.withUnsafeMutableBufferPointer { wrapped.gemm(n: n, x: xp, ldx: inp, y: $0.baseAddress!, ldy: out) }
         }
         #expect(viaWrapper == viaPanels)
-        // Fewer tokens than the threshold: float32 before the panels exist, the panels after.
+        // Fewer tokens than the threshold: float32, before the panels exist and after (a product's
+        // numbers must not depend on what ran before it).
         let fresh = BF16PrefillLinear(base)
         var short = [Float](repeating: 0, count: 2 * out), shortExact = short, shortPanels = short
         x.withUnsafeBufferPointer { xb in
@@ -92,7 +93,7 @@ import Testing
             _ = fresh.bf16Panels
             short.withUnsafeMutableBufferPointer { fresh.gemm(n: 2, x: xp, ldx: inp, y: $0.baseAddress!, ldy: out) }
             shortPanels.withUnsafeMutableBufferPointer { fresh.bf16Panels.gemm(n: 2, x: xp, ldx: inp, y: $0.baseAddress!, ldy: out) }
-            #expect(short == shortPanels && short != shortExact)
+            #expect(short == shortExact && short != shortPanels)
         }
         // bfloat16 rounding of both operands: well under 1% of the output scale, but not exact.
         let scale = exact.map { abs($0) }.max()!

@@ -68,13 +68,17 @@ lp = r.choices[0].logprobs
 out["logprobs"] = {"tokens": lp.tokens, "token_logprobs": lp.token_logprobs, "top": [len(t) for t in lp.top_logprobs],
                    "top_first": [max(t.values()) for t in lp.top_logprobs]}
 
-# Prompt cache: a request whose prompt extends the previous one's reuses its slot's tokens.
-long_ids = ids * 6
+# Prompt cache (exact mode, 512-token prefill chunks): a request whose prompt extends the previous
+# one's reuses its slot's whole prefill chunks, and answers bit for bit as without the cache.
+long_ids = (ids * (600 // len(ids) + 1))[:600]
 r1 = client.completions.create(model=model, prompt=long_ids, max_tokens=1, temperature=0)
-r2 = client.completions.create(model=model, prompt=long_ids + ids, max_tokens=1, temperature=0)
-r3 = client.completions.create(model=model, prompt=long_ids + ids, max_tokens=1, temperature=0, extra_body={"cache_prompt": False})
+r2 = client.completions.create(model=model, prompt=long_ids + ids, max_tokens=4, temperature=0, logprobs=2, extra_body={"ignore_eos": True})
+r3 = client.completions.create(model=model, prompt=long_ids + ids, max_tokens=4, temperature=0, logprobs=2,
+                               extra_body={"cache_prompt": False, "ignore_eos": True})
 out["cache"] = {"first": r1.usage.prompt_tokens_details.cached_tokens, "second": r2.usage.prompt_tokens_details.cached_tokens,
-                "second_prompt": r2.usage.prompt_tokens, "long": len(long_ids), "disabled": r3.usage.prompt_tokens_details.cached_tokens}
+                "second_prompt": r2.usage.prompt_tokens, "long": len(long_ids), "disabled": r3.usage.prompt_tokens_details.cached_tokens,
+                "same_text": int(r2.choices[0].text == r3.choices[0].text),
+                "same_logprobs": int(r2.choices[0].logprobs.token_logprobs == r3.choices[0].logprobs.token_logprobs)}
 
 # Continuous batching changes nothing: concurrent greedy requests (more than the slots, mixed
 # streamed and not) give what each gives alone.
