@@ -274,7 +274,7 @@ private func errorObject(_ body: Any?) -> [String: Any]? {
             return
         }
         let completionPrompt = "The capital of France is"
-        let server = try ServerProcess(model: gguf, arguments: ["--parallel", "2", "--context", "1024"])
+        let server = try ServerProcess(model: gguf, arguments: ["--parallel", "8", "--context", "1024"])
         let r = try scriptJSON(try runClientScript("chat_client.py", [server.baseURL, completionPrompt]))
         let stopped = server.stop()
         #expect(stopped.exited && stopped.status == 0, "\(server.stderr)")
@@ -321,5 +321,9 @@ private func errorObject(_ body: Any?) -> [String: Any]? {
         let completion = try #require(r["completion"] as? [String: Any])
         #expect(completion["text"] as? String == reference["text"] as? String)
         #expect(((completion["usage"] as? [String: Any])?["prompt_tokens"] as? Int) == (reference["prompt_ids"] as? [Int])?.count)
+        // Eight concurrent greedy requests give token for token what each gives alone.
+        let batching = try #require(r["batching"] as? [String: [String]])
+        #expect(batching["together"] == batching["alone"])
+        #expect(Set(batching["alone"] ?? []).count == 8)
     }
 }

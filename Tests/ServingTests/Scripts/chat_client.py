@@ -46,4 +46,23 @@ text = "<start_of_turn>user\nHi<end_of_turn>"
 ids = rawhttp.post(base + "/tokenize", json={"content": text}).json()["tokens"]
 out["tokenize"] = {"ids": ids, "back": rawhttp.post(base + "/detokenize", json={"tokens": ids}).json()["content"],
                    "pieces": rawhttp.post(base + "/tokenize", json={"content": text, "with_pieces": True}).json()["tokens"]}
+# Eight concurrent greedy requests (as many as the slots, half streamed) give token for token what
+# each gives alone: the batched decode is batch-invariant on the quantized model too.
+import threading
+prompts = [prompt, "Once upon a time", "The best way to learn", "def fibonacci(n):", "Water boils at",
+           "My favourite colour is", "In 1969, the first", "A list of fruits:"]
+def alone(p):
+    return client.completions.create(model=model, prompt=p, max_tokens=12, temperature=0, extra_body={"ignore_eos": True}).choices[0].text
+expected = [alone(p) for p in prompts]
+together = [None] * len(prompts)
+def run(i):
+    if i % 2:
+        together[i] = "".join(ch.choices[0].text for ch in client.completions.create(
+            model=model, prompt=prompts[i], max_tokens=12, temperature=0, stream=True, extra_body={"ignore_eos": True}) if ch.choices)
+    else:
+        together[i] = alone(prompts[i])
+threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+for t in threads: t.start()
+for t in threads: t.join()
+out["batching"] = {"alone": expected, "together": together}
 print(json.dumps(out))
