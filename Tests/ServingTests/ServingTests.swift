@@ -264,6 +264,31 @@ private func errorObject(_ body: Any?) -> [String: Any]? {
         #expect(before > 0 && after - before < 32 * 1024, "RSS grew from \(before) to \(after) KiB")
     }
 
+    /// `gemma3 bench serve --json` starts the server itself, measures every level and prints one
+    /// JSON object with the figures (llama-server is measured only where the caller names one).
+    @Test func benchServePrintsOneJSONObject() throws {
+        let model = try TinyServingModel()
+        let run = try runProcess(try gemma3Executable().path, ["bench", "serve", "--model", model.url.path, "--concurrency", "1,2",
+                                                               "--rounds", "2", "--prompt-tokens", "8", "--answer-tokens", "4",
+                                                               "--parallel", "2", "--context", "128", "--threads", "1", "--json"])
+        #expect(run.status == 0, "\(String(decoding: run.stderr, as: UTF8.self))")
+        let object = try #require(try JSONSerialization.jsonObject(with: run.stdout) as? [String: Any])
+        let servers = try #require(object["servers"] as? [[String: Any]])
+        #expect(servers.count == 1 && servers[0]["name"] as? String == "gemma3 serve")
+        let levels = try #require(servers[0]["levels"] as? [[String: Any]])
+        #expect(levels.map { $0["concurrency"] as? Int } == [1, 2])
+        for level in levels {
+            #expect((level["aggregate_tokens_per_second"] as? Double ?? 0) > 0)
+            #expect((level["ttft_p50_seconds"] as? Double ?? 0) > 0)
+            #expect(level["tokens_per_request"] as? Double == 4, "ignore_eos: every answer has --answer-tokens tokens")
+            #expect(level["requests"] as? Int == 2 * (level["concurrency"] as? Int ?? 0))
+        }
+        #expect((object["host_cpu"] as? String)?.isEmpty == false)
+        // A concurrency above the slots is refused with one line.
+        let bad = try runProcess(try gemma3Executable().path, ["bench", "serve", "--model", model.url.path, "--concurrency", "4", "--parallel", "2"])
+        #expect(bad.status != 0 && String(decoding: bad.stderr, as: UTF8.self).contains("exceeds --parallel"))
+    }
+
     @Test func chatOnTheRealModel() throws {
         guard let gguf = realGGUF else {
             print("NOTICE: ~/.cache/gemma3/gemma-3-270m-q4_k_m.gguf is absent (scripts/fetch-test-artefacts.sh): chat through gemma3 serve was not tested")
