@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system and Python packages the build and the tests need (Debian + PyPI).
 # Idempotent: does nothing when everything is already there.
-#   --reference-tools  also PyTorch + transformers (the autocast comparisons) and the official
-#                      `openai` client (the gemma3 serve tests); CI passes it
+#   --reference-tools  also PyTorch + transformers (the autocast comparisons); CI passes it
 set -euo pipefail
 need_apt=()
 for p in libopenblas-dev libdnnl-dev zlib1g-dev openmpi-bin libopenmpi-dev pkg-config python3 python3-pip; do
@@ -20,10 +19,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 # tiktoken is the independent reference the tokenizer tests compare against; numpy and
 # safetensors check that the files we write are readable by the Python ecosystem; jsonschema
-# validates the structured-output tests' generations.
-if ! python3 -c "import tiktoken, numpy, safetensors, jsonschema" >/dev/null 2>&1; then
-    python3 -m pip install -q --disable-pip-version-check tiktoken numpy safetensors jsonschema 2>/dev/null \
-        || python3 -m pip install -q --disable-pip-version-check --break-system-packages tiktoken numpy safetensors jsonschema
+# validates the structured-output tests' generations; the official `openai` client is the real
+# client of the gemma3 serve tests.
+if ! python3 -c "import tiktoken, numpy, safetensors, jsonschema, openai" >/dev/null 2>&1; then
+    python3 -m pip install -q --disable-pip-version-check tiktoken numpy safetensors jsonschema openai 2>/dev/null \
+        || python3 -m pip install -q --disable-pip-version-check --break-system-packages tiktoken numpy safetensors jsonschema openai
 fi
 # With --reference-tools (CI): torch + transformers, for the PyTorch autocast golden values of
 # MixedPrecisionTests (without them those comparisons print NOTICE). Where the machine keeps a CPU
@@ -34,10 +34,4 @@ if [ "${1:-}" = "--reference-tools" ] && ! python3 -c "import torch, transformer
     python3 -m pip install -q --disable-pip-version-check "$torch_spec" transformers 2>/dev/null \
         || python3 -m pip install -q --disable-pip-version-check --break-system-packages "$torch_spec" transformers \
         || echo "NOTICE: install-deps: torch/transformers could not be installed: the autocast comparisons will print NOTICE" >&2
-fi
-# With --reference-tools: the official OpenAI Python client, the real client of ServingTests.
-if [ "${1:-}" = "--reference-tools" ] && ! python3 -c "import openai" >/dev/null 2>&1; then
-    python3 -m pip install -q --disable-pip-version-check openai 2>/dev/null \
-        || python3 -m pip install -q --disable-pip-version-check --break-system-packages openai \
-        || echo "NOTICE: install-deps: openai could not be installed: ServingTests will fail" >&2
 fi

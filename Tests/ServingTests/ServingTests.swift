@@ -22,7 +22,7 @@ private func errorObject(_ body: Any?) -> [String: Any]? {
 
     @Test func completionsThroughTheOpenAIClient() throws {
         guard openAIClientAvailable else {
-            Issue.record("the openai Python package is missing (scripts/install-deps.sh --reference-tools installs it)")
+            Issue.record("the openai Python package is missing (scripts/install-deps.sh installs it)")
             return
         }
         let model = try TinyServingModel()
