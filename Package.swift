@@ -100,7 +100,7 @@ let package = Package(
         .target(
             name: "Gemma3Serving",
             dependencies: [
-                "Gemma3Infrastructure", "Gemma3Tokenizers", "Gemma3Model",
+                "Gemma3Infrastructure", "Gemma3Tokenizers", "Gemma3Model", "Gemma3StructuredOutput",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Metrics", package: "swift-metrics"),

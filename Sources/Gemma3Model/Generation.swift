@@ -103,17 +103,11 @@ public final class Generator: @unchecked Sendable {
 
         let penalised = options.sampling.repetitionPenalty != 1
         let constraint = options.constraint
-        // Under a constraint the penalty is applied to the full logits before the allowed ones are
-        // gathered, so the sampler itself must not apply it again.
-        var samplerOptions = options.sampling
-        if constraint != nil { samplerOptions.repetitionPenalty = 1 }
+        // Under a constraint `ConstrainedSampling` applies the penalty to the full logits before it
+        // gathers the allowed ones.
+        let samplerOptions = options.sampling
         var sampler = Sampler(options: samplerOptions)
-        var allowed = ConstrainedLogits()
-        if let constraint {
-            constraint.reset()
-            allowed.reserve(engine.weights.config.vocabSize)
-        }
-        defer { allowed.release() }
+        let constrained = constraint.map { ConstrainedSampling(constraint: $0, vocabularySize: engine.weights.config.vocabSize) }
         var seen = penalised ? cachedTokens + promptIds : []
         var generated: [TokenID] = []
         var utf8 = StreamingUTF8Decoder()
@@ -136,23 +130,16 @@ public final class Generator: @unchecked Sendable {
 
         while generated.count < options.maxNewTokens {
             let token: TokenID
-            if let constraint {
-                if constraint.isComplete && !constraint.canContinue {
-                    reason = .valueComplete
-                    break
-                }
-                Sampler.applyRepetitionPenalty(logits, seen: seen, penalty: options.sampling.repetitionPenalty)
+            if let constrained {
                 // Tokens this generation may still produce, this one included.
                 let remaining = min(options.maxNewTokens - generated.count, engine.maxContext - engine.position + 1)
-                let mask = constraint.allowedTokens(remainingTokens: remaining)
-                let n = allowed.gather(logits, mask: mask, extra: constraint.isComplete ? options.stopTokenIds : [])
-                guard n > 0 else {
-                    // Complete, nothing may follow and no stop token: the value is done.
+                guard let next = try constrained.sample(logits, sampler: &sampler, seen: seen, stopTokens: options.stopTokenIds,
+                                                        remainingTokens: remaining) else {
+                    // Complete, and nothing may follow: the value is done.
                     reason = .valueComplete
                     break
                 }
-                token = allowed.ids![Int(sampler.sample(allowed.logitsBuffer(n), seen: []))]
-                if !options.stopTokenIds.contains(token) { try constraint.advance(token) }
+                token = next
             } else {
                 token = sampler.sample(logits, seen: seen)
             }
@@ -171,7 +158,7 @@ public final class Generator: @unchecked Sendable {
                 emit(safe)
                 stopped = completed
             }
-            let valueDone = !stopped && constraint.map { $0.isComplete && !$0.canContinue } == true
+            let valueDone = !stopped && constrained?.isFinished == true
             if valueDone {
                 // Nothing can follow: end now (a conversation still feeds the token back below).
                 reason = .valueComplete
@@ -217,30 +204,57 @@ public final class Generator: @unchecked Sendable {
     }
 }
 
-/// The logits of the tokens a constraint allows, gathered into one short buffer in id order, so
-/// the sampler (its filters and its draw) runs over the allowed tokens only.
-struct ConstrainedLogits {
-    private(set) var ids: UnsafeMutablePointer<TokenID>? = nil
-    private var logits: UnsafeMutablePointer<Float>? = nil
-    private var capacity = 0
+/// Sampling under a structured-output constraint: the logits of the tokens the constraint allows
+/// (and the stop tokens once the value is complete) are gathered into one short buffer in id order,
+/// so the sampler's filters and its draw run over the allowed tokens only. The one constrained
+/// sampling step of the package (`Generator` and the server's scheduler); one per generation.
+public final class ConstrainedSampling: @unchecked Sendable {
+    /// The constraint, advanced past every token `sample` returns (stop tokens excepted).
+    public let constraint: TokenConstraint
+    private let ids: UnsafeMutablePointer<TokenID>
+    private let logits: UnsafeMutablePointer<Float>
+    private let capacity: Int
 
-    mutating func reserve(_ n: Int) {
-        release()
-        capacity = n
-        ids = .allocate(capacity: n)
-        logits = .allocate(capacity: n)
+    /// - Parameters:
+    ///   - constraint: reset here, so a constraint may be reused by consecutive generations.
+    ///   - vocabularySize: the length of the logits vectors (`Gemma3Config.vocabSize`).
+    public init(constraint: TokenConstraint, vocabularySize: Int) {
+        self.constraint = constraint
+        capacity = max(1, vocabularySize)
+        ids = .allocate(capacity: capacity)
+        logits = .allocate(capacity: capacity)
+        constraint.reset()
     }
 
-    mutating func release() {
-        ids?.deallocate(); logits?.deallocate()
-        ids = nil; logits = nil; capacity = 0
+    deinit {
+        ids.deallocate()
+        logits.deallocate()
     }
 
-    func logitsBuffer(_ n: Int) -> UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: logits, count: n) }
+    /// Whether the value is complete and nothing can extend it: generation ends here.
+    public var isFinished: Bool { constraint.isComplete && !constraint.canContinue }
+
+    /// Picks the next token among those the constraint allows, or returns nil when the value is
+    /// done (complete, and neither a continuation nor a stop token is allowed).
+    ///
+    /// The repetition penalty (`sampler.options.repetitionPenalty` over `seen`) is applied to the
+    /// full `logits` first, as an unconstrained step would; `logits` is modified. `stopTokens` may be
+    /// sampled only once the value is complete. `remainingTokens` (this one included) lets the
+    /// constraint keep only tokens after which the value can still be closed in time.
+    public func sample(_ all: UnsafeMutableBufferPointer<Float>, sampler: inout Sampler, seen: [TokenID],
+                       stopTokens: Set<TokenID>, remainingTokens: Int) throws(GrammarError) -> TokenID? {
+        if isFinished { return nil }
+        Sampler.applyRepetitionPenalty(all, seen: seen, penalty: sampler.options.repetitionPenalty)
+        let mask = constraint.allowedTokens(remainingTokens: remainingTokens)
+        let n = gather(all, mask: mask, extra: constraint.isComplete ? stopTokens : [])
+        guard n > 0 else { return nil }
+        let token = ids[Int(sampler.sample(UnsafeMutableBufferPointer(start: logits, count: n), seen: []))]
+        if !stopTokens.contains(token) { try constraint.advance(token) }
+        return token
+    }
 
     /// Gathers the allowed tokens' logits (mask bits, plus `extra` ids); returns how many.
-    mutating func gather(_ all: UnsafeMutableBufferPointer<Float>, mask: TokenMask, extra: Set<TokenID>) -> Int {
-        guard let ids, let logits else { return 0 }
+    private func gather(_ all: UnsafeMutableBufferPointer<Float>, mask: TokenMask, extra: Set<TokenID>) -> Int {
         var n = 0
         let limit = min(all.count, capacity)
         var extraSorted = extra.filter { $0 >= 0 && Int($0) < limit && !mask.contains($0) }.sorted()[...]

@@ -1,4 +1,5 @@
 import Gemma3Model
+import Gemma3StructuredOutput
 import Gemma3Tokenizers
 
 /// One generation the scheduler runs: the prompt ids and every limit and sampling choice, already
@@ -22,10 +23,14 @@ public struct GenerationRequest: Sendable {
     public var logprobs: Int?
     /// Whether a slot's cached prefix may be reused (llama-server's `cache_prompt`).
     public var cachePrompt: Bool
+    /// Structured output (`response_format`): only tokens that keep the answer a valid prefix of
+    /// the grammar are sampled, and the answer ends when the value is complete. Owned by this
+    /// request (a constraint holds the state of one generation).
+    public var constraint: TokenConstraint?
 
     public init(promptTokens: [TokenID], maxTokens: Int?, sampling: SamplingOptions, presencePenalty: Float = 0,
                 frequencyPenalty: Float = 0, stopTokens: Set<TokenID>, stopStrings: [String] = [], logprobs: Int? = nil,
-                cachePrompt: Bool = true) {
+                cachePrompt: Bool = true, constraint: TokenConstraint? = nil) {
         self.promptTokens = promptTokens
         self.maxTokens = maxTokens
         self.sampling = sampling
@@ -35,6 +40,7 @@ public struct GenerationRequest: Sendable {
         self.stopStrings = stopStrings.filter { !$0.isEmpty }
         self.logprobs = logprobs
         self.cachePrompt = cachePrompt
+        self.constraint = constraint
     }
 }
 

@@ -1,4 +1,7 @@
+import Foundation
+import Gemma3Infrastructure
 import Gemma3Model
+import Gemma3StructuredOutput
 import Gemma3Tokenizers
 
 /// What the HTTP layer needs to know about the loaded model to read requests.
@@ -14,6 +17,9 @@ public struct ServedModel: Sendable {
     public let created: Int
     /// Gemma's `<end_of_turn>`, when the vocabulary has the chat turn tokens (else chat is refused).
     public let endOfTurn: TokenID?
+    /// The tokens' byte trie that `response_format` constraints walk, built on first use (≈ 0.2 s
+    /// and some megabytes for a 262,144-token vocabulary, so a server that never constrains never pays).
+    let constraintVocabulary: LazyTokenVocabulary
 
     public init(id: String, tokenizer: any TextTokenizer, stopTokens: Set<TokenID>, contextLength: Int, created: Int) {
         self.id = id
@@ -21,6 +27,7 @@ public struct ServedModel: Sendable {
         self.stopTokens = stopTokens
         self.contextLength = contextLength
         self.created = created
+        constraintVocabulary = LazyTokenVocabulary(tokenizer: tokenizer)
         if let gemma = tokenizer as? GemmaTokenizer, gemma.id(of: "<start_of_turn>") != nil {
             endOfTurn = gemma.id(of: "<end_of_turn>")
         } else {
@@ -30,6 +37,24 @@ public struct ServedModel: Sendable {
 
     /// Ids the tokenizer knows (prompt token ids must be below this).
     var vocabularySize: Int { tokenizer.vocabularySize }
+}
+
+/// A `TokenVocabulary` built once, by the first request that needs it.
+final class LazyTokenVocabulary: @unchecked Sendable {
+    private let tokenizer: any TextTokenizer
+    private let lock = NSLock()
+    private var built: TokenVocabulary?
+
+    init(tokenizer: any TextTokenizer) { self.tokenizer = tokenizer }
+
+    var vocabulary: TokenVocabulary {
+        lock.lock()
+        defer { lock.unlock() }
+        if let built { return built }
+        let v = TokenVocabulary(tokenizer: tokenizer)
+        built = v
+        return v
+    }
 }
 
 /// A parsed `/v1/completions` or `/v1/chat/completions` request.
@@ -157,11 +182,69 @@ enum OpenAIRequests {
             guard case .object = options else { throw APIError.invalid("'stream_options' must be an object", param: "stream_options") }
             includeUsage = try RequestFields(object: options).bool("include_usage") ?? false
         }
+        let constraint = try responseFormat(f).map {
+            TokenConstraint(grammar: $0, vocabulary: model.constraintVocabulary.vocabulary, cacheBytes: constraintMaskCacheBytes)
+        }
         let request = GenerationRequest(
             promptTokens: prompt, maxTokens: maxTokens, sampling: sampling, presencePenalty: Float(presence),
             frequencyPenalty: Float(frequency), stopTokens: ignoreEOS ? [] : stopTokens, stopStrings: stops,
-            logprobs: logprobs, cachePrompt: cachePrompt)
+            logprobs: logprobs, cachePrompt: cachePrompt, constraint: constraint)
         return ParsedGeneration(request: request, stream: stream, includeUsage: includeUsage, echo: nil)
+    }
+
+    /// Memory for one request's cached token masks (32 KiB each on a 262,144-token vocabulary):
+    /// a few hundred states, so that many concurrent constrained requests stay bounded.
+    static let constraintMaskCacheBytes = 8 << 20
+
+    /// The grammar asked for by OpenAI's `response_format` — `{"type": "text"}` (none),
+    /// `{"type": "json_object"}` (any object; llama-server's optional `schema` member is honoured),
+    /// `{"type": "json_schema", "json_schema": {"name": …, "schema": {…}, "strict": …}}` — or by
+    /// llama-server's top-level `json_schema`. GBNF `grammar` is refused rather than ignored, and a
+    /// schema outside the supported subset is a 400 naming the keyword.
+    private static func responseFormat(_ f: RequestFields) throws(APIError) -> ByteGrammar? {
+        func compile(_ schema: JSONValue, _ path: String) throws(APIError) -> ByteGrammar {
+            do { return try ByteGrammar.jsonSchema(schema) } catch {
+                throw APIError.invalid("\(path): \(error.message)", param: path == "json_schema" ? "json_schema" : "response_format")
+            }
+        }
+        if f.raw("grammar") != nil {
+            throw APIError.invalid("GBNF grammars are not supported; use response_format json_schema", param: "grammar")
+        }
+        var grammar: ByteGrammar?
+        if let schema = f.raw("json_schema") {
+            guard case .object = schema else { throw APIError.invalid("'json_schema' must be an object", param: "json_schema") }
+            grammar = try compile(schema, "json_schema")
+        }
+        guard let format = f.raw("response_format") else { return grammar }
+        guard case .object = format else { throw APIError.invalid("'response_format' must be an object", param: "response_format") }
+        let r = RequestFields(object: format)
+        guard let type = try r.string("type") else { throw APIError.invalid("response_format.type is required", param: "response_format") }
+        guard grammar == nil || type == "text" else {
+            throw APIError.invalid("give either response_format or json_schema, not both", param: "response_format")
+        }
+        switch type {
+        case "text":
+            return grammar
+        case "json_object":
+            guard let schema = r.raw("schema") else { return ByteGrammar.jsonObject() }
+            guard case .object = schema else { throw APIError.invalid("response_format.schema must be an object", param: "response_format") }
+            return try compile(schema, "response_format.schema")
+        case "json_schema":
+            guard let wrapper = r.raw("json_schema"), case .object = wrapper else {
+                throw APIError.invalid("response_format.json_schema must be an object with the schema in 'schema'", param: "response_format")
+            }
+            let w = RequestFields(object: wrapper)
+            _ = try w.string("name")
+            _ = try w.bool("strict")
+            // OpenAI makes `schema` optional: without one any JSON value is accepted.
+            guard let schema = w.raw("schema") else { return ByteGrammar.jsonValue() }
+            guard case .object = schema else {
+                throw APIError.invalid("response_format.json_schema.schema must be an object", param: "response_format")
+            }
+            return try compile(schema, "response_format.json_schema.schema")
+        default:
+            throw APIError.invalid("response_format.type must be text, json_object or json_schema, got '\(type)'", param: "response_format")
+        }
     }
 
     /// `POST /v1/completions`: `prompt` is a string, an array of token ids, or a one-element array of either.

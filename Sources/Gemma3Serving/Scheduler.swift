@@ -108,6 +108,8 @@ public final class Scheduler<Decoder: BatchDecoding>: GenerationScheduling, @unc
         var pendingToken: TokenID = 0
         var generated = 0
         var sampler: Sampler
+        /// Sampling under the request's constraint (nil without one).
+        let constrained: ConstrainedSampling?
         var counts: [TokenID: Int] = [:]
         var seen: [TokenID]
         var utf8 = StreamingUTF8Decoder()
@@ -116,12 +118,13 @@ public final class Scheduler<Decoder: BatchDecoding>: GenerationScheduling, @unc
         let penalisesRepetition: Bool
         let penalisesPresence: Bool
 
-        init(id: UInt64, request: GenerationRequest, continuation: AsyncStream<GenerationEvent>.Continuation, submitted: ContinuousClock.Instant) {
+        init(id: UInt64, request: GenerationRequest, vocabularySize: Int, continuation: AsyncStream<GenerationEvent>.Continuation, submitted: ContinuousClock.Instant) {
             self.id = id
             self.request = request
             self.continuation = continuation
             self.submitted = submitted
             sampler = Sampler(options: request.sampling)
+            constrained = request.constraint.map { ConstrainedSampling(constraint: $0, vocabularySize: vocabularySize) }
             penalisesRepetition = request.sampling.repetitionPenalty != 1
             penalisesPresence = request.presencePenalty != 0 || request.frequencyPenalty != 0
             seen = penalisesRepetition ? request.promptTokens : []
@@ -184,7 +187,7 @@ public final class Scheduler<Decoder: BatchDecoding>: GenerationScheduling, @unc
             throw .queueFull
         }
         nextID += 1
-        let job = Job(id: nextID, request: request, continuation: continuation, submitted: clock.now)
+        let job = Job(id: nextID, request: request, vocabularySize: decoder.vocabularySize, continuation: continuation, submitted: clock.now)
         waiting.append(job)
         let load = (waiting.count, running)
         condition.signal()
@@ -402,7 +405,25 @@ public final class Scheduler<Decoder: BatchDecoding>: GenerationScheduling, @unc
                 logits[Int(token)] -= Float(count) * request.frequencyPenalty + request.presencePenalty
             }
         }
-        let token = job.sampler.sample(logits, seen: job.seen)
+        let token: TokenID
+        if let constrained = job.constrained {
+            // Tokens this request may still produce, this one included (`Generator.generate`'s rule).
+            let remaining = min((request.maxTokens ?? Int.max) - job.generated,
+                                decoder.contextLength - decoder.cachedLength(slot: job.slot) + 1)
+            do {
+                guard let next = try constrained.sample(logits, sampler: &job.sampler, seen: job.seen, stopTokens: request.stopTokens,
+                                                        remainingTokens: remaining) else {
+                    finish(job, .stop)
+                    return
+                }
+                token = next
+            } catch {
+                fail(job, error)
+                return
+            }
+        } else {
+            token = job.sampler.sample(logits, seen: job.seen)
+        }
         var entries: [GeneratedTokenLogprobs] = []
         job.generated += 1
         if job.penalisesPresence { job.counts[token, default: 0] += 1 }
@@ -426,6 +447,11 @@ public final class Scheduler<Decoder: BatchDecoding>: GenerationScheduling, @unc
         if !safe.isEmpty || !entries.isEmpty { job.continuation.yield(.text(safe, entries)) }
         if completed {
             finish(job, .stop, flush: false)
+            return
+        }
+        if job.constrained?.isFinished == true {
+            // The value is complete and nothing can extend it.
+            finish(job, .stop)
             return
         }
         if let max = request.maxTokens, job.generated >= max {

@@ -289,6 +289,44 @@ private func errorObject(_ body: Any?) -> [String: Any]? {
         #expect(bad.status != 0 && String(decoding: bad.stderr, as: UTF8.self).contains("exceeds --parallel"))
     }
 
+    /// Runs `structured_client.py` against a server and checks what it saw: every answer parsed and
+    /// valid under its schema (the jsonschema package decides), json_object answers objects, and
+    /// every bad format a 400 naming the parameter.
+    private func checkStructuredOutput(server: ServerProcess, endpoint: String, samples: Int, maxTokens: Int) throws {
+        let schemasFile = try TestPaths.temporaryDirectory("serve-schemas").appendingPathComponent("schemas.json")
+        defer { try? FileManager.default.removeItem(at: schemasFile.deletingLastPathComponent()) }
+        try JSONSerialization.data(withJSONObject: testSchemas).write(to: schemasFile)
+        let r = try scriptJSON(try runClientScript("structured_client.py", [server.baseURL, endpoint, schemasFile.path, "\(samples)", "\(maxTokens)"]))
+        #expect(r["answers"] as? Int == testSchemas.count * samples)
+        let failures = r["failures"] as? [String] ?? ["no failures list"]
+        #expect(failures.isEmpty, "\(failures.count) invalid answers: \(failures.prefix(5))")
+        // Every answer is closed within max_tokens (it parses, above); one that fills the budget with
+        // a value that could still go on (a number's digits) ends with "length", as OpenAI's do.
+        let finishes = try #require(r["finish_reasons"] as? [String: Int])
+        #expect(Set(finishes.keys).isSubset(of: ["stop", "length"]) && (finishes["stop"] ?? 0) > 0, "\(finishes)")
+        #expect(r["json_object"] as? [String] == ["ok", "ok", "ok", "ok"], "\(r["json_object"] ?? "")")
+        #expect(r["text_format_same"] as? Bool == true)
+        let bad = try #require(r["bad"] as? [String: String])
+        #expect(bad["unsupported_keyword"]?.hasPrefix("400 response_format ") == true && bad["unsupported_keyword"]?.contains("format") == true, "\(bad)")
+        #expect(bad["bad_type"]?.hasPrefix("400 response_format") == true, "\(bad)")
+        #expect(bad["not_object"]?.hasPrefix("400 response_format") == true, "\(bad)")
+        #expect(bad["schema_not_object"]?.hasPrefix("400 response_format") == true, "\(bad)")
+        #expect(bad["grammar"]?.hasPrefix("400 grammar") == true, "\(bad)")
+    }
+
+    @Test func responseFormatConstrainsCompletions() throws {
+        guard openAIClientAvailable else {
+            Issue.record("the openai Python package is missing (scripts/install-deps.sh installs it)")
+            return
+        }
+        let model = try TinyServingModel()
+        let server = try ServerProcess(model: model.url, arguments: ["--parallel", "4", "--context", "2048"])
+        // 10 schemas × 20 seeded samples at temperature 1 on a random model.
+        try checkStructuredOutput(server: server, endpoint: "completions", samples: 20, maxTokens: 96)
+        let stopped = server.stop()
+        #expect(stopped.exited && stopped.status == 0, "\(server.stderr)")
+    }
+
     @Test func chatOnTheRealModel() throws {
         guard let gguf = realGGUF else {
             print("NOTICE: ~/.cache/gemma3/gemma-3-270m-q4_k_m.gguf is absent (scripts/fetch-test-artefacts.sh): chat through gemma3 serve was not tested")
@@ -350,5 +388,21 @@ private func errorObject(_ body: Any?) -> [String: Any]? {
         let batching = try #require(r["batching"] as? [String: [String]])
         #expect(batching["together"] == batching["alone"])
         #expect(Set(batching["alone"] ?? []).count == 8)
+    }
+
+    @Test func responseFormatConstrainsChatOnTheRealModel() throws {
+        guard let gguf = realGGUF else {
+            print("NOTICE: ~/.cache/gemma3/gemma-3-270m-q4_k_m.gguf is absent (scripts/fetch-test-artefacts.sh): response_format on the real model was not tested")
+            return
+        }
+        guard openAIClientAvailable else {
+            Issue.record("the openai Python package is missing")
+            return
+        }
+        let server = try ServerProcess(model: gguf, arguments: ["--parallel", "4", "--context", "2048"])
+        // 10 schemas × 4 seeded samples at temperature 1, chat template, end of turn allowed once complete.
+        try checkStructuredOutput(server: server, endpoint: "chat", samples: 4, maxTokens: 96)
+        let stopped = server.stop()
+        #expect(stopped.exited && stopped.status == 0, "\(server.stderr)")
     }
 }
