@@ -60,6 +60,22 @@ public final class AtomicFileWriter {
 
     deinit { abort() }
 
+    /// Deletes the temporary files that writers of `destination` left behind when their process was
+    /// killed (SIGKILL, power loss): those whose process id no longer runs. A live writer's file is
+    /// kept. Returns how many were removed.
+    @discardableResult
+    public static func removeStaleTemporaries(of destination: URL) -> Int {
+        let dir = destination.deletingLastPathComponent()
+        let prefix = ".\(destination.lastPathComponent).tmp-"
+        var removed = 0
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? [] where entry.hasPrefix(prefix) {
+            guard let pid = Int32(entry.dropFirst(prefix.count).prefix(while: { $0 != "-" })), pid > 0 else { continue }
+            if kill(pid, 0) == 0 || errno == EPERM { continue }  // still running (EPERM: someone else's process)
+            if (try? FileManager.default.removeItem(at: dir.appendingPathComponent(entry))) != nil { removed += 1 }
+        }
+        return removed
+    }
+
     /// Appends raw bytes (loops over short writes).
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         guard var p = bytes.baseAddress else { return }

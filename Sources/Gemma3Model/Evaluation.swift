@@ -72,6 +72,7 @@ public enum Evaluation {
                 }
             }
             let loss = try model.forward(inputs: inputs, targets: targets)
+            guard loss.isFinite else { throw GenerationError.nonFiniteLoss(window: w) }
             lossSum += Double(loss) * Double(model.lastTargetCount)
             predicted += model.lastTargetCount
             w += B
@@ -114,6 +115,7 @@ extension Evaluation {
                 window = Array(tokens[first...min(first + T, tokens.count - 1)])
             }
             let (sum, count) = try engine.crossEntropySum(window)
+            guard sum.isFinite else { throw GenerationError.nonFiniteLoss(window: windows) }
             lossSum += sum
             predicted += count
             windows += 1
@@ -124,3 +126,14 @@ extension Evaluation {
                                 seconds: Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
     }
 }
+
+extension GenerationError {
+    /// A loss of NaN or infinity: the weights (or the file they came from) hold non-finite values.
+    static func nonFiniteLoss(window: Int) -> GenerationError {
+        GenerationError("the loss of window \(window) is not finite (NaN or infinity): the model's weights hold non-finite values")
+    }
+
+    /// Logits with NaN or infinity: the same cause, found while generating.
+    public static let nonFiniteLogits = GenerationError("the model's logits are not finite (NaN or infinity): its weights hold non-finite values")
+}
+

@@ -123,6 +123,10 @@ public final class Generator: @unchecked Sendable {
         let clock = ContinuousClock()
         let t0 = clock.now
         var logits = try engine.prefill(promptIds)
+        // Non-finite weights make every logit NaN (or some rows of the head): say so instead of
+        // sampling garbage. All of them once; afterwards a NaN reaching the hidden state shows in
+        // every logit, so the first one is checked per step.
+        guard logits.allSatisfy({ $0.isFinite }) else { throw GenerationError.nonFiniteLogits }
         cachedTokens += promptIds
         let prefillSeconds = Self.seconds(clock.now - t0)
         let decodeStart = clock.now
@@ -174,6 +178,7 @@ public final class Generator: @unchecked Sendable {
                 break
             }
             logits = try engine.decode(token)
+            guard logits[0].isFinite else { throw GenerationError.nonFiniteLogits }
             cachedTokens.append(token)
             steps += 1
             if stopped {

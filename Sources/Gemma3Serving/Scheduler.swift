@@ -400,6 +400,11 @@ public final class Scheduler<Decoder: BatchDecoding>: GenerationScheduling, @unc
     /// queues the token for the next decode. The stop rules are `Generator.generate`'s.
     private func sampleAndEmit(_ job: Job, _ logits: UnsafeMutableBufferPointer<Float>) {
         let request = job.request
+        // Non-finite weights: every logit after the prompt, then the first of each step (`Generator`'s check).
+        guard job.sawFirstToken ? logits[0].isFinite : logits.allSatisfy({ $0.isFinite }) else {
+            fail(job, GenerationError.nonFiniteLogits)
+            return
+        }
         if job.penalisesPresence {
             for (token, count) in job.counts {
                 logits[Int(token)] -= Float(count) * request.frequencyPenalty + request.presencePenalty

@@ -91,6 +91,15 @@ public final class GemmaTokenizer: @unchecked Sendable {
                 byteIDs[b] = id
             }
         }
+        // A byte without a piece of its own is encoded as the unknown token (SentencePiece's rule);
+        // a vocabulary with neither could not encode every text, so it is refused here rather than
+        // handing out an invalid id later.
+        if let missing = byteIDs.firstIndex(of: -1) {
+            guard let unknown = tokenTypes.firstIndex(of: .unknown) else {
+                throw TokenizerError.malformedFile(path: source, reason: String(format: "no piece for byte 0x%02X (<0x%02X>) and no unknown token", missing, missing))
+            }
+            for b in 0..<256 where byteIDs[b] == -1 { byteIDs[b] = Int32(unknown) }
+        }
         byteTokens = byteIDs
 
         var literal: [(id: Int32, special: Bool)] = []

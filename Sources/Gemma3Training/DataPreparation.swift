@@ -115,9 +115,14 @@ public struct SplitRecord: Codable, Sendable, Equatable {
     /// `bytes / tokens`: multiply a per-token loss in bits by `1 / bytesPerToken` to get bits per byte.
     public var bytesPerToken: Double
     public var sources: [SourceRecord]
+    /// SHA-256 of the token file: `train.bin`, `val.bin` and `meta.json` are renamed into place one
+    /// by one, so a run killed between the renames could leave a new file beside an old one;
+    /// readers check that the files are the ones this record describes (`DatasetMeta.verify`).
+    /// Absent in files written before it existed (then only the token counts are checked).
+    public var sha256: String?
 
     enum CodingKeys: String, CodingKey {
-        case file, tokens, documents, bytes, sources
+        case file, tokens, documents, bytes, sources, sha256
         case bytesPerToken = "bytes_per_token"
     }
 }
@@ -161,6 +166,21 @@ public struct DatasetMeta: Codable, Sendable, Equatable {
             return try JSONDecoder().decode(DatasetMeta.self, from: data)
         } catch {
             throw FileIOError.malformed(url.path, "not a gemma3 prepare meta.json (\(error))")
+        }
+    }
+
+    /// Checks that `file` is the token file `split` describes: its token count, and its SHA-256 when
+    /// recorded. A mismatch (an interrupted `prepare --force`, a file copied from elsewhere) is a
+    /// one-line error naming both.
+    public static func verify(_ file: TokenFile, against split: SplitRecord, metaPath: String) throws {
+        guard file.count == split.tokens else {
+            throw FileIOError.malformed(file.url.path, "holds \(file.count) tokens but \(metaPath) records \(split.tokens): the files are not one prepared set (run `gemma3 prepare --force` again)")
+        }
+        guard let recorded = split.sha256 else { return }
+        var hasher = SHA256Hasher()
+        hasher.update(UnsafeRawBufferPointer(file.tokens))
+        guard hasher.finalizeHex() == recorded else {
+            throw FileIOError.malformed(file.url.path, "its SHA-256 differs from the one \(metaPath) records: the files are not one prepared set (run `gemma3 prepare --force` again)")
         }
     }
 
@@ -279,6 +299,8 @@ public enum DataPreparation {
             }
         }
 
+        // Temporaries of earlier runs that were killed before they could clean up.
+        for output in outputs { AtomicFileWriter.removeStaleTemporaries(of: output) }
         let trainWriter = try AtomicFileWriter(destination: outputs[0])
         let valWriter = try AtomicFileWriter(destination: outputs[1])
         defer { trainWriter.abort(); valWriter.abort() }  // no-ops after commit
@@ -290,6 +312,7 @@ public enum DataPreparation {
 
         var trainSplit = SplitAccumulator(file: DatasetMeta.trainFileName)
         var valSplit = SplitAccumulator(file: DatasetMeta.valFileName)
+        var trainHash = SHA256Hasher(), valHash = SHA256Hasher()
         var bytesDone: Int64 = 0
         var tokensDone: Int64 = 0
         func reportProgress(isFinal: Bool) {
@@ -321,8 +344,8 @@ public enum DataPreparation {
                     case nil: break
                     }
                     linesBefore += r.lines
-                    try r.train.withUnsafeBytes { try trainWriter.write($0) }
-                    try r.val.withUnsafeBytes { try valWriter.write($0) }
+                    try r.train.withUnsafeBytes { try trainWriter.write($0); trainHash.update($0) }
+                    try r.val.withUnsafeBytes { try valWriter.write($0); valHash.update($0) }
                     trainSource.add(documents: r.trainDocuments, tokens: r.train.count, bytes: r.trainBytes)
                     valSource.add(documents: r.valDocuments, tokens: r.val.count, bytes: r.valBytes)
                     bytesDone += Int64(batch[k].bytes.count)
@@ -361,7 +384,7 @@ public enum DataPreparation {
         let meta = DatasetMeta(
             tokenizer: tokenizerRecord, vocabSize: tokenizer.vocabularySize,
             eotToken: Int(tokenizer.endOfTextTokenID), valFraction: fraction,
-            train: trainSplit.record, val: valSplit.record,
+            train: trainSplit.record(sha256: trainHash.finalizeHex()), val: valSplit.record(sha256: valHash.finalizeHex()),
             createdAt: ISO8601DateFormatter().string(from: Date()))
         let metaWriter = try AtomicFileWriter(destination: outputs[2])
         defer { metaWriter.abort() }
@@ -535,8 +558,8 @@ private struct SplitAccumulator {
         sources.append(s)
     }
 
-    var record: SplitRecord {
+    func record(sha256: String) -> SplitRecord {
         SplitRecord(file: file, tokens: tokens, documents: documents, bytes: bytes,
-                    bytesPerToken: tokens > 0 ? Double(bytes) / Double(tokens) : 0, sources: sources)
+                    bytesPerToken: tokens > 0 ? Double(bytes) / Double(tokens) : 0, sources: sources, sha256: sha256)
     }
 }

@@ -242,6 +242,9 @@ public final class Trainer {
         meta = try DatasetMeta.load(directory: options.dataDirectory)
         trainTokens = try TokenFile(url: options.dataDirectory.appendingPathComponent(DatasetMeta.trainFileName))
         valTokens = try TokenFile(url: options.dataDirectory.appendingPathComponent(DatasetMeta.valFileName))
+        let metaPath = options.dataDirectory.appendingPathComponent(DatasetMeta.metaFileName).path
+        try DatasetMeta.verify(trainTokens, against: meta.train, metaPath: metaPath)
+        try DatasetMeta.verify(valTokens, against: meta.val, metaPath: metaPath)
         if let t = options.tokenizerDirectory {
             tokenizerDirectory = t
         } else {

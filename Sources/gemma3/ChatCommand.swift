@@ -84,7 +84,8 @@ struct ChatCommand: ParsableCommand {
         }
         if messages.isEmpty {
             if !json { writeStderr("[\(loaded.weights.formatName) \(URL(fileURLWithPath: model).lastPathComponent): one message per line; end with Ctrl-D]") }
-            while let line = readLine(strippingNewline: true) {
+            var lines = TextInput.StandardInputLines()
+            while let line = try lines.next() {
                 if line.isEmpty { continue }
                 try answer(line)
             }

@@ -75,7 +75,7 @@ struct EvalCommand: ParsableCommand {
             throw ModelCommandError("--context \(T) exceeds the model's max_position_embeddings (\(config.maxPositionEmbeddings))")
         }
         let B = batchSize(forContext: T)
-        let bytesPerToken = try Self.bytesPerToken(for: dataURL)
+        let bytesPerToken = try Self.bytesPerToken(for: file)
 
         let result = try Evaluation.evaluate(
             config: config, parameters: store, tokens: UnsafeBufferPointer(rebasing: file.tokens[0..<count]),
@@ -174,14 +174,16 @@ struct EvalCommand: ParsableCommand {
                    fields: ["text": path, "tokens": tokenCount, "text_bytes": bytes.count])
     }
 
-    /// bytes_per_token of the split whose file name matches, from meta.json beside the file (nil when absent).
-    static func bytesPerToken(for url: URL) throws -> Double? {
-        let dir = url.deletingLastPathComponent()
-        guard FileManager.default.fileExists(atPath: dir.appendingPathComponent(DatasetMeta.metaFileName).path) else { return nil }
+    /// bytes_per_token of the split whose file name matches, from meta.json beside the file (nil when
+    /// absent), after checking that the file is the one meta.json describes.
+    static func bytesPerToken(for file: TokenFile) throws -> Double? {
+        let dir = file.url.deletingLastPathComponent()
+        let metaPath = dir.appendingPathComponent(DatasetMeta.metaFileName).path
+        guard FileManager.default.fileExists(atPath: metaPath) else { return nil }
         let meta = try DatasetMeta.load(directory: dir)
-        let name = url.lastPathComponent
-        if name == meta.val.file { return meta.val.bytesPerToken }
-        if name == meta.train.file { return meta.train.bytesPerToken }
-        return nil
+        let name = file.url.lastPathComponent
+        guard let split = [meta.val, meta.train].first(where: { $0.file == name }) else { return nil }
+        try DatasetMeta.verify(file, against: split, metaPath: metaPath)
+        return split.bytesPerToken
     }
 }

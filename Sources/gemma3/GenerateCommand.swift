@@ -121,7 +121,8 @@ struct GenerateCommand: ParsableCommand {
         if let prompt {
             try answer(prompt)
         } else {
-            while let line = readLine(strippingNewline: true) {
+            var lines = TextInput.StandardInputLines()
+            while let line = try lines.next() {
                 if line.isEmpty { continue }
                 do {
                     try answer(line)
