@@ -1,7 +1,10 @@
-// swift-tools-version: 6.0
+// swift-tools-version:5.4
 // libFuzzer targets for every parser of user-supplied bytes (docs/fuzzing.md). A package of its own,
 // so that the main package's `swift build` / `swift test` never see it. Build and run through
 // `scripts/fuzz.sh`, which passes `-sanitize=fuzzer,address` and `-parse-as-library`.
+// Tools version 5.4 on purpose: from 5.5 on, SwiftPM links Linux executables with
+// `--defsym main=<target>_main` (testable executables), and with `-parse-as-library` there is no such
+// symbol; libFuzzer's own `main` is the entry point here.
 import PackageDescription
 
 /// Fuzz target name → the main package's products it needs.
@@ -21,7 +24,6 @@ let targets: [(name: String, products: [String])] = [
 
 let package = Package(
     name: "Gemma3Fuzz",
-    platforms: [.macOS(.v15)],
     dependencies: [.package(name: "Gemma3Swift", path: "..")],
     targets: [
         // The input size bound and the multi-file input layout the targets share.
