@@ -241,11 +241,17 @@ public enum GGUFGemma3 {
         let pieces = try file.strings("tokenizer.ggml.tokens")
         let scores = file["tokenizer.ggml.scores"] == nil ? [Float](repeating: 0, count: pieces.count) : try file.floats("tokenizer.ggml.scores")
         let types = file["tokenizer.ggml.token_type"] == nil ? [Int](repeating: 1, count: pieces.count) : try file.ints("tokenizer.ggml.token_type")
+        // Any integer type may hold the id; one past Int32 is as wrong as one past the vocabulary (which the tokenizer checks).
+        func tokenID(_ key: String) throws -> Int32 {
+            let id = try file.int(key)
+            guard let id32 = Int32(exactly: id) else { throw FormatError("\(file.path): \(key) \(id) is outside the vocabulary of \(pieces.count)") }
+            return id32
+        }
         do {
             return try GemmaTokenizer(
                 pieces: pieces, scores: scores, types: types.map { Int32(truncatingIfNeeded: $0) },
-                bosTokenID: Int32(try file.int("tokenizer.ggml.bos_token_id")),
-                eosTokenID: Int32(try file.int("tokenizer.ggml.eos_token_id")),
+                bosTokenID: try tokenID("tokenizer.ggml.bos_token_id"),
+                eosTokenID: try tokenID("tokenizer.ggml.eos_token_id"),
                 addBOS: file["tokenizer.ggml.add_bos_token"]?.boolValue ?? true,
                 addSpacePrefix: file["tokenizer.ggml.add_space_prefix"]?.boolValue ?? false,
                 source: file.path)
