@@ -47,7 +47,9 @@ run() {
     local log="$BUILD/logs/$target.log"
     mkdir -p "$corpus" "$artifacts" "$BUILD/logs" "$BUILD/seeds/$target"
     local status=0
-    ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=0}" \
+    # The Swift runtime's own backtracer reads memory in ways ASan reports; libFuzzer prints the stack.
+    SWIFT_BACKTRACE=enable=no ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" \
+        LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$PWD/$FUZZ/lsan.supp:print_suppressions=0}" \
         "$binary" "${FUZZ_FLAGS[@]}" -max_total_time="$seconds" -artifact_prefix="$artifacts" \
         "$corpus" "$BUILD/seeds/$target" >"$log" 2>&1 || status=$?
     local runs execs cov ft finding result
@@ -60,7 +62,10 @@ run() {
         result=ok
     else
         local kind
-        kind=$(grep -m1 -oE 'ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer): [a-zA-Z-]+|SUMMARY: [A-Za-z]+: [a-z-]+|Fatal error[^\n]*|ALARM: working on the last Unit for [0-9]+ seconds' "$log" || echo "exit $status")
+        # A Swift trap's reason is in the stack trace, below libFuzzer's "deadly signal".
+        kind=$(grep -m1 -oE 'Swift runtime failure: [^/]*[^ /]' "$log" \
+            || grep -m1 -oE 'ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer): [a-zA-Z -]+|ALARM: working on the last Unit for [0-9]+ seconds' "$log" \
+            || echo "exit $status")
         result="FOUND ($kind) ${finding:-no input written} — log $log"
     fi
     printf '%-20s runs %-9s exec/s %-7s cov %-6s ft %-6s %s\n' "$target" "${runs:-?}" "${execs:-?}" "${cov:-?}" "${ft:-?}" "$result"
