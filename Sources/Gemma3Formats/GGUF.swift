@@ -103,7 +103,7 @@ public struct GGUFTensorInfo: Sendable, Equatable {
     public var typeName: String { type?.name ?? "type \(rawType)" }
 }
 
-/// A read-only, memory-mapped GGUF file (version 2 or 3).
+/// A read-only GGUF file (version 2 or 3), memory-mapped from disk or copied from bytes in memory.
 ///
 /// Opening parses and validates the header: every value type and length is checked against the file
 /// size; tensor offsets must be aligned, in bounds and non-overlapping. Errors are one-line
@@ -125,7 +125,7 @@ public final class GGUFFile: @unchecked Sendable {
     private let metadataIndex: [String: Int]
     private let tensorIndex: [String: Int]
     private let base: UnsafeRawPointer
-    private let mappedLength: Int
+    private let storage: HeaderBytes
 
     /// Maps and parses `url`.
     public convenience init(url: URL) throws {
@@ -133,20 +133,53 @@ public final class GGUFFile: @unchecked Sendable {
     }
 
     /// Maps and parses the file at `path`.
-    public init(path: String) throws {
-        self.path = path
+    public convenience init(path: String) throws {
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else { throw FormatError("cannot open \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw FormatError("cannot stat \(path): \(String(cString: strerror(errno)))") }
         let size = Int(st.st_size)
-        guard size >= 24 else { throw FormatError("\(path): not a GGUF file (only \(size) bytes)") }
+        guard size >= GGUFFile.minimumSize else { throw GGUFFile.tooSmall(path, size) }
         guard let mapped = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), mapped != MAP_FAILED else {
             throw FormatError("cannot map \(path): \(String(cString: strerror(errno)))")
         }
-        base = UnsafeRawPointer(mapped)
-        mappedLength = size
+        try self.init(base: UnsafeRawPointer(mapped), size: size, path: path, storage: .mapped(length: size))
+    }
+
+    /// Parses a whole GGUF file held in memory (the bytes are copied), with the same checks and
+    /// errors as a file on disk; `name` stands for the path in error messages.
+    public convenience init(bytes: [UInt8], name: String = "GGUF data") throws {
+        guard bytes.count >= GGUFFile.minimumSize else { throw GGUFFile.tooSmall(name, bytes.count) }
+        let copy = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)
+        bytes.withUnsafeBytes { copy.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        try self.init(base: UnsafeRawPointer(copy), size: bytes.count, path: name, storage: .allocated)
+    }
+
+    /// Magic, version and the two counts.
+    private static let minimumSize = 24
+    private static func tooSmall(_ path: String, _ size: Int) -> FormatError {
+        FormatError("\(path): not a GGUF file (only \(size) bytes)")
+    }
+
+    /// Where the bytes behind `base` come from, so that deinit (or a failed parse) releases them.
+    private enum HeaderBytes {
+        case mapped(length: Int)
+        case allocated
+
+        func release(_ base: UnsafeRawPointer) {
+            switch self {
+            case .mapped(let length): munmap(UnsafeMutableRawPointer(mutating: base), length)
+            case .allocated: UnsafeMutableRawPointer(mutating: base).deallocate()
+            }
+        }
+    }
+
+    /// Parses the `size` bytes at `base` (the whole file); takes ownership of them.
+    private init(base: UnsafeRawPointer, size: Int, path: String, storage: HeaderBytes) throws {
+        self.path = path
+        self.base = base
+        self.storage = storage
         fileSize = size
         do {
             var r = Reader(base: base, size: size, path: path)
@@ -245,12 +278,12 @@ public final class GGUFFile: @unchecked Sendable {
             self.alignment = alignment
             self.dataOffset = dataOffset
         } catch {
-            munmap(mapped, size)
+            storage.release(base)
             throw error
         }
     }
 
-    deinit { munmap(UnsafeMutableRawPointer(mutating: base), mappedLength) }
+    deinit { storage.release(base) }
 
     // MARK: Metadata access
 

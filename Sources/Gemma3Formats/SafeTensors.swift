@@ -38,7 +38,7 @@ public struct SafeTensorInfo: Sendable, Equatable {
     public var count: Int { shape.reduce(1, *) }
 }
 
-/// A read-only, memory-mapped safetensors file (https://github.com/huggingface/safetensors format:
+/// A read-only safetensors file, memory-mapped from disk or copied from bytes in memory (https://github.com/huggingface/safetensors format:
 /// 8-byte little-endian header length, JSON header, raw little-endian row-major data).
 ///
 /// Opening validates the whole header: every tensor's byte range must match its dtype and shape,
@@ -51,46 +51,77 @@ public final class SafeTensorsFile: @unchecked Sendable {
     public let metadata: [String: String]
     private let index: [String: Int]
     private let base: UnsafeRawPointer
-    private let mappedLength: Int
+    private let storage: FileBytes
     private let dataStart: Int
 
     /// Maps and validates `url`. Throws `FormatError` with a one-line message on any inconsistency.
-    public init(url: URL) throws {
-        path = url.path
-        let fd = open(url.path, O_RDONLY)
-        guard fd >= 0 else { throw FormatError("cannot open \(url.path): \(String(cString: strerror(errno)))") }
+    public convenience init(url: URL) throws {
+        let path = url.path
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw FormatError("cannot open \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw FormatError("cannot stat \(url.path)") }
+        guard fstat(fd, &st) == 0 else { throw FormatError("cannot stat \(path)") }
         let size = Int(st.st_size)
-        guard size >= 8 else { throw FormatError("\(url.path): not a safetensors file (only \(size) bytes)") }
+        guard size >= 8 else { throw SafeTensorsFile.tooSmall(path, size) }
         guard let map = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), map != MAP_FAILED else {
-            throw FormatError("cannot map \(url.path): \(String(cString: strerror(errno)))")
+            throw FormatError("cannot map \(path): \(String(cString: strerror(errno)))")
         }
-        let raw = UnsafeRawPointer(map)
+        try self.init(base: UnsafeRawPointer(map), size: size, path: path, storage: .mapped(length: size))
+    }
+
+    /// Validates a whole safetensors file held in memory (the bytes are copied), with the same
+    /// checks and errors as a file on disk; `name` stands for the path in error messages.
+    public convenience init(bytes: [UInt8], name: String = "safetensors data") throws {
+        guard bytes.count >= 8 else { throw SafeTensorsFile.tooSmall(name, bytes.count) }
+        let copy = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)
+        bytes.withUnsafeBytes { copy.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        try self.init(base: UnsafeRawPointer(copy), size: bytes.count, path: name, storage: .allocated)
+    }
+
+    private static func tooSmall(_ path: String, _ size: Int) -> FormatError {
+        FormatError("\(path): not a safetensors file (only \(size) bytes)")
+    }
+
+    /// Where the bytes behind `base` come from, so that deinit (or a failed validation) releases them.
+    private enum FileBytes {
+        case mapped(length: Int)
+        case allocated
+
+        func release(_ base: UnsafeRawPointer) {
+            switch self {
+            case .mapped(let length): munmap(UnsafeMutableRawPointer(mutating: base), length)
+            case .allocated: UnsafeMutableRawPointer(mutating: base).deallocate()
+            }
+        }
+    }
+
+    /// Validates the `size` bytes at `base` (the whole file, at least 8 bytes); takes ownership of them.
+    private init(base raw: UnsafeRawPointer, size: Int, path: String, storage: FileBytes) throws {
+        self.path = path
         var ok = false
-        defer { if !ok { munmap(map, size) } }
+        defer { if !ok { storage.release(raw) } }
 
         // Clamped: a length of 2^63 or more is as wrong as any other length past the end.
         let headerLength = Int(clamping: UInt64(littleEndian: raw.loadUnaligned(as: UInt64.self)))
         guard headerLength > 0, headerLength <= 100_000_000, 8 + headerLength <= size else {
-            throw FormatError("\(url.path): header length \(headerLength) does not fit a file of \(size) bytes (truncated or not safetensors)")
+            throw FormatError("\(path): header length \(headerLength) does not fit a file of \(size) bytes (truncated or not safetensors)")
         }
         let headerData = Data(bytes: raw + 8, count: headerLength)
         let json: Any
         do { json = try JSONSerialization.jsonObject(with: headerData) } catch {
-            throw FormatError("\(url.path): header is not valid JSON")
+            throw FormatError("\(path): header is not valid JSON")
         }
-        guard let header = json as? [String: Any] else { throw FormatError("\(url.path): header is not a JSON object") }
+        guard let header = json as? [String: Any] else { throw FormatError("\(path): header is not a JSON object") }
 
         var meta: [String: String] = [:]
         var infos: [SafeTensorInfo] = []
         let dataLength = size - 8 - headerLength
         for (name, value) in header {
             if name == "__metadata__" {
-                guard let m = value as? [String: Any] else { throw FormatError("\(url.path): __metadata__ is not an object") }
+                guard let m = value as? [String: Any] else { throw FormatError("\(path): __metadata__ is not an object") }
                 for (k, v) in m {
-                    guard let s = v as? String else { throw FormatError("\(url.path): __metadata__ value for \"\(k)\" is not a string") }
+                    guard let s = v as? String else { throw FormatError("\(path): __metadata__ value for \"\(k)\" is not a string") }
                     meta[k] = s
                 }
                 continue
@@ -99,34 +130,34 @@ public final class SafeTensorsFile: @unchecked Sendable {
                   let dtypeName = entry["dtype"] as? String,
                   let shapeAny = entry["shape"] as? [Any],
                   let offsetsAny = entry["data_offsets"] as? [Any], offsetsAny.count == 2
-            else { throw FormatError("\(url.path): malformed header entry for tensor \"\(name)\"") }
+            else { throw FormatError("\(path): malformed header entry for tensor \"\(name)\"") }
             guard let dtype = SafeTensorsDType(rawValue: dtypeName) else {
-                throw FormatError("\(url.path): tensor \"\(name)\" has unsupported dtype \(dtypeName)")
+                throw FormatError("\(path): tensor \"\(name)\" has unsupported dtype \(dtypeName)")
             }
             let shape = try shapeAny.map { any -> Int in
                 guard let n = SafeTensorsFile.integer(any), n >= 0 else {
-                    throw FormatError("\(url.path): tensor \"\(name)\" has an invalid shape")
+                    throw FormatError("\(path): tensor \"\(name)\" has an invalid shape")
                 }
                 return n
             }
             guard let begin = SafeTensorsFile.integer(offsetsAny[0]), let end = SafeTensorsFile.integer(offsetsAny[1]),
                   begin >= 0, end >= begin
-            else { throw FormatError("\(url.path): tensor \"\(name)\" has invalid data_offsets") }
+            else { throw FormatError("\(path): tensor \"\(name)\" has invalid data_offsets") }
             var count = 1
             for d in shape {
                 let (p, overflow) = count.multipliedReportingOverflow(by: d)
-                guard !overflow else { throw FormatError("\(url.path): tensor \"\(name)\" shape is too large") }
+                guard !overflow else { throw FormatError("\(path): tensor \"\(name)\" shape is too large") }
                 count = p
             }
             let (bytes, bytesOverflow) = count.multipliedReportingOverflow(by: dtype.size)
             guard !bytesOverflow else {
-                throw FormatError("\(url.path): tensor \"\(name)\" \(dtypeName)\(shape) needs more bytes than the file's data section (\(dataLength))")
+                throw FormatError("\(path): tensor \"\(name)\" \(dtypeName)\(shape) needs more bytes than the file's data section (\(dataLength))")
             }
             guard end - begin == bytes else {
-                throw FormatError("\(url.path): tensor \"\(name)\" \(dtypeName)\(shape) needs \(bytes) bytes but data_offsets span \(end - begin)")
+                throw FormatError("\(path): tensor \"\(name)\" \(dtypeName)\(shape) needs \(bytes) bytes but data_offsets span \(end - begin)")
             }
             guard end <= dataLength else {
-                throw FormatError("\(url.path): tensor \"\(name)\" ends at byte \(end) but the data section has \(dataLength) bytes (truncated file?)")
+                throw FormatError("\(path): tensor \"\(name)\" ends at byte \(end) but the data section has \(dataLength) bytes (truncated file?)")
             }
             infos.append(SafeTensorInfo(name: name, dtype: dtype, shape: shape, dataRange: begin..<end))
         }
@@ -134,15 +165,15 @@ public final class SafeTensorsFile: @unchecked Sendable {
         var cursor = 0
         for info in infos where !info.dataRange.isEmpty {
             guard info.dataRange.lowerBound >= cursor else {
-                throw FormatError("\(url.path): tensor \"\(info.name)\" overlaps another tensor's data")
+                throw FormatError("\(path): tensor \"\(info.name)\" overlaps another tensor's data")
             }
             guard info.dataRange.lowerBound == cursor else {
-                throw FormatError("\(url.path): gap in the data section before tensor \"\(info.name)\"")
+                throw FormatError("\(path): gap in the data section before tensor \"\(info.name)\"")
             }
             cursor = info.dataRange.upperBound
         }
         guard cursor == dataLength else {
-            throw FormatError("\(url.path): data section has \(dataLength) bytes but tensors cover \(cursor)")
+            throw FormatError("\(path): data section has \(dataLength) bytes but tensors cover \(cursor)")
         }
         tensors = infos
         metadata = meta
@@ -150,12 +181,12 @@ public final class SafeTensorsFile: @unchecked Sendable {
         for (i, t) in infos.enumerated() { index[t.name] = i }
         self.index = index
         base = raw
-        mappedLength = size
+        self.storage = storage
         dataStart = 8 + headerLength
         ok = true
     }
 
-    deinit { munmap(UnsafeMutableRawPointer(mutating: base), mappedLength) }
+    deinit { storage.release(base) }
 
     /// A JSON integer, exactly: 50257.9 or 1e300 are not shapes or offsets.
     private static func integer(_ any: Any) -> Int? {

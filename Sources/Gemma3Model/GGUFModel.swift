@@ -79,6 +79,7 @@ public enum GGUFGemma3 {
                     throw FormatError("\(file.path): sliding_window_pattern holds \(item.type) values")
                 }
             } else if let n = pattern.intValue {
+                guard n >= 0 else { throw FormatError("\(file.path): sliding_window_pattern \(n) is negative") }
                 // llama.cpp: layer l slides when l % n < n − 1 (n = 0: all sliding).
                 layerTypes = (0..<layers).map { l in n == 0 || l % n < n - 1 ? .slidingAttention : .fullAttention }
             }

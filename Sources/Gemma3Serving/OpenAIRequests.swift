@@ -58,12 +58,15 @@ final class LazyTokenVocabulary: @unchecked Sendable {
 }
 
 /// A parsed `/v1/completions` or `/v1/chat/completions` request.
-struct ParsedGeneration: Sendable {
-    var request: GenerationRequest
-    var stream: Bool
-    var includeUsage: Bool
+public struct ParsedGeneration: Sendable {
+    /// What the scheduler runs.
+    public var request: GenerationRequest
+    /// Whether the reply is streamed as server-sent events.
+    public var stream: Bool
+    /// Streams only: whether the last chunk carries the usage (`stream_options.include_usage`).
+    public var includeUsage: Bool
     /// Completions with `echo`: the prompt's text, written before the answer.
-    var echo: String?
+    public var echo: String?
 }
 
 /// The JSON object of a request body, with typed accessors that answer 400 for a known field of
@@ -128,8 +131,10 @@ struct RequestFields {
     }
 }
 
-/// Reading OpenAI's request bodies into `GenerationRequest`s.
-enum OpenAIRequests {
+/// Reading OpenAI's request bodies into `GenerationRequest`s: every field is checked, and a body
+/// that is not valid UTF-8, not a JSON object, or has a field of the wrong type or out of range is
+/// a 400 `APIError` with a one-line message (what the server answers).
+public enum OpenAIRequests {
     /// The fields `/v1/completions` and `/v1/chat/completions` share.
     private static func common(_ f: RequestFields, prompt: [TokenID], stopTokens: Set<TokenID>, defaultMaxTokens: Int?,
                                logprobs: Int?, model: ServedModel) throws(APIError) -> ParsedGeneration {
@@ -248,7 +253,7 @@ enum OpenAIRequests {
     }
 
     /// `POST /v1/completions`: `prompt` is a string, an array of token ids, or a one-element array of either.
-    static func completion(_ bytes: [UInt8], model: ServedModel) throws(APIError) -> ParsedGeneration {
+    public static func completion(_ bytes: [UInt8], model: ServedModel) throws(APIError) -> ParsedGeneration {
         let f = try RequestFields(bytes)
         guard let promptValue = f.raw("prompt") else { throw APIError.invalid("'prompt' is required", param: "prompt") }
         var ids: [TokenID]
@@ -294,7 +299,7 @@ enum OpenAIRequests {
     /// `POST /v1/chat/completions`: the messages through Gemma's chat template (that of
     /// google/gemma-3's `chat_template`: a system message opens the first user turn; user and
     /// assistant turns alternate; content is trimmed; the prompt ends with `<start_of_turn>model\n`).
-    static func chat(_ bytes: [UInt8], model: ServedModel) throws(APIError) -> ParsedGeneration {
+    public static func chat(_ bytes: [UInt8], model: ServedModel) throws(APIError) -> ParsedGeneration {
         let f = try RequestFields(bytes)
         guard let gemma = model.tokenizer as? GemmaTokenizer, let endOfTurn = model.endOfTurn else {
             throw APIError.invalid("this model has no chat template (it is not a Gemma chat vocabulary); use /v1/completions", param: "messages",

@@ -103,6 +103,9 @@ public struct GrammarBuilder: Sendable {
         var nfas: [NFA] = []
         for (i, r) in rules.enumerated() {
             guard let r else { throw GrammarError("internal: grammar rule \(i) was reserved but not defined") }
+            guard !r.isTooLarge else {
+                throw GrammarError("the grammar is too large (more than \(NFA.maximumStates) automaton states in one rule): reduce maxLength/maxItems or the pattern's repetition counts")
+            }
             nfas.append(r)
         }
         guard !nfas.isEmpty else { throw GrammarError("internal: empty grammar") }
@@ -131,6 +134,10 @@ struct NFA: Sendable {
     var byteEdges: [[(ByteSet, Int32)]] = []
     var callEdges: [[(Int32, Int32)]] = []
     var accepting: [Int32] = []
+    /// Set when expanding the repetitions would pass `maximumStates`: the rule is then incomplete
+    /// and `GrammarBuilder.build` refuses it (nested counts multiply: `((a{1000}){1000}){1000}`).
+    var isTooLarge = false
+    static let maximumStates = 1_000_000
 
     mutating func newState() -> Int32 {
         epsilon.append([])
@@ -163,14 +170,17 @@ struct NFA: Sendable {
                 add(a, from: entry, to: to)
             }
         case .repetition(let inner, let minCount, let maxCount):
+            guard !isTooLarge else { return }
             var current = from
             for _ in 0..<minCount {
+                if epsilon.count > Self.maximumStates { isTooLarge = true; return }
                 let next = newState()
                 add(inner, from: current, to: next)
                 current = next
             }
             if let maxCount {
                 for _ in minCount..<max(minCount, maxCount) {
+                    if epsilon.count > Self.maximumStates { isTooLarge = true; return }
                     epsilon[Int(current)].append(to)
                     let next = newState()
                     add(inner, from: current, to: next)

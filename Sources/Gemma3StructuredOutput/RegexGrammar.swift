@@ -122,6 +122,10 @@ struct RegexCompiler {
     /// The characters a match may contain at all (JSON strings: those needing no escape).
     private let universe: ScalarSet
     private let source: String
+    /// Open groups around `i`: each nests the parser (and the expression) one level deeper.
+    private var depth = 0
+    /// More nested groups than any real pattern has; the recursion must stop long before the stack does.
+    static let maximumGroupDepth = 200
 
     init(_ pattern: String, universe: ScalarSet) {
         s = Array(pattern.unicodeScalars)
@@ -211,6 +215,9 @@ struct RegexCompiler {
         let c = s[i]
         switch c {
         case "(":
+            guard depth < Self.maximumGroupDepth else { throw error("groups nested more than \(Self.maximumGroupDepth) deep") }
+            depth += 1
+            defer { depth -= 1 }
             i += 1
             if peek == "?" {
                 if i + 1 < s.count && s[i + 1] == ":" {

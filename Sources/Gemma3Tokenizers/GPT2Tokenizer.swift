@@ -57,6 +57,21 @@ public final class GPT2Tokenizer: Sendable {
         }
     }
 
+    /// Builds the tokenizer from the contents of `vocab.json` and `merges.txt` (or `encoder.json`
+    /// and `vocab.bpe`) already in memory, read exactly as `init(directory:)` reads the files; the
+    /// names stand for their paths in error messages.
+    public convenience init(vocabularyJSON: [UInt8], merges: [UInt8], vocabularyName: String = "vocab.json",
+                            mergesName: String = "merges.txt") throws {
+        try self.init(try Self.parseVocabularyAndMerges(vocabulary: vocabularyJSON, vocabularyPath: vocabularyName,
+                                                        merges: merges, mergesPath: mergesName))
+    }
+
+    /// Builds the tokenizer from a GPT-2 style `tokenizer.json` already in memory, read exactly as
+    /// `init(directory:)` reads the file; `name` stands for its path in error messages.
+    public convenience init(tokenizerJSON: [UInt8], name: String = "tokenizer.json") throws {
+        try self.init(try Self.parseTokenizerJSON(tokenizerJSON, path: name))
+    }
+
     /// Builds the tables. Ranks follow tiktoken: a single byte ranks as its id, the token made by the
     /// i-th merge rule ranks 256 + i, and byte-level tokens that no rule makes are not mergeable.
     init(_ files: GPT2VocabularySource) throws {

@@ -104,19 +104,24 @@ extension GPT2Tokenizer {
         }
     }
 
-    static func parseJSON(_ url: URL) throws -> JSONValue {
-        let bytes = try readFile(url)
+    static func parseJSON(_ bytes: [UInt8], path: String) throws -> JSONValue {
         do {
             return try bytes.withUnsafeBufferPointer { try JSONReader.parse($0) }
         } catch let error as JSONSyntaxError {
-            throw TokenizerError.malformedFile(path: url.path, reason: "JSON error at byte \(error.offset): \(error.reason)")
+            throw TokenizerError.malformedFile(path: path, reason: "JSON error at byte \(error.offset): \(error.reason)")
         }
     }
 
     /// `vocab.json` + `merges.txt`, or `encoder.json` + `vocab.bpe` (same formats).
     static func readVocabularyAndMerges(_ vocabularyURL: URL, _ mergesURL: URL) throws -> GPT2VocabularySource {
-        var source = GPT2VocabularySource(path: vocabularyURL.path)
-        let vocabulary = try readFile(vocabularyURL)
+        try parseVocabularyAndMerges(vocabulary: try readFile(vocabularyURL), vocabularyPath: vocabularyURL.path,
+                                     merges: try readFile(mergesURL), mergesPath: mergesURL.path)
+    }
+
+    /// The contents of `vocab.json` and `merges.txt`; the paths name them in error messages.
+    static func parseVocabularyAndMerges(vocabulary: [UInt8], vocabularyPath: String, merges: [UInt8],
+                                         mergesPath: String) throws -> GPT2VocabularySource {
+        var source = GPT2VocabularySource(path: vocabularyPath)
         source.tokenSpellings.reserveCapacity(vocabulary.count / 2)
         do {
             try vocabulary.withUnsafeBufferPointer { bytes throws(JSONSyntaxError) in
@@ -125,16 +130,15 @@ extension GPT2Tokenizer {
                 }
             }
         } catch {
-            throw TokenizerError.malformedFile(path: vocabularyURL.path, reason: "JSON error at byte \(error.offset): \(error.reason)")
+            throw TokenizerError.malformedFile(path: vocabularyPath, reason: "JSON error at byte \(error.offset): \(error.reason)")
         }
-        if source.tokenIDs.isEmpty { throw TokenizerError.malformedFile(path: vocabularyURL.path, reason: "empty vocabulary") }
-        try readMerges(mergesURL, into: &source)
+        if source.tokenIDs.isEmpty { throw TokenizerError.malformedFile(path: vocabularyPath, reason: "empty vocabulary") }
+        try parseMerges(merges, path: mergesPath, into: &source)
         return source
     }
 
     /// `merges.txt` / `vocab.bpe`: an optional `#version` line, then one "left right" pair per line.
-    static func readMerges(_ url: URL, into source: inout GPT2VocabularySource) throws {
-        let bytes = try readFile(url)
+    static func parseMerges(_ bytes: [UInt8], path: String, into source: inout GPT2VocabularySource) throws {
         source.mergeSpellings.reserveCapacity(bytes.count)
         var lineNumber = 0
         var lineStart = 0
@@ -152,23 +156,28 @@ extension GPT2Tokenizer {
                 space = k
             }
             guard space > lineStart && space < end - 1 else {
-                throw TokenizerError.malformedFile(path: url.path, reason: "line \(lineNumber) is not a merge \"left right\"")
+                throw TokenizerError.malformedFile(path: path, reason: "line \(lineNumber) is not a merge \"left right\"")
             }
             source.mergeSpellings.append(contentsOf: bytes[lineStart ..< space])
             source.mergeSpellings.append(contentsOf: bytes[space + 1 ..< end])
             source.mergeEnds.append(source.mergeSpellings.count)
         }
-        if source.mergeEnds.isEmpty { throw TokenizerError.malformedFile(path: url.path, reason: "no merges") }
+        if source.mergeEnds.isEmpty { throw TokenizerError.malformedFile(path: path, reason: "no merges") }
     }
 
     /// A Hugging Face `tokenizer.json` with a byte-level BPE model (merges as "a b" strings or
     /// ["a", "b"] pairs).
     static func readTokenizerJSON(_ url: URL) throws -> GPT2VocabularySource {
-        func malformed(_ reason: String) -> TokenizerError { .malformedFile(path: url.path, reason: reason) }
-        let root = try parseJSON(url)
+        try parseTokenizerJSON(try readFile(url), path: url.path)
+    }
+
+    /// The contents of a `tokenizer.json`; `path` names it in error messages.
+    static func parseTokenizerJSON(_ bytes: [UInt8], path: String) throws -> GPT2VocabularySource {
+        func malformed(_ reason: String) -> TokenizerError { .malformedFile(path: path, reason: reason) }
+        let root = try parseJSON(bytes, path: path)
         guard let model = root["model"] else { throw malformed("no \"model\" object") }
         if case .string(let type)? = model["type"], type != "BPE" { throw malformed("model type is \(type), not BPE") }
-        var source = GPT2VocabularySource(path: url.path)
+        var source = GPT2VocabularySource(path: path)
         guard case .object(let members)? = model["vocab"] else { throw malformed("no \"vocab\" object") }
         for member in members {
             guard case .number(let number) = member.value, let id = Int(exactly: number) else {

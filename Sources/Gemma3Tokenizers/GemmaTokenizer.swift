@@ -385,22 +385,28 @@ public final class GemmaTokenizer: @unchecked Sendable {
         do { data = try Data(contentsOf: url) } catch {
             throw TokenizerError.malformedFile(path: url.path, reason: error.localizedDescription)
         }
+        try self.init(tokenizerJSON: data, source: url.path, addBOS: addBOS)
+    }
+
+    /// Reads `tokenizer.json` text already in memory (see `init(tokenizerJSON: URL)`); `source`
+    /// names it in error messages.
+    public convenience init(tokenizerJSON data: Data, source: String = "tokenizer.json", addBOS: Bool = true) throws {
         let root: JSONValue
         do {
             root = try data.withUnsafeBytes { raw in try JSONReader.parse(raw.bindMemory(to: UInt8.self)) }
         } catch let e as JSONSyntaxError {
-            throw TokenizerError.malformedFile(path: url.path, reason: "JSON syntax error at byte \(e.offset): \(e.reason)")
+            throw TokenizerError.malformedFile(path: source, reason: "JSON syntax error at byte \(e.offset): \(e.reason)")
         }
         guard let model = root["model"], case .object(let vocabMembers)? = model["vocab"] else {
-            throw TokenizerError.malformedFile(path: url.path, reason: "no model.vocab object")
+            throw TokenizerError.malformedFile(path: source, reason: "no model.vocab object")
         }
         if case .string(let type)? = model["type"], type != "BPE" {
-            throw TokenizerError.malformedFile(path: url.path, reason: "model type \(type) is not BPE")
+            throw TokenizerError.malformedFile(path: source, reason: "model type \(type) is not BPE")
         }
         var byID: [Int: String] = [:]
         for m in vocabMembers {
             guard case .number(let v) = m.value, let id = Int(exactly: v), id >= 0 else {
-                throw TokenizerError.malformedFile(path: url.path, reason: "vocab entry \(m.key) has no integer id")
+                throw TokenizerError.malformedFile(path: source, reason: "vocab entry \(m.key) has no integer id")
             }
             byID[id] = m.key
         }
@@ -408,7 +414,7 @@ public final class GemmaTokenizer: @unchecked Sendable {
         if case .array(let added)? = root["added_tokens"] {
             for entry in added {
                 guard case .number(let v)? = entry["id"], let id = Int(exactly: v), case .string(let content)? = entry["content"] else {
-                    throw TokenizerError.malformedFile(path: url.path, reason: "added_tokens entry without id/content")
+                    throw TokenizerError.malformedFile(path: source, reason: "added_tokens entry without id/content")
                 }
                 byID[id] = content
                 var special = false
@@ -418,7 +424,7 @@ public final class GemmaTokenizer: @unchecked Sendable {
         }
         let count = (byID.keys.max() ?? -1) + 1
         guard count > 0, byID.count == count else {
-            throw TokenizerError.malformedFile(path: url.path, reason: "token ids are not contiguous (\(byID.count) tokens, largest id \(count - 1))")
+            throw TokenizerError.malformedFile(path: source, reason: "token ids are not contiguous (\(byID.count) tokens, largest id \(count - 1))")
         }
         var pieces: [String] = [], scores: [Float] = [], tokenTypes: [Int32] = []
         pieces.reserveCapacity(count)
@@ -435,10 +441,10 @@ public final class GemmaTokenizer: @unchecked Sendable {
             }
         }
         guard let bos = pieces.firstIndex(of: "<bos>"), let eos = pieces.firstIndex(of: "<eos>") else {
-            throw TokenizerError.malformedFile(path: url.path, reason: "no <bos> or <eos> token")
+            throw TokenizerError.malformedFile(path: source, reason: "no <bos> or <eos> token")
         }
         try self.init(pieces: pieces, scores: scores, types: tokenTypes, bosTokenID: Int32(bos), eosTokenID: Int32(eos),
-                      addBOS: addBOS, addSpacePrefix: false, source: url.path)
+                      addBOS: addBOS, addSpacePrefix: false, source: source)
     }
 }
 

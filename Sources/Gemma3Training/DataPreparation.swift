@@ -162,10 +162,15 @@ public struct DatasetMeta: Codable, Sendable, Equatable {
         guard let data = FileManager.default.contents(atPath: url.path) else {
             throw FileIOError.notFound(url.path + " (run `gemma3 prepare` first)")
         }
+        return try decode(data, source: url.path)
+    }
+
+    /// Decodes `meta.json` text; `source` names it in error messages.
+    public static func decode(_ data: Data, source: String = metaFileName) throws -> DatasetMeta {
         do {
             return try JSONDecoder().decode(DatasetMeta.self, from: data)
         } catch {
-            throw FileIOError.malformed(url.path, "not a gemma3 prepare meta.json (\(error))")
+            throw FileIOError.malformed(source, "not a gemma3 prepare meta.json (\(error))")
         }
     }
 
@@ -403,6 +408,24 @@ public enum DataPreparation {
             tokensPerSecond: Double(tokensDone) / max(seconds, 1e-9), threads: threads)
     }
 
+    /// Tokenizes a whole corpus held in memory exactly as `run` tokenizes each chunk of an input
+    /// file: the documents of `format` (TinyStories separators or JSON Lines `"text"` fields), each
+    /// encoded and followed by the end-of-text id. Throws the one-line error `run` would report
+    /// (invalid UTF-8, a malformed JSON Lines record), with `name` standing for the path.
+    public static func tokenize(
+        corpus bytes: [UInt8], format: CorpusFormat, tokenizer: some DocumentTokenizer, name: String = "corpus"
+    ) throws -> (tokens: [UInt16], documents: Int) {
+        guard tokenizer.vocabularySize <= 65536 else { throw DataPreparationError.vocabularyTooLarge(tokenizer.vocabularySize) }
+        let r = bytes.withUnsafeBufferPointer {
+            tokenizeChunk($0, format: format, isFinal: true, destination: .train, fraction: nil, tokenizer: tokenizer)
+        }
+        switch r.failure {
+        case .invalidUTF8(let at)?: throw DataPreparationError.invalidUTF8(path: name, offset: Int64(at))
+        case .record(let line, let message)?: throw DataPreparationError.badRecord(path: name, line: line + 1, message: message)
+        case nil: return (r.train, r.trainDocuments)
+        }
+    }
+
     /// Which split the documents of an input go to.
     enum Destination { case train, val, byHash }
 
@@ -470,6 +493,7 @@ public enum DataPreparation {
         fraction: Double?, tokenizer: some DocumentTokenizer
     ) -> ChunkResult {
         var r = ChunkResult()
+        guard !chunk.isEmpty else { return r }  // no documents (and maybe no base address)
         if let bad = firstInvalidUTF8Offset(chunk) {
             r.failure = .invalidUTF8(bad)
             return r

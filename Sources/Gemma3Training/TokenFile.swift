@@ -21,8 +21,10 @@ public final class TokenFile: @unchecked Sendable {
     /// All tokens. The memory is unmapped when this object is deallocated: keep a reference to the
     /// `TokenFile` while using the buffer (or use `withTokens`).
     public let tokens: UnsafeBufferPointer<UInt16>
+    /// The mapped file, or the copy made by `init(bytes:name:)`.
     private let mapping: UnsafeMutableRawPointer?
     private let mappedBytes: Int
+    private let isCopy: Bool
 
     /// Maps `url`. Throws a one-line error if it is missing, unreadable or has an odd byte count.
     public init(url: URL) throws {
@@ -40,10 +42,9 @@ public final class TokenFile: @unchecked Sendable {
         guard fstat(fd, &st) == 0 else { throw FileIOError.readFailed(url.path, errno) }
         guard (st.st_mode & S_IFMT) == S_IFREG else { throw FileIOError.notARegularFile(url.path) }
         let size = Int(st.st_size)
-        guard size % 2 == 0 else {
-            throw FileIOError.malformed(url.path, "\(size) bytes is not a whole number of uint16 tokens (truncated?)")
-        }
+        try TokenFile.checkSize(size, path: url.path)
         mappedBytes = size
+        isCopy = false
         count = size / 2
         if size == 0 {
             mapping = nil
@@ -57,8 +58,35 @@ public final class TokenFile: @unchecked Sendable {
         tokens = UnsafeBufferPointer(start: p.assumingMemoryBound(to: UInt16.self), count: count)
     }
 
+    /// A token file held in memory (the bytes are copied), checked as `init(url:)` checks a file;
+    /// `name` is its `url` (a file name) in messages.
+    public init(bytes: [UInt8], name: String = DatasetMeta.trainFileName) throws {
+        url = URL(fileURLWithPath: name)
+        try TokenFile.checkSize(bytes.count, path: name)
+        mappedBytes = bytes.count
+        isCopy = true
+        count = bytes.count / 2
+        guard !bytes.isEmpty else {
+            mapping = nil
+            tokens = UnsafeBufferPointer(start: nil, count: 0)
+            return
+        }
+        let copy = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)
+        bytes.withUnsafeBytes { copy.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        mapping = copy
+        tokens = UnsafeBufferPointer(start: copy.assumingMemoryBound(to: UInt16.self), count: count)
+    }
+
+    /// Token files hold whole uint16s.
+    private static func checkSize(_ size: Int, path: String) throws {
+        guard size % 2 == 0 else {
+            throw FileIOError.malformed(path, "\(size) bytes is not a whole number of uint16 tokens (truncated?)")
+        }
+    }
+
     deinit {
-        if let mapping { munmap(mapping, mappedBytes) }
+        guard let mapping else { return }
+        if isCopy { mapping.deallocate() } else { munmap(mapping, mappedBytes) }
     }
 
     /// Calls `body` with all tokens, keeping the mapping alive meanwhile.

@@ -168,6 +168,22 @@ public struct TrainingRecipe: Codable, Equatable, Sendable {
         if !(beta2 >= 0 && beta2 < 1) { try fail("beta2 must be in [0, 1), got \(beta2)") }
         if !(eps.isFinite && eps > 0) { try fail("eps must be a positive number, got \(eps)") }
         if let ci = checkpointInterval, ci < 1 { try fail("checkpoint_interval must be ≥ 1, got \(ci)") }
+        // Far above any run, low enough that step counts + 1 and tokensPerStep cannot overflow.
+        let counts = [("max_iters", maxIters), ("warmup_steps", warmupSteps), ("eval_interval", evalInterval), ("eval_iters", evalIters),
+                      ("batch_size", batchSize), ("block_size", blockSize), ("gradient_accumulation_steps", gradientAccumulationSteps),
+                      ("checkpoint_interval", checkpointInterval ?? 1)]
+        for (name, value) in counts where value > Self.maximumCount { try fail("\(name) must be ≤ \(Self.maximumCount), got \(value)") }
+        if tokensPerStepChecked == nil { try fail("batch_size × block_size × gradient_accumulation_steps must be ≤ \(Self.maximumCount)") }
+    }
+
+    /// The largest value `validate` accepts for a count (steps, sizes, tokens per step).
+    public static let maximumCount = 1 << 40
+
+    /// `tokensPerStep`, nil past `maximumCount` (checked: the factors come from a file).
+    private var tokensPerStepChecked: Int? {
+        let (a, o1) = batchSize.multipliedReportingOverflow(by: blockSize)
+        let (b, o2) = a.multipliedReportingOverflow(by: gradientAccumulationSteps)
+        return o1 || o2 || b > Self.maximumCount ? nil : b
     }
 
     // MARK: Named recipes
