@@ -129,7 +129,7 @@ let package = Package(
         .testTarget(name: "DataTests", dependencies: ["Gemma3TestSupport", "Gemma3Infrastructure", "Gemma3Training", "Gemma3Tokenizers"]),
         .testTarget(name: "HubTests", dependencies: ["Gemma3TestSupport", "Gemma3Infrastructure", "Gemma3Hub"]),
         .testTarget(name: "PlotsTests", dependencies: ["Gemma3TestSupport", "Gemma3Plots", "Gemma3Training"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Gemma3TestSupport", "Gemma3Training", "Gemma3Plots", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Gemma3TestSupport", "Gemma3Infrastructure", "Gemma3Tokenizers", "Gemma3Training", "Gemma3Plots", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels"]),
         .testTarget(name: "ModelTests", dependencies: ["Gemma3TestSupport", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Training"]),
         .testTarget(name: "InferenceTests", dependencies: ["Gemma3TestSupport", "Gemma3Model", "Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers"]),
         .testTarget(name: "StructuredOutputTests", dependencies: ["Gemma3TestSupport", "Gemma3StructuredOutput", "Gemma3Model", "Gemma3Tokenizers", "Gemma3Kernels"]),
