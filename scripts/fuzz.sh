@@ -20,7 +20,8 @@ CONFIG=release
 TARGETS=(FuzzGGUF FuzzSafeTensors FuzzConfig FuzzGemmaTokenizer FuzzGPT2Tokenizer FuzzRecipe FuzzJSONL FuzzTokenFiles
          FuzzServerRequest FuzzJSONSchema FuzzRegex)
 # Bugs as well as crashes: a slow input, a huge allocation, too much memory, a leak.
-FUZZ_FLAGS=(-timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 -detect_leaks=1 -print_final_stats=1)
+# FUZZ_SEED fixes libFuzzer's random seed (CI: the same mutations on every run); unset, a new one.
+FUZZ_FLAGS=(-timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 -detect_leaks=1 -print_final_stats=1 -seed="${FUZZ_SEED:-0}")
 
 usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 

@@ -17,4 +17,23 @@ import Gemma3StructuredOutput
     func hugeMinLength() {
         #expect(throws: GrammarError.self) { try ByteGrammar.jsonSchema(#"{"type": "string", "minLength": 100000000}"#) }
     }
+
+    @Test("patterns whose automaton takes too long to build: an error naming the cause, not a long compile (FuzzRegex)")
+    func costlyDeterminization() {
+        // The input FuzzRegex timed out on (a Unicode word class under `+`, then a class of word and
+        // other characters 167 times), and the textbook exponential case.
+        let patterns = [#"(?P<x>[^\W.d]+)\=?[\#tu00*\#0\#0\#02x5A]{167}!*?]Z"#, "[ab]*a[ab]{40}"]
+        for pattern in patterns {
+            do {
+                _ = try ByteGrammar.regex(pattern)
+                Issue.record("\(pattern.debugDescription) compiled")
+            } catch {
+                #expect(error.message.contains("too complex") || error.message.contains("too large"), "\(error.message)")
+            }
+        }
+        // A large but ordinary schema stays within the limits.
+        #expect(throws: Never.self) {
+            try ByteGrammar.jsonSchema(#"{"type":"object","properties":{"title":{"type":"string","maxLength":200},"body":{"type":"string","maxLength":2000},"tags":{"type":"array","items":{"type":"string","maxLength":50},"maxItems":20}},"required":["title","body"]}"#)
+        }
+    }
 }
