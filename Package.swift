@@ -137,6 +137,6 @@ let package = Package(
         .testTarget(name: "ExamplesTests", dependencies: ["Gemma3Model", "Gemma3Training"]),
         // gemma3 serve as a child process, driven by the official `openai` Python client.
         .testTarget(name: "ServingTests", dependencies: ["Gemma3TestSupport", "Gemma3Model", "Gemma3Kernels"], exclude: ["Scripts"]),
-        .testTarget(name: "GGUFTests", dependencies: ["Gemma3TestSupport", "Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Model"]),
+        .testTarget(name: "GGUFTests", dependencies: ["Gemma3TestSupport", "Gemma3Formats", "Gemma3Kernels", "Gemma3Tokenizers", "Gemma3Model", "Gemma3Training"]),
     ]
 )

@@ -39,15 +39,26 @@ build_llama_cpp() {
     cmake -S "$llama" -B "$llama/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
     cmake --build "$llama/build" --target llama-tokenize llama-quantize -j"$(nproc)" >/dev/null
-    # The logits dumper of LlamaCppLogitsTests, against the libllama just built.
+    touch "$stamp"
+}
+
+# The logits dumper of LlamaCppLogitsTests and FineTuneTests, against the libllama built above;
+# rebuilt whenever its source changes (a cached build keeps the old one otherwise).
+build_dumper() {
+    set -e
     g++ -O2 -std=c++17 -I"$llama/include" -I"$llama/ggml/include" scripts/llama-dump-logits/llama-dump-logits.cpp \
         -L"$llama/build/bin" -lllama -lggml -lggml-base -Wl,-rpath,"$llama/build/bin" -o "$llama/build/bin/llama-dump-logits"
-    touch "$stamp"
+    rm -f "$llama"/build/bin/.dumper-*
+    touch "$dumper_stamp"
 }
 
 if [ ! -f "$stamp" ]; then
     # (A subshell outside any `||` so that `set -e` inside it stops at the first failing step.)
     (build_llama_cpp); [ $? -eq 0 ] || notice "building llama.cpp failed: the llama.cpp and gguf-py comparisons will print NOTICE"
+fi
+dumper_stamp="$llama/build/bin/.dumper-$(sha256sum scripts/llama-dump-logits/llama-dump-logits.cpp | cut -c1-16)"
+if [ -f "$stamp" ] && [ ! -f "$dumper_stamp" ]; then
+    (build_dumper); [ $? -eq 0 ] || notice "building llama-dump-logits failed: the llama.cpp logits comparisons will print NOTICE"
 fi
 
 swift build -c release --product gemma3 >/dev/null || { echo "fetch-test-artefacts: build failed" >&2; exit 1; }

@@ -35,3 +35,9 @@ if [ "${1:-}" = "--reference-tools" ] && ! python3 -c "import torch, transformer
         || python3 -m pip install -q --disable-pip-version-check --break-system-packages "$torch_spec" transformers \
         || echo "NOTICE: install-deps: torch/transformers could not be installed: the autocast comparisons will print NOTICE" >&2
 fi
+# And PEFT, for the LoRA adapter comparisons of LoRAAdapterTests (it keeps the torch installed above).
+if [ "${1:-}" = "--reference-tools" ] && python3 -c "import torch" >/dev/null 2>&1 && ! python3 -c "import peft" >/dev/null 2>&1; then
+    python3 -m pip install -q --disable-pip-version-check peft 2>/dev/null \
+        || python3 -m pip install -q --disable-pip-version-check --break-system-packages peft \
+        || echo "NOTICE: install-deps: peft could not be installed: the PEFT adapter comparisons will print NOTICE" >&2
+fi

@@ -371,8 +371,11 @@ public struct Gemma3Config: Codable, Sendable, Equatable {
         if let scaling = try c.decodeIfPresent(RopeEntry.self, forKey: .ropeScaling), full.ropeType == nil {
             full.ropeType = scaling.ropeType
         }
-        ropeThetaFull = try full.ropeTheta ?? c.decodeIfPresent(Double.self, forKey: .ropeTheta) ?? 1_000_000
-        ropeThetaSliding = try sliding.ropeTheta ?? c.decodeIfPresent(Double.self, forKey: .ropeLocalBaseFreq) ?? 10_000
+        // The older keys are type-checked even when `rope_parameters` takes precedence over them.
+        let legacyFull = try c.decodeIfPresent(Double.self, forKey: .ropeTheta)
+        let legacySliding = try c.decodeIfPresent(Double.self, forKey: .ropeLocalBaseFreq)
+        ropeThetaFull = full.ropeTheta ?? legacyFull ?? 1_000_000
+        ropeThetaSliding = sliding.ropeTheta ?? legacySliding ?? 10_000
         ropeTypeFull = full.ropeType ?? "default"
         ropeTypeSliding = sliding.ropeType ?? "default"
 

@@ -72,6 +72,14 @@ public struct ParameterLayout: Sendable, Equatable {
         count = cursor
     }
 
+    private init(flatCount: Int) {
+        tensors = []; embedding = 0; layers = []; finalNorm = 0; lmHead = nil; count = flatCount
+    }
+
+    /// A layout of `count` unnamed floats: the storage of weights that are not the model's own (a LoRA
+    /// adapter's factors, their gradients and AdamW moments), which keep their own names.
+    public static func flat(count: Int) -> ParameterLayout { ParameterLayout(flatCount: count) }
+
     /// Position of `t` in `tensors` (the order of `ModelTensor.all(config:)`), or nil when absent.
     private static func index(of t: ModelTensor, layers: Int, untied: Bool) -> Int? {
         let perLayer = DecoderLayerTensor.allCases.count

@@ -62,8 +62,21 @@ public final class Gemma3TrainingModel {
     public let isTraining: Bool
     /// Weights (HF names/order). May be shared with other models of the same config.
     public let parameters: ParameterStore
-    /// d loss / d parameters, accumulated by `backward` until `zeroGradients`. nil for an evaluation model.
+    /// d loss / d parameters, accumulated by `backward` until `zeroGradients`. nil for an evaluation model,
+    /// and under LoRA (the base weights are frozen).
     public let gradients: ParameterStore?
+    /// A LoRA adapter trained (or applied) on top of frozen base weights: each adapted projection adds
+    /// s·(x·Aᵀ)·Bᵀ to its output. Shared, not copied.
+    public let lora: LoRAWeights?
+    /// d loss / d LoRA factors (training models with `lora`).
+    public let loraGradients: ParameterStore?
+    /// Seed of the LoRA dropout masks of the next forward (the trainer sets it per micro-batch, so a
+    /// resumed run draws the same masks).
+    public var loraDropoutSeed: UInt64 = 0
+    /// What the optimizer updates: the LoRA factors under LoRA, else every weight.
+    public var trainableParameters: ParameterStore { lora?.parameters ?? parameters }
+    /// The gradients of `trainableParameters` (nil for an evaluation model).
+    public var trainableGradients: ParameterStore? { lora == nil ? gradients : loraGradients }
     /// Target id that contributes no loss (HF: -100).
     public var ignoreIndex: Int32 = -100
     /// When true, `phaseSeconds` accumulates wall time per `StepPhase`.
@@ -117,6 +130,12 @@ public final class Gemma3TrainingModel {
     /// bfloat16: per (sequence, head) task, one block of attention probabilities rounded for the products
     /// (softmax's backward needs them unrounded).
     private let roundedProbabilities: UnsafeMutablePointer<Float>?
+    /// LoRA: saved u = x·Aᵀ [N × r] per entry (one when not training), du scratch [N × r], and the
+    /// dropped-out input [N × in] under dropout.
+    private let loraSaved: UnsafeMutablePointer<Float>?
+    private let loraDU: UnsafeMutablePointer<Float>?
+    private let loraScratch: UnsafeMutablePointer<Float>?
+    private let loraScratchCount: Int
 
     /// Allocates the workspace for `batchSize` sequences of `sequenceLength` tokens.
     /// - Parameters:
@@ -130,7 +149,7 @@ public final class Gemma3TrainingModel {
     ///     (`BFloat16Products`, needs AVX-512 BF16) or emulated; nil: as `RuntimeSettings` resolves.
     public init(config: Gemma3Config, batchSize: Int, sequenceLength: Int,
                 parameters: ParameterStore? = nil, training: Bool = true,
-                productPrecision: ProductPrecision = .float32, nativeBFloat16: Bool? = nil) throws {
+                productPrecision: ProductPrecision = .float32, nativeBFloat16: Bool? = nil, lora: LoRAWeights? = nil) throws {
         try config.validate()
         guard batchSize > 0, sequenceLength > 0 else {
             throw Gemma3ModelError("batch size and sequence length must be positive, got \(batchSize) × \(sequenceLength)")
@@ -148,7 +167,9 @@ public final class Gemma3TrainingModel {
         self.sequenceLength = sequenceLength
         self.isTraining = training
         self.parameters = parameters ?? ParameterStore(config: config)
-        self.gradients = training ? ParameterStore(layout: self.parameters.layout) : nil
+        self.gradients = training && lora == nil ? ParameterStore(layout: self.parameters.layout) : nil
+        self.lora = lora
+        self.loraGradients = training ? lora.map { ParameterStore(layout: $0.parameters.layout) } : nil
         self.productPrecision = productPrecision
         self.productWeights = UnsafePointer(self.parameters.pointer)
         self.nativeBFloat16Products = productPrecision == .bfloat16 && PrefillPrecision.bfloat16Supported
@@ -194,6 +215,20 @@ public final class Gemma3TrainingModel {
             roundedProbabilities = nil
         }
 
+        if let lora {
+            // u = x·Aᵀ of every adapted projection (kept for the backward when training), du, and the
+            // dropped-out input under dropout.
+            let r = lora.settings.rank
+            loraSaved = .allocate(capacity: N * r * (training ? lora.entries.count : 1))
+            loraSaved!.initialize(repeating: 0, count: N * r * (training ? lora.entries.count : 1))
+            loraDU = .allocate(capacity: N * r)
+            let widest = lora.entries.map(\.inFeatures).max() ?? 0
+            loraScratchCount = lora.settings.dropout > 0 ? N * widest : 0
+            loraScratch = loraScratchCount > 0 ? .allocate(capacity: loraScratchCount) : nil
+        } else {
+            loraSaved = nil; loraDU = nil; loraScratch = nil; loraScratchCount = 0
+        }
+
         let half = hd / 2, cos = workspace.ropeCos, sin = workspace.ropeSin
         for t in 0..<T {
             Kernels.ropeAngles(theta: config.ropeThetaSliding, headDim: hd, position: t, cos: cos[0] + t * half, sin: sin[0] + t * half)
@@ -207,13 +242,14 @@ public final class Gemma3TrainingModel {
         targets.deallocate()
         roundedProbabilities?.deallocate()
         operandBits?.deallocate()
+        loraSaved?.deallocate(); loraDU?.deallocate(); loraScratch?.deallocate()
     }
 
     /// Bytes of the activation/scratch workspace (not counting parameters and gradients).
     public var workspaceBytes: Int { arenaCount * 4 + 8 * N }
 
     /// Sets every gradient to zero.
-    public func zeroGradients() { gradients?.zero() }
+    public func zeroGradients() { gradients?.zero(); loraGradients?.zero() }
 
     /// Clears `phaseSeconds`.
     public func resetProfile() {
@@ -474,7 +510,7 @@ public final class Gemma3TrainingModel {
                                 rstdPost: lb.rstdPostAttn, nextWeight: P + o.preFeedforwardNorm, xnNext: lb.xnFF, rstdNext: lb.rstdPreFF)
             charge(.norms, since: t0)
             t0 = now()
-            mlpForward(lb, o)
+            mlpForward(layer: l, lb, o)
             charge(.mlp, since: t0)
             t0 = now()
             let last = l == L - 1
@@ -559,6 +595,11 @@ public final class Gemma3TrainingModel {
         // q, k, v in one product: the three weights are contiguous, [(nh + 2·nkv)·hd, H].
         roundForProducts(lb.xnAttn, rows: N, columns: H)
         gemm(transB: true, m: N, n: qkvDim, k: H, a: lb.xnAttn, b: productWeights + o.qProj, c: lb.qkv)
+        if lora != nil {
+            loraForward(layer: l, target: "q", x: lb.xnAttn, y: lb.qkv, ldy: qkvDim)
+            loraForward(layer: l, target: "k", x: lb.xnAttn, y: lb.qkv + qDim, ldy: qkvDim)
+            loraForward(layer: l, target: "v", x: lb.xnAttn, y: lb.qkv + qDim + kvDim, ldy: qkvDim)
+        }
 
         // QK-norm (per head, shared weights) then RoPE, into qkRot [N, qDim + kvDim].
         let sliding = config.isSliding(layer: l)
@@ -614,6 +655,7 @@ public final class Gemma3TrainingModel {
 
         roundForProducts(lb.attnOut, rows: N, columns: qDim)
         gemm(transB: true, m: N, n: H, k: qDim, a: lb.attnOut, b: productWeights + o.oProj, c: lb.attnProj)
+        if lora != nil { loraForward(layer: l, target: "o", x: lb.attnOut, y: lb.attnProj, ldy: H) }
     }
 
     /// Query-row blocks of one attention head and the key range each needs: keys [k0, k1) cover every
@@ -644,17 +686,22 @@ public final class Gemma3TrainingModel {
         return 6 * Double((projections + head) * N) + attention * Double(B * nh)
     }
 
-    private func mlpForward(_ lb: TrainingWorkspace.LayerBuffers, _ o: LayerOffsets) {
+    private func mlpForward(layer l: Int, _ lb: TrainingWorkspace.LayerBuffers, _ o: LayerOffsets) {
         let (N, H, I) = (self.N, self.H, self.I)
         // gate and up in one product: [2I, H] contiguous weights.
         roundForProducts(lb.xnFF, rows: N, columns: H)
         gemm(transB: true, m: N, n: 2 * I, k: H, a: lb.xnFF, b: productWeights + o.gateProj, c: lb.gateUp)
+        if lora != nil {
+            loraForward(layer: l, target: "gate", x: lb.xnFF, y: lb.gateUp, ldy: 2 * I)
+            loraForward(layer: l, target: "up", x: lb.xnFF, y: lb.gateUp + I, ldy: 2 * I)
+        }
         let gu = UncheckedSendable(lb.gateUp), act = UncheckedSendable(lb.act), rounds = roundsProductInputs
         parallelRows(N) { _, rows in
             Kernels.geglu(gate: gu.value, up: gu.value + I, ldIn: 2 * I, out: act.value, ldOut: I, dim: I, rows: rows)
             if rounds { NumberFormats.roundToBFloat16(act.value + rows.lowerBound * I, count: rows.count * I) }
         }
         gemm(transB: true, m: N, n: H, k: I, a: lb.act, b: productWeights + o.downProj, c: lb.ffOut)
+        if lora != nil { loraForward(layer: l, target: "down", x: lb.act, y: lb.ffOut, ldy: H) }
     }
 
     /// residOut = residIn + norm_post(branch); xnNext = norm_next(residOut), fused per row.
@@ -694,12 +741,13 @@ public final class Gemma3TrainingModel {
         precondition(isTraining, "backward() needs a model created with training: true")
         precondition(forwardDone && hasTargets, "backward() needs a preceding forward(inputs:targets:) with targets")
         forwardDone = false
-        guard lastTargetCount > 0, let gradients else {
+        guard lastTargetCount > 0, gradients != nil || loraGradients != nil else {
             parameters.layout.gradientBuckets.forEach { gradientsFinal?($0) }
             return
         }
         BLAS.setThreads(1)
-        let P = parameters.pointer, G = gradients.pointer
+        // nil under LoRA: the base weights are frozen, so their gradient products are skipped.
+        let P = parameters.pointer, G = gradients?.pointer
         let layout = parameters.layout
         let (N, H, V) = (self.N, self.H, self.V)
 
@@ -722,8 +770,10 @@ public final class Gemma3TrainingModel {
         gradientInLogits = false
         roundForProducts(workspace.logitsBuffer, rows: N, columns: V)
         gemm(m: N, n: H, k: V, alpha: headScale, a: workspace.logitsBuffer, b: productWeights + layout.outputProjection, c: workspace.dXn)
-        gemm(transA: true, m: V, n: H, k: N, alpha: headScale, a: workspace.logitsBuffer, lda: V, b: workspace.xnFinal, ldb: H, beta: 1,
-             c: G + layout.outputProjection)
+        if let G {
+            gemm(transA: true, m: V, n: H, k: N, alpha: headScale, a: workspace.logitsBuffer, lda: V, b: workspace.xnFinal, ldb: H, beta: 1,
+                 c: G + layout.outputProjection)
+        }
         charge(.head, since: t0)
 
         workspace.dResid.update(repeating: 0, count: N * H)
@@ -735,16 +785,16 @@ public final class Gemma3TrainingModel {
             residualNormBackward(
                 residOut: workspace.resid[l + 1], rstdNext: last ? workspace.rstdFinal : buffer(l + 1).rstdIn,
                 nextWeight: P + (last ? layout.finalNorm : layout.layers[l + 1].inputNorm),
-                nextGrad: G + (last ? layout.finalNorm : layout.layers[l + 1].inputNorm),
-                branch: lb.ffOut, rstdPost: lb.rstdPostFF, postWeight: P + o.postFeedforwardNorm, postGrad: G + o.postFeedforwardNorm)
+                nextGrad: G.map { $0 + (last ? layout.finalNorm : layout.layers[l + 1].inputNorm) },
+                branch: lb.ffOut, rstdPost: lb.rstdPostFF, postWeight: P + o.postFeedforwardNorm, postGrad: G.map { $0 + o.postFeedforwardNorm })
             charge(.norms, since: t0)
             t0 = now()
-            mlpBackward(lb, o, G)
+            mlpBackward(layer: l, lb, o, G)
             charge(.mlp, since: t0)
             t0 = now()
             residualNormBackward(
-                residOut: lb.residMid, rstdNext: lb.rstdPreFF, nextWeight: P + o.preFeedforwardNorm, nextGrad: G + o.preFeedforwardNorm,
-                branch: lb.attnProj, rstdPost: lb.rstdPostAttn, postWeight: P + o.postAttentionNorm, postGrad: G + o.postAttentionNorm)
+                residOut: lb.residMid, rstdNext: lb.rstdPreFF, nextWeight: P + o.preFeedforwardNorm, nextGrad: G.map { $0 + o.preFeedforwardNorm },
+                branch: lb.attnProj, rstdPost: lb.rstdPostAttn, postWeight: P + o.postAttentionNorm, postGrad: G.map { $0 + o.postAttentionNorm })
             charge(.norms, since: t0)
             t0 = now()
             attentionBackward(layer: l, lb, o, G)
@@ -756,7 +806,8 @@ public final class Gemma3TrainingModel {
             }
         }
 
-        // Input norm of layer 0, then the embedding lookup.
+        // Input norm of layer 0, then the embedding lookup (nothing to do there with frozen base weights).
+        guard let G else { return }
         t0 = now()
         do {
             clearPartials(1)
@@ -783,9 +834,9 @@ public final class Gemma3TrainingModel {
     /// Backward of `residualNormForward`. On entry `dXn` holds d loss/d xnNext and `dResid` d loss/d residOut
     /// (from above). On exit `dResid` holds d loss/d residIn (= d residOut, total) and `dBranch` d loss/d branch.
     private func residualNormBackward(residOut: UnsafeMutablePointer<Float>, rstdNext: UnsafeMutablePointer<Float>,
-                                      nextWeight: UnsafeMutablePointer<Float>, nextGrad: UnsafeMutablePointer<Float>,
+                                      nextWeight: UnsafeMutablePointer<Float>, nextGrad: UnsafeMutablePointer<Float>?,
                                       branch: UnsafeMutablePointer<Float>, rstdPost: UnsafeMutablePointer<Float>,
-                                      postWeight: UnsafeMutablePointer<Float>, postGrad: UnsafeMutablePointer<Float>) {
+                                      postWeight: UnsafeMutablePointer<Float>, postGrad: UnsafeMutablePointer<Float>?) {
         clearPartials(2)
         let ro = UncheckedSendable(residOut), rn = UncheckedSendable(rstdNext), wn = UncheckedSendable(nextWeight)
         let y = UncheckedSendable(branch), rp = UncheckedSendable(rstdPost), wp = UncheckedSendable(postWeight)
@@ -797,16 +848,17 @@ public final class Gemma3TrainingModel {
             Kernels.rmsNormBackward(x: y.value, ldx: H, weight: wp.value, rstd: rp.value, dy: dr.value, lddy: H,
                                     dx: db.value, lddx: H, accumulate: false, dw: self.partial(1, wk), dim: H, rows: rows)
         }
-        reducePartials(0, dim: H, into: nextGrad)
-        reducePartials(1, dim: H, into: postGrad)
+        if let nextGrad { reducePartials(0, dim: H, into: nextGrad) }
+        if let postGrad { reducePartials(1, dim: H, into: postGrad) }
     }
 
     /// From `dBranch` = d loss/d ffOut to `dXn` = d loss/d xnFF, accumulating the MLP weight gradients.
-    private func mlpBackward(_ lb: TrainingWorkspace.LayerBuffers, _ o: LayerOffsets, _ G: UnsafeMutablePointer<Float>) {
+    private func mlpBackward(layer l: Int, _ lb: TrainingWorkspace.LayerBuffers, _ o: LayerOffsets, _ G: UnsafeMutablePointer<Float>?) {
         let (N, H, I) = (self.N, self.H, self.I)
         roundForProducts(workspace.dBranch, rows: N, columns: H)
         gemm(m: N, n: I, k: H, a: workspace.dBranch, b: productWeights + o.downProj, c: workspace.dAct)
-        gemm(transA: true, m: H, n: I, k: N, a: workspace.dBranch, lda: H, b: lb.act, ldb: I, beta: 1, c: G + o.downProj)
+        if let G { gemm(transA: true, m: H, n: I, k: N, a: workspace.dBranch, lda: H, b: lb.act, ldb: I, beta: 1, c: G + o.downProj) }
+        if lora != nil { loraBackward(layer: l, target: "down", x: lb.act, dy: workspace.dBranch, lddy: H, dx: workspace.dAct) }
         let gu = UncheckedSendable(lb.gateUp), da = UncheckedSendable(workspace.dAct), dgu = UncheckedSendable(workspace.dGateUp)
         let rounds = roundsProductInputs
         parallelRows(N) { _, rows in
@@ -814,18 +866,23 @@ public final class Gemma3TrainingModel {
                                   dGate: dgu.value, dUp: dgu.value + I, ldDIn: 2 * I, dim: I, rows: rows)
             if rounds { NumberFormats.roundToBFloat16(dgu.value + rows.lowerBound * 2 * I, count: rows.count * 2 * I) }
         }
-        gemm(transA: true, m: 2 * I, n: H, k: N, a: workspace.dGateUp, lda: 2 * I, b: lb.xnFF, ldb: H, beta: 1, c: G + o.gateProj)
+        if let G { gemm(transA: true, m: 2 * I, n: H, k: N, a: workspace.dGateUp, lda: 2 * I, b: lb.xnFF, ldb: H, beta: 1, c: G + o.gateProj) }
         gemm(m: N, n: H, k: 2 * I, a: workspace.dGateUp, b: productWeights + o.gateProj, c: workspace.dXn)
+        if lora != nil {
+            loraBackward(layer: l, target: "gate", x: lb.xnFF, dy: workspace.dGateUp, lddy: 2 * I, dx: workspace.dXn)
+            loraBackward(layer: l, target: "up", x: lb.xnFF, dy: workspace.dGateUp + I, lddy: 2 * I, dx: workspace.dXn)
+        }
     }
 
     /// From `dBranch` = d loss/d attnProj to `dXn` = d loss/d xnAttn, accumulating the attention weight gradients.
-    private func attentionBackward(layer l: Int, _ lb: TrainingWorkspace.LayerBuffers, _ o: LayerOffsets, _ G: UnsafeMutablePointer<Float>) {
+    private func attentionBackward(layer l: Int, _ lb: TrainingWorkspace.LayerBuffers, _ o: LayerOffsets, _ G: UnsafeMutablePointer<Float>?) {
         let P = parameters.pointer
         let (N, H, T, nh, nkv, hd) = (self.N, self.H, self.T, self.nh, self.nkv, self.hd)
         let (qDim, kvDim, qkvDim, qkDim, group) = (self.qDim, self.kvDim, self.qkvDim, self.qkDim, self.group)
         roundForProducts(workspace.dBranch, rows: N, columns: H)
         gemm(m: N, n: qDim, k: H, a: workspace.dBranch, b: productWeights + o.oProj, c: workspace.dAttnOut)
-        gemm(transA: true, m: H, n: qDim, k: N, a: workspace.dBranch, lda: H, b: lb.attnOut, ldb: qDim, beta: 1, c: G + o.oProj)
+        if let G { gemm(transA: true, m: H, n: qDim, k: N, a: workspace.dBranch, lda: H, b: lb.attnOut, ldb: qDim, beta: 1, c: G + o.oProj) }
+        if lora != nil { loraBackward(layer: l, target: "o", x: lb.attnOut, dy: workspace.dBranch, lddy: H, dx: workspace.dAttnOut) }
         roundForProducts(workspace.dAttnOut, rows: N, columns: qDim)
 
         // Per (sequence, head) and query block: dP = dO·Vᵀ, dV_h += Pᵀ·dO, dS = P ⊙ (dP − rowsum(P ⊙ dP)),
@@ -902,11 +959,87 @@ public final class Gemma3TrainingModel {
                 if rounds { NumberFormats.roundToBFloat16(dqkv.value + n * qkvDim, count: qkvDim) }
             }
         }
-        reducePartials(0, dim: hd, into: G + o.qNorm)
-        reducePartials(1, dim: hd, into: G + o.kNorm)
-
-        gemm(transA: true, m: qkvDim, n: H, k: N, a: workspace.dQKV, lda: qkvDim, b: lb.xnAttn, ldb: H, beta: 1, c: G + o.qProj)
+        if let G {
+            reducePartials(0, dim: hd, into: G + o.qNorm)
+            reducePartials(1, dim: hd, into: G + o.kNorm)
+            gemm(transA: true, m: qkvDim, n: H, k: N, a: workspace.dQKV, lda: qkvDim, b: lb.xnAttn, ldb: H, beta: 1, c: G + o.qProj)
+        }
         gemm(m: N, n: H, k: qkvDim, a: workspace.dQKV, b: productWeights + o.qProj, c: workspace.dXn)
+        if lora != nil {
+            loraBackward(layer: l, target: "q", x: lb.xnAttn, dy: workspace.dQKV, lddy: qkvDim, dx: workspace.dXn)
+            loraBackward(layer: l, target: "k", x: lb.xnAttn, dy: workspace.dQKV + qDim, lddy: qkvDim, dx: workspace.dXn)
+            loraBackward(layer: l, target: "v", x: lb.xnAttn, dy: workspace.dQKV + qDim + kvDim, lddy: qkvDim, dx: workspace.dXn)
+        }
+    }
+
+    // MARK: LoRA
+
+    /// Adds s·(x'·Aᵀ)·Bᵀ to `y` (`ldy` apart) for the adapter of `target` in layer `l`, if there is one,
+    /// keeping u = x'·Aᵀ for the backward (x' = x, or x with dropout when training).
+    private func loraForward(layer l: Int, target: String, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, ldy: Int) {
+        guard let lora, let i = lora.entryIndex(layer: l, target: target) else { return }
+        let e = lora.entries[i], r = lora.settings.rank
+        let u = loraSaved! + (isTraining ? i * N * r : 0)
+        let input = loraInput(entry: i, x: x, inFeatures: e.inFeatures)
+        let A = UnsafePointer(lora.parameters.pointer + e.aOffset), Bf = UnsafePointer(lora.parameters.pointer + e.bOffset)
+        ParallelGEMM.sgemm(transA: false, transB: true, m: N, n: r, k: e.inFeatures, alpha: 1, a: input, lda: e.inFeatures,
+                           b: A, ldb: e.inFeatures, beta: 0, c: u, ldc: r)
+        ParallelGEMM.sgemm(transA: false, transB: true, m: N, n: e.outFeatures, k: r, alpha: lora.scale, a: u, lda: r,
+                           b: Bf, ldb: r, beta: 1, c: y, ldc: ldy)
+    }
+
+    /// The adapter's part of the backward for `target` in layer `l`: dB += s·dYᵀ·u, du = s·dY·B,
+    /// dA += duᵀ·x', and d x += du·A (through the dropout mask).
+    private func loraBackward(layer l: Int, target: String, x: UnsafePointer<Float>, dy: UnsafePointer<Float>, lddy: Int,
+                              dx: UnsafeMutablePointer<Float>) {
+        guard let lora, let G = loraGradients?.pointer, let i = lora.entryIndex(layer: l, target: target) else { return }
+        let e = lora.entries[i], r = lora.settings.rank, s = lora.scale
+        let (inF, outF) = (e.inFeatures, e.outFeatures)
+        let u = UnsafePointer(loraSaved! + i * N * r), du = loraDU!
+        let A = UnsafePointer(lora.parameters.pointer + e.aOffset), Bf = UnsafePointer(lora.parameters.pointer + e.bOffset)
+        ParallelGEMM.sgemm(transA: true, transB: false, m: outF, n: r, k: N, alpha: s, a: dy, lda: lddy, b: u, ldb: r,
+                           beta: 1, c: G + e.bOffset, ldc: r)
+        ParallelGEMM.sgemm(transA: false, transB: false, m: N, n: r, k: outF, alpha: s, a: dy, lda: lddy, b: Bf, ldb: r,
+                           beta: 0, c: du, ldc: r)
+        let input = loraInput(entry: i, x: x, inFeatures: inF)
+        ParallelGEMM.sgemm(transA: true, transB: false, m: r, n: inF, k: N, alpha: 1, a: du, lda: r, b: input, ldb: inF,
+                           beta: 1, c: G + e.aOffset, ldc: inF)
+        if let scratch = loraScratch, lora.settings.dropout > 0 {
+            ParallelGEMM.sgemm(transA: false, transB: false, m: N, n: inF, k: r, alpha: 1, a: du, lda: r, b: A, ldb: inF,
+                               beta: 0, c: scratch, ldc: inF)
+            applyDropoutMask(entry: i, scratch, inFeatures: inF)
+            let src = UncheckedSendable(scratch), dst = UncheckedSendable(dx)
+            parallelRows(N) { _, rows in
+                for n in rows { for j in 0..<inF { dst.value[n * inF + j] += src.value[n * inF + j] } }
+            }
+        } else {
+            ParallelGEMM.sgemm(transA: false, transB: false, m: N, n: inF, k: r, alpha: 1, a: du, lda: r, b: A, ldb: inF,
+                               beta: 1, c: dx, ldc: inF)
+        }
+    }
+
+    /// What the adapter of entry `i` reads: `x`, or when training under dropout x ⊙ mask / (1 − p) in the scratch.
+    private func loraInput(entry i: Int, x: UnsafePointer<Float>, inFeatures: Int) -> UnsafePointer<Float> {
+        guard isTraining, let scratch = loraScratch else { return x }
+        scratch.update(from: x, count: N * inFeatures)
+        applyDropoutMask(entry: i, scratch, inFeatures: inFeatures)
+        return UnsafePointer(scratch)
+    }
+
+    /// Multiplies `buffer` [N × in] by entry `i`'s dropout mask scaled by 1/(1 − p): each element is kept
+    /// with probability 1 − p, drawn from (`loraDropoutSeed`, entry, row), so forward and backward agree.
+    private func applyDropoutMask(entry i: Int, _ buffer: UnsafeMutablePointer<Float>, inFeatures: Int) {
+        guard let lora else { return }
+        let p = lora.settings.dropout, keep = Float(1 / (1 - p))
+        let threshold = UInt64(min(p * 18446744073709551616.0, 18446744073709549568.0))
+        let b = UncheckedSendable(buffer), seed = loraDropoutSeed
+        parallelRows(N) { _, rows in
+            for n in rows {
+                var rng = SplitMix64(seed: seed ^ (UInt64(i) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(n) &* 0xC2B2_AE3D_27D4_EB4F))
+                let row = b.value + n * inFeatures
+                for j in 0..<inFeatures { row[j] = rng.next() < threshold ? 0 : row[j] * keep }
+            }
+        }
     }
 }
 

@@ -309,7 +309,7 @@ public enum OpenAIRequests {
         guard case .array(let messages) = messagesValue, !messages.isEmpty else {
             throw APIError.invalid("'messages' must be a non-empty array", param: "messages")
         }
-        var turns: [(role: String, content: String)] = []
+        var turns: [GemmaChatTemplate.Message] = []
         for (i, message) in messages.enumerated() {
             guard case .object = message else { throw APIError.invalid("messages[\(i)] must be an object", param: "messages") }
             let m = RequestFields(object: message)
@@ -331,23 +331,14 @@ public enum OpenAIRequests {
                 }
             default: throw APIError.invalid("messages[\(i)].content must be a string or an array of text parts", param: "messages")
             }
-            turns.append((role == "developer" ? "system" : role, content))
+            turns.append(GemmaChatTemplate.Message(role: role, content: content))
         }
-        var prefix = ""
-        if turns.first?.role == "system" {
-            prefix = turns.removeFirst().content.trimmingWhitespace() + "\n\n"
+        let text: String
+        do {
+            text = try GemmaChatTemplate.segments(turns, addGenerationPrompt: true).map(\.text).joined()
+        } catch {
+            throw APIError.invalid(error.description, param: "messages")
         }
-        var text = ""
-        for (i, turn) in turns.enumerated() {
-            let expected = i % 2 == 0 ? "user" : "assistant"
-            guard turn.role == expected else {
-                throw APIError.invalid("conversation roles must alternate user/assistant/user/… (after an optional system message)", param: "messages")
-            }
-            let role = turn.role == "assistant" ? "model" : "user"
-            text += "<start_of_turn>\(role)\n" + (i == 0 ? prefix : "") + turn.content.trimmingWhitespace() + "<end_of_turn>\n"
-        }
-        if turns.isEmpty { text += "<start_of_turn>user\n" + prefix + "<end_of_turn>\n" }
-        text += "<start_of_turn>model\n"
         let ids = gemma.encode(text, addBOS: true, parseSpecial: true)
 
         var logprobs: Int?
@@ -363,12 +354,3 @@ public enum OpenAIRequests {
     }
 }
 
-extension String {
-    /// Without leading and trailing whitespace and newlines (Jinja's `trim`).
-    func trimmingWhitespace() -> String {
-        let scalars = unicodeScalars
-        guard let first = scalars.firstIndex(where: { !$0.properties.isWhitespace }) else { return "" }
-        let last = scalars.lastIndex(where: { !$0.properties.isWhitespace })!
-        return String(scalars[first...last])
-    }
-}

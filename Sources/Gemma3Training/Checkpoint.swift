@@ -38,9 +38,11 @@ public struct TrainerState: Codable, Sendable, Equatable {
     /// Processes that trained the last stretch (data parallel; 1 alone). Informational: a run resumes
     /// with any number, since the data position and the global batch do not depend on it.
     public var worldSize = 1
+    /// A LoRA fine-tune's adapter shape (nil when every weight is trained).
+    public var lora: LoRASettings?
 
     enum CodingKeys: String, CodingKey {
-        case format, step, recipe, model
+        case format, step, recipe, model, lora
         case worldSize = "world_size"
         case adamStep = "adam_step"
         case samplerState = "sampler_state"
@@ -76,6 +78,7 @@ public struct TrainerState: Codable, Sendable, Equatable {
         trainTokens = try c.decode(Int.self, forKey: .trainTokens)
         model = try c.decode(String.self, forKey: .model)
         worldSize = try c.decodeIfPresent(Int.self, forKey: .worldSize) ?? 1
+        lora = try c.decodeIfPresent(LoRASettings.self, forKey: .lora)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -92,6 +95,7 @@ public struct TrainerState: Codable, Sendable, Equatable {
         try c.encode(trainTokens, forKey: .trainTokens)
         try c.encode(model, forKey: .model)
         try c.encode(worldSize, forKey: .worldSize)
+        try c.encodeIfPresent(lora, forKey: .lora)
     }
 }
 
@@ -108,6 +112,8 @@ public struct TrainerState: Codable, Sendable, Equatable {
 public enum TrainingCheckpoint {
     public static let latest = "latest"
     public static let best = "best"
+    /// The llama.cpp LoRA GGUF beside the PEFT files of a LoRA run's `best/`.
+    public static let adapterGGUFName = "adapter_model.gguf"
 
     /// Optimizer moments to save with `latest/`.
     public struct Moments {
@@ -138,7 +144,10 @@ public enum TrainingCheckpoint {
 
     /// Whether a complete checkpoint `name` exists (after recovery).
     public static func exists(runDirectory: URL, name: String) -> Bool {
-        FileManager.default.fileExists(atPath: runDirectory.appendingPathComponent(name).appendingPathComponent("model.safetensors").path)
+        let dir = runDirectory.appendingPathComponent(name)
+        return ["model.safetensors", "adapter_model.safetensors"].contains {
+            FileManager.default.fileExists(atPath: dir.appendingPathComponent($0).path)
+        }
     }
 
     /// Writes checkpoint `name` atomically. Refuses (throws) if any weight or moment is not finite.
@@ -150,9 +159,83 @@ public enum TrainingCheckpoint {
     public static func write(
         runDirectory: URL, name: String, config: Gemma3Config, parameters: ParameterStore,
         weightsDType: SafeTensorsDType = .f32, moments: Moments? = nil, state: TrainerState? = nil,
-        tokenizerDirectory: URL? = nil
+        tokenizerDirectory: URL? = nil, tokenizerWriter: ((URL) throws -> Void)? = nil
     ) throws {
         guard allFinite(parameters) else { throw TrainingError.nonFinite("refusing to write \(name)/: the weights contain NaN or infinity") }
+        try writeDirectory(runDirectory: runDirectory, name: name, moments: moments) { temp in
+            try HFCheckpoint.save(config: config, parameters: parameters, directory: temp, dtype: weightsDType)
+            if let tokenizerDirectory { try copyTokenizer(from: tokenizerDirectory, to: temp) }
+            try tokenizerWriter?(temp)
+            if let moments { try writeMoments(moments, tensors: moments.m.layout.tensors, to: temp) }
+            if let state { try writeState(state, to: temp) }
+        }
+    }
+
+    /// Writes checkpoint `name` of a LoRA run atomically: the PEFT adapter directory (plus the base
+    /// model's `config.json`), and for `latest/` the moments (`m`, `v` over the factor block) and state.
+    public static func writeAdapter(
+        runDirectory: URL, name: String, config: Gemma3Config, lora: LoRAWeights, baseModel: String,
+        moments: Moments? = nil, state: TrainerState? = nil
+    ) throws {
+        guard allFinite(lora.parameters) else { throw TrainingError.nonFinite("refusing to write \(name)/: the adapter contains NaN or infinity") }
+        try writeDirectory(runDirectory: runDirectory, name: name, moments: moments) { temp in
+            try lora.writePEFT(to: temp, baseModel: baseModel)
+            try AtomicFileWriter.write(try config.jsonData(), to: temp.appendingPathComponent("config.json"))
+            // best/ also as llama.cpp's adapter (`--lora`); latest/ only needs what a resume reads.
+            if state == nil { try lora.adapter(path: name).ggufWriter(config: config).write(to: temp.appendingPathComponent(adapterGGUFName)) }
+            if let moments {
+                var w = SafeTensorsWriter()
+                w.metadata = ["format": "gemma3-adamw-moments"]
+                try w.add("m", shape: [moments.m.count], floats: UnsafeBufferPointer(moments.m.buffer))
+                try w.add("v", shape: [moments.v.count], floats: UnsafeBufferPointer(moments.v.buffer))
+                try w.write(to: temp.appendingPathComponent("optimizer.safetensors"))
+            }
+            if let state { try writeState(state, to: temp) }
+        }
+    }
+
+    /// Loads a LoRA run's `latest/`: fills `lora` and returns the moments and state.
+    public static func loadLatestAdapter(runDirectory: URL, config: Gemma3Config, into lora: LoRAWeights) throws -> (moments: Moments, state: TrainerState) {
+        try recover(runDirectory: runDirectory, name: latest)
+        let dir = runDirectory.appendingPathComponent(latest)
+        try lora.load(LoRAAdapter.loadPEFT(directory: dir, for: config))
+        let state = try readState(dir)
+        let file = try SafeTensorsFile(url: dir.appendingPathComponent("optimizer.safetensors"))
+        let m = ParameterStore(layout: .flat(count: lora.count)), v = ParameterStore(layout: .flat(count: lora.count))
+        for (name, store) in [("m", m), ("v", v)] {
+            guard let info = file.info(name), info.shape == [lora.count], info.dtype == .f32 else {
+                throw TrainingError.checkpoint("\(file.path): missing or mis-shaped \(name) (another LoRA rank or target set?)")
+            }
+            try file.copyFloats(name, into: store.buffer)
+        }
+        return (Moments(m: m, v: v), state)
+    }
+
+    private static func writeMoments(_ moments: Moments, tensors: [ParameterTensor], to directory: URL) throws {
+        var w = SafeTensorsWriter()
+        w.metadata = ["format": "gemma3-adamw-moments"]
+        for t in tensors {
+            try w.add("m." + t.name, shape: t.shape, floats: UnsafeBufferPointer(moments.m.view(t)))
+            try w.add("v." + t.name, shape: t.shape, floats: UnsafeBufferPointer(moments.v.view(t)))
+        }
+        try w.write(to: directory.appendingPathComponent("optimizer.safetensors"))
+    }
+
+    private static func writeState(_ state: TrainerState, to directory: URL) throws {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try AtomicFileWriter.write(try e.encode(state) + Data("\n".utf8), to: directory.appendingPathComponent("trainer_state.json"))
+    }
+
+    private static func readState(_ directory: URL) throws -> TrainerState {
+        let stateURL = directory.appendingPathComponent("trainer_state.json")
+        do { return try JSONDecoder().decode(TrainerState.self, from: Data(contentsOf: stateURL)) } catch {
+            throw TrainingError.checkpoint("cannot read \(stateURL.path): \(error)")
+        }
+    }
+
+    /// The temporary-directory-and-swap write every checkpoint goes through.
+    private static func writeDirectory(runDirectory: URL, name: String, moments: Moments?, fill: (URL) throws -> Void) throws {
         if let moments, !(allFinite(moments.m) && allFinite(moments.v)) {
             throw TrainingError.nonFinite("refusing to write \(name)/: the AdamW moments contain NaN or infinity")
         }
@@ -162,22 +245,7 @@ public enum TrainingCheckpoint {
         let temp = runDirectory.appendingPathComponent(".\(name).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try fm.createDirectory(at: temp, withIntermediateDirectories: false)
         do {
-            try HFCheckpoint.save(config: config, parameters: parameters, directory: temp, dtype: weightsDType)
-            if let tokenizerDirectory { try copyTokenizer(from: tokenizerDirectory, to: temp) }
-            if let moments {
-                var w = SafeTensorsWriter()
-                w.metadata = ["format": "gemma3-adamw-moments"]
-                for t in moments.m.layout.tensors {
-                    try w.add("m." + t.name, shape: t.shape, floats: UnsafeBufferPointer(moments.m.view(t)))
-                    try w.add("v." + t.name, shape: t.shape, floats: UnsafeBufferPointer(moments.v.view(t)))
-                }
-                try w.write(to: temp.appendingPathComponent("optimizer.safetensors"))
-            }
-            if let state {
-                let e = JSONEncoder()
-                e.outputFormatting = [.prettyPrinted, .sortedKeys]
-                try AtomicFileWriter.write(try e.encode(state) + Data("\n".utf8), to: temp.appendingPathComponent("trainer_state.json"))
-            }
+            try fill(temp)
             syncDirectory(temp)
         } catch {
             try? fm.removeItem(at: temp)

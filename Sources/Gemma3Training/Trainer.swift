@@ -45,6 +45,16 @@ public final class OptimizerState {
         self.hyper = hyper
         segments = ParameterSegment.from(layout: layout)
     }
+
+    /// State over weights that are not a model's layout (a LoRA adapter's factors): `count` floats,
+    /// all decayed (every factor is a matrix).
+    public init(count: Int, hyper: AdamWHyperparameters, moments: TrainingCheckpoint.Moments? = nil, adamStep: Int = 0) {
+        m = moments?.m ?? ParameterStore(layout: .flat(count: count))
+        v = moments?.v ?? ParameterStore(layout: .flat(count: count))
+        self.adamStep = adamStep
+        self.hyper = hyper
+        segments = ParameterSegment.from(tensors: [(count: count, decay: true)])
+    }
 }
 
 /// What one optimizer step did.
@@ -82,7 +92,8 @@ public func trainingStep(
     group: (any DataParallelGroup)? = nil,
     fillMicroBatch: (Int) throws -> Void
 ) throws -> StepOutcome {
-    guard let gradients = model.gradients else { throw TrainingError.invalidData("trainingStep needs a model created with training: true") }
+    guard let gradients = model.trainableGradients else { throw TrainingError.invalidData("trainingStep needs a model created with training: true") }
+    let trained = model.trainableParameters
     let (rank, ranks) = (group?.rank ?? 0, group?.size ?? 1)
     try checkMicroBatchShare(accumulation: accumulation, ranks: ranks)
     model.zeroGradients()
@@ -95,9 +106,11 @@ public func trainingStep(
     for k in 0..<accumulation {
         try fillMicroBatch(k)
         guard k % ranks == rank else { continue }
+        // Dropout masks (LoRA) from the update count and the micro-batch: the same after a resume.
+        model.loraDropoutSeed = UInt64(optimizer.adamStep) &* 0x100_0000 &+ UInt64(k)
         let loss = try model.forward(inputs: UnsafeBufferPointer(inputs), targets: UnsafeBufferPointer(targets))
         lossSum += Double(loss)
-        if let group, group.overlapsAllReduce, k == lastLocal {
+        if let group, group.overlapsAllReduce, k == lastLocal, model.lora == nil {
             model.backward(lossScale: scale) { range in
                 guard bucketError == nil else { return }
                 do { try group.startAllReduceSum(UnsafeMutableBufferPointer(rebasing: gradients.buffer[range])) } catch { bucketError = error }
@@ -109,7 +122,7 @@ public func trainingStep(
     var reduceSeconds = 0.0, reduceBusySeconds = 0.0
     if let group {
         let t0 = DispatchTime.now().uptimeNanoseconds
-        if group.overlapsAllReduce {
+        if group.overlapsAllReduce && model.lora == nil {
             reduceBusySeconds = try group.finishAllReduceSums()
             if let bucketError { throw bucketError }
         } else {
@@ -117,7 +130,7 @@ public func trainingStep(
         }
         lossSum = try group.sum(lossSum)
         reduceSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
-        if !group.overlapsAllReduce { reduceBusySeconds = reduceSeconds }
+        if !group.overlapsAllReduce || model.lora != nil { reduceBusySeconds = reduceSeconds }
     }
     let loss = lossSum / Double(accumulation)
     let optimizerStart = DispatchTime.now().uptimeNanoseconds
@@ -131,10 +144,10 @@ public func trainingStep(
     }
     let clip = GradientClipping.scale(totalNorm: norm, maxNorm: gradClip)
     optimizer.adamStep += 1
-    AdamW.update(parameters: model.parameters.buffer, gradients: UnsafeBufferPointer(gradients.buffer),
+    AdamW.update(parameters: trained.buffer, gradients: UnsafeBufferPointer(gradients.buffer),
                  m: optimizer.m.buffer, v: optimizer.v.buffer, segments: optimizer.segments, step: optimizer.adamStep,
                  learningRate: learningRate, gradScale: clip, hyper: optimizer.hyper)
-    model.parameters.markModified()
+    trained.markModified()
     return StepOutcome(loss: loss, gradNorm: norm, learningRate: learningRate, applied: true, optimizerSeconds: optimizerSeconds(),
                        allReduceSeconds: reduceSeconds, allReduceBusySeconds: reduceBusySeconds)
 }
@@ -186,11 +199,31 @@ public struct TrainerOptions {
     /// Train data parallel with these processes (nil: alone). Every member runs a `Trainer` with the
     /// same options; rank 0 alone writes metrics and checkpoints and tells its observer.
     public var group: (any DataParallelGroup)?
+    /// The data; nil: the token files of `dataDirectory` (`TokenFileCorpus`).
+    public var corpus: (any TrainingCorpus)?
+    /// Fine-tuning: the weights a new run starts from (nil: a random initialisation from the seed).
+    public var initialParameters: ParameterStore?
+    /// Fine-tuning with LoRA: the adapter's shape. The base weights (`initialParameters`) stay frozen;
+    /// `best/` and `latest/` hold PEFT adapter directories.
+    public var lora: LoRASettings?
+    /// What the adapter's `base_model_name_or_path` says.
+    public var baseModelName = ""
+    /// Writes tokenizer files into a checkpoint directory (fine-tuning a Gemma vocabulary; the GPT-2
+    /// files of `tokenizerDirectory` are copied without it).
+    public var tokenizerWriter: ((URL) throws -> Void)?
 
     public init(dataDirectory: URL, runDirectory: URL, config: Gemma3Config, modelName: String, recipe: TrainingRecipe,
                 resume: Bool = false, tokenizerDirectory: URL? = nil) {
         self.dataDirectory = dataDirectory; self.runDirectory = runDirectory; self.config = config
         self.modelName = modelName; self.recipe = recipe; self.resume = resume; self.tokenizerDirectory = tokenizerDirectory
+    }
+
+    /// A fine-tuning run: `corpus` from `data`, starting from `parameters` (LoRA on top of them when
+    /// `lora` is given, else every weight trained).
+    public init(fineTuning corpus: any TrainingCorpus, data: URL, runDirectory: URL, config: Gemma3Config, parameters: ParameterStore,
+                modelName: String, recipe: TrainingRecipe, lora: LoRASettings?, resume: Bool = false) {
+        self.init(dataDirectory: data, runDirectory: runDirectory, config: config, modelName: modelName, recipe: recipe, resume: resume)
+        self.corpus = corpus; self.initialParameters = parameters; self.lora = lora; self.baseModelName = modelName
     }
 }
 
@@ -222,9 +255,7 @@ public final class Trainer {
     public private(set) var config: Gemma3Config
     public private(set) var recipe: TrainingRecipe
 
-    private let meta: DatasetMeta
-    private let trainTokens: TokenFile
-    private let valTokens: TokenFile
+    private let corpus: any TrainingCorpus
     private let tokenizerDirectory: URL?
     private var metricsHandle: FileHandle?
     private var runLock: RunDirectoryLock?
@@ -239,25 +270,22 @@ public final class Trainer {
         recipe.checkpointInterval = recipe.effectiveCheckpointInterval
         self.recipe = recipe
         try recipe.validate()
-        meta = try DatasetMeta.load(directory: options.dataDirectory)
-        trainTokens = try TokenFile(url: options.dataDirectory.appendingPathComponent(DatasetMeta.trainFileName))
-        valTokens = try TokenFile(url: options.dataDirectory.appendingPathComponent(DatasetMeta.valFileName))
-        let metaPath = options.dataDirectory.appendingPathComponent(DatasetMeta.metaFileName).path
-        try DatasetMeta.verify(trainTokens, against: meta.train, metaPath: metaPath)
-        try DatasetMeta.verify(valTokens, against: meta.val, metaPath: metaPath)
-        if let t = options.tokenizerDirectory {
-            tokenizerDirectory = t
+        if let given = options.corpus {
+            corpus = given
+            tokenizerDirectory = options.tokenizerDirectory
         } else {
-            let recorded = URL(fileURLWithPath: meta.tokenizer.directory, isDirectory: true)
-            tokenizerDirectory = FileManager.default.fileExists(atPath: recorded.path) ? recorded : nil
+            let files = try TokenFileCorpus(directory: options.dataDirectory)
+            corpus = files
+            if let t = options.tokenizerDirectory {
+                tokenizerDirectory = t
+            } else {
+                let recorded = URL(fileURLWithPath: files.meta.tokenizer.directory, isDirectory: true)
+                tokenizerDirectory = FileManager.default.fileExists(atPath: recorded.path) ? recorded : nil
+            }
         }
-    }
-
-    /// The largest id in a token file: one pass over its memory-mapped uint16s (0 when empty).
-    static func largestToken(_ file: TokenFile) -> Int {
-        var largest: UInt16 = 0
-        for t in file.tokens where t > largest { largest = t }
-        return Int(largest)
+        if options.lora != nil && options.initialParameters == nil {
+            throw TrainingError.invalidData("LoRA needs the base model's weights (TrainerOptions.initialParameters)")
+        }
     }
 
     private func appendMetrics(_ r: MetricsRecord) {
@@ -288,22 +316,39 @@ public final class Trainer {
 
         // --- The data is checked whole before anything is replaced (--force used to delete the old run
         // first and then fail on a vocabulary mismatch, leaving nothing).
-        guard meta.vocabSize <= config.vocabSize else {
-            throw TrainingError.invalidData("\(options.dataDirectory.path) was tokenized with a \(meta.vocabSize)-token vocabulary but the model has \(config.vocabSize)")
+        if let recorded = corpus.recordedVocabularySize, recorded > config.vocabSize {
+            throw TrainingError.invalidData("\(options.dataDirectory.path) was tokenized with a \(recorded)-token vocabulary but the model has \(config.vocabSize)")
         }
-        for (tokens, file) in [(trainTokens, DatasetMeta.trainFileName), (valTokens, DatasetMeta.valFileName)] {
-            let largest = Trainer.largestToken(tokens)
-            guard largest < config.vocabSize else {
-                throw TrainingError.invalidData("\(options.dataDirectory.appendingPathComponent(file).path) holds token id \(largest), outside the model's vocabulary of \(config.vocabSize)")
-            }
+        let largest = corpus.largestToken()
+        guard largest.id < config.vocabSize else {
+            throw TrainingError.invalidData("\(largest.location) holds token id \(largest.id), outside the model's vocabulary of \(config.vocabSize)")
         }
 
         // --- Weights, optimizer and loop state: fresh or from latest/.
         let parameters: ParameterStore
         let optimizer: OptimizerState
         var state: TrainerState
+        let lora = options.lora.map { LoRAWeights(config: config, settings: $0) }
         let hasLatest = TrainingCheckpoint.exists(runDirectory: run, name: TrainingCheckpoint.latest)
-        if options.resume && hasLatest {
+        if options.resume && hasLatest, let lora, let base = options.initialParameters {
+            let summary = try TrainingCheckpoint.latestSummary(runDirectory: run)
+            guard summary?.config == options.config else {
+                throw TrainingError.checkpoint("--resume: the model of \(run.path)/latest differs from the one given")
+            }
+            let r = try TrainingCheckpoint.loadLatestAdapter(runDirectory: run, config: config, into: lora)
+            guard r.state.recipe == recipe else {
+                throw TrainingError.checkpoint("--resume continues a run exactly, but the recipe differs from the saved one: \(Trainer.recipeDifference(r.state.recipe, recipe))")
+            }
+            guard r.state.trainTokens == corpus.trainTokenCount else {
+                throw TrainingError.checkpoint("--resume: the run was trained on \(r.state.trainTokens) train tokens, the data given has \(corpus.trainTokenCount)")
+            }
+            guard r.state.lora == options.lora else {
+                throw TrainingError.checkpoint("--resume: the run's LoRA settings differ from those given")
+            }
+            parameters = base
+            state = r.state
+            optimizer = OptimizerState(count: lora.count, hyper: AdamWHyperparameters(recipe: recipe), moments: r.moments, adamStep: state.adamStep)
+        } else if options.resume && hasLatest {
             let r = try TrainingCheckpoint.loadLatest(runDirectory: run)
             guard r.config == options.config else {
                 throw TrainingError.checkpoint("--resume: the model of \(run.path)/latest differs from the one given (drop --preset/--config or pass the same one)")
@@ -311,9 +356,10 @@ public final class Trainer {
             guard r.state.recipe == recipe else {
                 throw TrainingError.checkpoint("--resume continues a run exactly, but the recipe differs from the saved one: \(Trainer.recipeDifference(r.state.recipe, recipe))")
             }
-            guard r.state.trainTokens == trainTokens.count else {
-                throw TrainingError.checkpoint("--resume: the run was trained on \(r.state.trainTokens) train tokens, \(options.dataDirectory.path) has \(trainTokens.count)")
+            guard r.state.trainTokens == corpus.trainTokenCount else {
+                throw TrainingError.checkpoint("--resume: the run was trained on \(r.state.trainTokens) train tokens, \(options.dataDirectory.path) has \(corpus.trainTokenCount)")
             }
+            guard r.state.lora == nil else { throw TrainingError.checkpoint("--resume: \(run.path) holds a LoRA run; give the same --method lora settings") }
             parameters = r.parameters
             state = r.state
             optimizer = OptimizerState(layout: parameters.layout, hyper: AdamWHyperparameters(recipe: recipe), moments: r.moments, adamStep: state.adamStep)
@@ -330,44 +376,54 @@ public final class Trainer {
                 }
             }
             if options.resume { reporter?.trainingWarning("--resume: no checkpoint in \(run.path) yet; starting from scratch") }
-            parameters = ParameterStore(config: config)
-            parameters.initializeForTraining(config: config, seed: recipe.seed)
-            optimizer = OptimizerState(layout: parameters.layout, hyper: AdamWHyperparameters(recipe: recipe))
-            state = TrainerState(step: 0, adamStep: 0, samplerState: Trainer.samplerSeed(recipe.seed), bestValLoss: nil,
+            if let initial = options.initialParameters {
+                parameters = initial
+            } else {
+                parameters = ParameterStore(config: config)
+                parameters.initializeForTraining(config: config, seed: recipe.seed)
+            }
+            if let lora {
+                lora.initialize(seed: recipe.seed)
+                optimizer = OptimizerState(count: lora.count, hyper: AdamWHyperparameters(recipe: recipe))
+            } else {
+                optimizer = OptimizerState(layout: parameters.layout, hyper: AdamWHyperparameters(recipe: recipe))
+            }
+            let start = try corpus.trainSampler(batchSize: recipe.batchSize, blockSize: recipe.blockSize, seed: recipe.seed, state: nil).state
+            state = TrainerState(step: 0, adamStep: 0, samplerState: start, bestValLoss: nil,
                                  consecutiveNonFinite: 0, pendingEval: true, elapsedSeconds: 0, recipe: recipe,
-                                 trainTokens: trainTokens.count, model: options.modelName)
+                                 trainTokens: corpus.trainTokenCount, model: options.modelName)
+            state.lora = options.lora
         }
         // Every rank starts from rank 0's weights.
         if let group {
             try group.broadcast(parameters.buffer)
             parameters.markModified()
+            if let lora { try group.broadcast(lora.parameters.buffer); lora.parameters.markModified() }
         }
         state.worldSize = worldSize
 
         // --- Models: one for training, one sharing the weights for evaluation (no saved activations).
         let model = try Gemma3TrainingModel(config: config, batchSize: recipe.batchSize, sequenceLength: recipe.blockSize,
-                                            parameters: parameters, training: true, productPrecision: recipe.dtype.productPrecision)
+                                            parameters: parameters, training: true, productPrecision: recipe.dtype.productPrecision, lora: lora)
         let evalModel = try Gemma3TrainingModel(config: config, batchSize: recipe.batchSize, sequenceLength: recipe.blockSize,
-                                                parameters: parameters, training: false, productPrecision: recipe.dtype.productPrecision)
+                                                parameters: parameters, training: false, productPrecision: recipe.dtype.productPrecision, lora: lora)
         if recipe.dtype == .bf16 { reporter?.trainingWarning(ProductPrecision.bfloat16ExecutionNote) }
-        var sampler = try BatchSampler(tokens: trainTokens, batchSize: recipe.batchSize, blockSize: recipe.blockSize, seed: 0)
-        sampler.rng.state = state.samplerState
-        let windowCount = sampler.batchTokenCount, tokenCount = recipe.batchSize * recipe.blockSize
-        let windows = UnsafeMutableBufferPointer<Int32>.allocate(capacity: windowCount)
+        var sampler = try corpus.trainSampler(batchSize: recipe.batchSize, blockSize: recipe.blockSize, seed: recipe.seed, state: state.samplerState)
+        let tokenCount = recipe.batchSize * recipe.blockSize
         let inputs = UnsafeMutableBufferPointer<Int32>.allocate(capacity: tokenCount)
         let targets = UnsafeMutableBufferPointer<Int32>.allocate(capacity: tokenCount)
-        defer { windows.deallocate(); inputs.deallocate(); targets.deallocate() }
+        defer { inputs.deallocate(); targets.deallocate() }
 
         // --- Metrics: drop records of steps after the checkpoint (they will be redone), then append.
         if isLeader { try prepareMetrics(resumedAt: options.resume && hasLatest ? state : nil) }
         defer { try? metricsHandle?.close(); metricsHandle = nil }
-        let entropy = unigramEntropyBits(trainTokens)
-        let runInfo = RunInfo(startStep: state.step, resumed: options.resume && hasLatest, parameters: parameters.count,
+        let entropy = corpus.unigramEntropyBits()
+        let runInfo = RunInfo(startStep: state.step, resumed: options.resume && hasLatest, parameters: model.trainableParameters.count,
                               model: options.modelName, maxIters: recipe.maxIters, tokensPerStep: recipe.tokensPerStep,
-                              unigramEntropyBits: entropy, bytesPerTokenVal: meta.val.bytesPerToken, worldSize: worldSize)
+                              unigramEntropyBits: entropy, bytesPerTokenVal: corpus.bytesPerValToken, worldSize: worldSize)
         appendMetrics(.run(runInfo))
         reporter?.trainingDidStart(TrainingStart(info: runInfo, config: config, recipe: recipe, runDirectory: run,
-                                                 trainTokens: trainTokens.count, valTokens: valTokens.count))
+                                                 trainTokens: corpus.trainTokenCount, valTokens: corpus.valTokenCount))
 
         let schedule = LearningRateSchedule(recipe: recipe)
         let start = Date()
@@ -377,13 +433,26 @@ public final class Trainer {
         var speeds: [Double] = []
         let tokenizer = tokenizerDirectory
 
+        /// `latest/` (with the optimizer state) or `best/`: the model, or the adapter under LoRA.
+        func writeCheckpoint(_ name: String, withState: Bool) throws {
+            let moments = withState ? TrainingCheckpoint.Moments(m: optimizer.m, v: optimizer.v) : nil
+            if let lora {
+                try TrainingCheckpoint.writeAdapter(runDirectory: run, name: name, config: config, lora: lora, baseModel: options.baseModelName,
+                                                    moments: moments, state: withState ? state : nil)
+            } else {
+                try TrainingCheckpoint.write(runDirectory: run, name: name, config: config, parameters: parameters,
+                                             weightsDType: withState || recipe.dtype != .bf16 ? .f32 : .bf16, moments: moments,
+                                             state: withState ? state : nil, tokenizerDirectory: options.tokenizerWriter == nil ? tokenizer : nil,
+                                             tokenizerWriter: options.tokenizerWriter)
+            }
+        }
+
         func saveLatest() throws {
             guard isLeader else { return }
-            state.samplerState = sampler.rng.state
+            state.samplerState = sampler.state
             state.adamStep = optimizer.adamStep
             state.elapsedSeconds = elapsed()
-            try TrainingCheckpoint.write(runDirectory: run, name: TrainingCheckpoint.latest, config: config, parameters: parameters,
-                                         moments: .init(m: optimizer.m, v: optimizer.v), state: state, tokenizerDirectory: tokenizer)
+            try writeCheckpoint(TrainingCheckpoint.latest, withState: true)
             reporter?.trainingDidSaveCheckpoint(named: TrainingCheckpoint.latest, at: run.appendingPathComponent(TrainingCheckpoint.latest),
                                                 step: state.step)
         }
@@ -391,14 +460,14 @@ public final class Trainer {
         /// Evaluates at the current step; returns false if a stop request interrupted it.
         func evaluate() throws -> Bool {
             let t0 = Date()
-            guard let trainLoss = try meanLoss(evalModel, tokens: trainTokens, seed: recipe.seed ^ 0x7EA1_0000_0000_0001,
-                                               windows: windows, inputs: inputs, targets: targets),
-                  let valLoss = try meanLoss(evalModel, tokens: valTokens, seed: recipe.seed ^ 0x7EA1_0000_0000_0002,
-                                             windows: windows, inputs: inputs, targets: targets)
+            guard let trainLoss = try meanLoss(evalModel, validation: false, seed: recipe.seed ^ 0x7EA1_0000_0000_0001,
+                                               inputs: inputs, targets: targets),
+                  let valLoss = try meanLoss(evalModel, validation: true, seed: recipe.seed ^ 0x7EA1_0000_0000_0002,
+                                             inputs: inputs, targets: targets)
             else { return false }
             let e = EvalMetrics(step: state.step, trainLoss: trainLoss, valLoss: valLoss,
-                                trainBitsPerByte: trainLoss / log(2.0) / meta.train.bytesPerToken,
-                                valBitsPerByte: valLoss / log(2.0) / meta.val.bytesPerToken, elapsed: elapsed())
+                                trainBitsPerByte: trainLoss / log(2.0) / corpus.bytesPerTrainToken,
+                                valBitsPerByte: valLoss / log(2.0) / corpus.bytesPerValToken, elapsed: elapsed())
             appendMetrics(.eval(e))
             lastEval = e
             state.pendingEval = false
@@ -406,8 +475,7 @@ public final class Trainer {
             if isBest { state.bestValLoss = valLoss }
             reporter?.trainingDidEvaluate(e, bestValLoss: state.bestValLoss, seconds: Date().timeIntervalSince(t0))
             if isBest && isLeader {
-                try TrainingCheckpoint.write(runDirectory: run, name: TrainingCheckpoint.best, config: config, parameters: parameters,
-                                             weightsDType: recipe.dtype == .bf16 ? .bf16 : .f32, tokenizerDirectory: tokenizer)
+                try writeCheckpoint(TrainingCheckpoint.best, withState: false)
                 reporter?.trainingDidSaveCheckpoint(named: TrainingCheckpoint.best, at: run.appendingPathComponent(TrainingCheckpoint.best),
                                                     step: state.step)
             }
@@ -447,9 +515,7 @@ public final class Trainer {
                 model: model, optimizer: optimizer, learningRate: lr, gradClip: recipe.gradClip,
                 accumulation: recipe.gradientAccumulationSteps, inputs: inputs, targets: targets, group: group
             ) { _ in
-                try sampler.next(into: windows, vocabularySize: config.vocabSize)
-                BatchSampler.split(windows: UnsafeBufferPointer(windows), batchSize: recipe.batchSize, blockSize: recipe.blockSize,
-                                   inputs: inputs, targets: targets)
+                try sampler.next(inputs: inputs.baseAddress!, targets: targets.baseAddress!)
             }
             let seconds = max(1e-9, Date().timeIntervalSince(t0))
             state.step += 1
@@ -482,26 +548,27 @@ public final class Trainer {
                                unigramEntropyBits: entropy, tokensPerSecond: median(speeds))
     }
 
-    /// Mean loss over `eval_iters` batches drawn from a fixed seed (the same batches at every
-    /// evaluation, so curves compare like with like); nil if a stop was requested meanwhile.
-    private func meanLoss(_ model: Gemma3TrainingModel, tokens: TokenFile, seed: UInt64,
-                          windows: UnsafeMutableBufferPointer<Int32>, inputs: UnsafeMutableBufferPointer<Int32>,
-                          targets: UnsafeMutableBufferPointer<Int32>) throws -> Double? {
-        var sampler = try BatchSampler(tokens: tokens, batchSize: recipe.batchSize, blockSize: recipe.blockSize, seed: seed)
-        var sum = 0.0
+    /// Mean loss per counted target over the corpus's fixed evaluation batches of a split (`eval_iters`
+    /// windows of token files; every held-out example of a fine-tune), the same at every evaluation so
+    /// curves compare like with like; nil if a stop was requested meanwhile.
+    private func meanLoss(_ model: Gemma3TrainingModel, validation: Bool, seed: UInt64,
+                          inputs: UnsafeMutableBufferPointer<Int32>, targets: UnsafeMutableBufferPointer<Int32>) throws -> Double? {
+        var (sampler, count) = try corpus.evaluationBatches(validation: validation, batchSize: recipe.batchSize, blockSize: recipe.blockSize,
+                                                            batches: recipe.evalIters, seed: seed)
+        var sums = [0.0, 0.0]  // Σ loss × targets, Σ targets
         let (rank, ranks) = (options.group?.rank ?? 0, worldSize)
-        for i in 0..<recipe.evalIters {
+        for i in 0..<count {
             // Alone, a stop interrupts the evaluation; in a group every rank finishes it (a rank that
             // left early would leave the others waiting in the sum), and the step loop stops after.
             if options.group == nil && stopFlag.requested != nil { return nil }
-            try sampler.next(into: windows, vocabularySize: config.vocabSize)
+            try sampler.next(inputs: inputs.baseAddress!, targets: targets.baseAddress!)
             guard i % ranks == rank else { continue }  // the batches are dealt to the ranks
-            BatchSampler.split(windows: UnsafeBufferPointer(windows), batchSize: recipe.batchSize, blockSize: recipe.blockSize,
-                               inputs: inputs, targets: targets)
-            sum += Double(try model.forward(inputs: UnsafeBufferPointer(inputs), targets: UnsafeBufferPointer(targets)))
+            let loss = Double(try model.forward(inputs: UnsafeBufferPointer(inputs), targets: UnsafeBufferPointer(targets)))
+            sums[0] += loss * Double(model.lastTargetCount)
+            sums[1] += Double(model.lastTargetCount)
         }
-        if let group = options.group { sum = try group.sum(sum) }
-        return sum / Double(recipe.evalIters)
+        if let group = options.group { try sums.withUnsafeMutableBufferPointer { try group.allReduceSum($0) } }
+        return sums[1] > 0 ? sums[0] / sums[1] : 0
     }
 
     /// The batch sampler's seed, distinct from the weight-initialisation stream of the same seed.

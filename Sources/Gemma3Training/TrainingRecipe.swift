@@ -234,9 +234,18 @@ public struct TrainingRecipe: Codable, Equatable, Sendable {
         gradientAccumulationSteps: 2, gradClip: 0.5, weightDecay: 0.1,
         beta1: 0.9, beta2: 0.95, eps: 1e-8, seed: 1337, dtype: .f32, checkpointInterval: nil)
 
+    /// `gemma3 finetune`'s default: LoRA's usual peak 2e-4 (the command lowers it to 2e-5 for full
+    /// fine-tuning unless given), 4 examples of up to 256 tokens per step, clip 1.0, no weight decay,
+    /// betas (0.9, 0.999) as PEFT's and TRL's defaults.
+    public static let fineTune = TrainingRecipe(
+        learningRate: 2e-4, maxIters: 100, warmupSteps: 10, minLR: 2e-5,
+        evalInterval: 25, evalIters: 1, batchSize: 4, blockSize: 256,
+        gradientAccumulationSteps: 1, gradClip: 1.0, weightDecay: 0,
+        beta1: 0.9, beta2: 0.999, eps: 1e-8, seed: 1337, dtype: .f32, checkpointInterval: nil)
+
     /// Named recipes accepted by `--recipe NAME`.
     public static let named: [String: TrainingRecipe] = [
-        "original": original, "cpu-small": cpuSmall, "quickstart": quickstart, "smoke": smoke,
+        "original": original, "cpu-small": cpuSmall, "quickstart": quickstart, "smoke": smoke, "finetune": fineTune,
     ]
 
     /// Resolves `--recipe`: a named recipe, or a JSON file whose missing keys come from `cpu-small`

@@ -21,6 +21,8 @@ struct ChatCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Gemma 3 GGUF file (e.g. from `gemma3 download gemma3-270m`), or a Hugging Face directory with Gemma's tokenizer.json.", valueName: "file.gguf|dir"))
     var model: String
 
+    @OptionGroup var adapter: AdapterOption
+
     @Option(name: .customLong("message"), help: ArgumentHelp("A user message (repeatable: one turn each); default: read stdin lines.", valueName: "text"))
     var messages: [String] = []
 
@@ -53,7 +55,7 @@ struct ChatCommand: ParsableCommand {
 
     func run() throws {
         let grammar = try structured.grammar()
-        let loaded = try loadModel(model, options: LoadOptions(prefill: try prefill.precision()))
+        let loaded = try loadModel(model, options: LoadOptions(prefill: try prefill.precision(), adapter: adapter.url))
         guard loaded.gemmaTokenizer != nil else {
             throw ModelCommandError("\(model): chat needs a Gemma 3 GGUF file or a model directory with Gemma's tokenizer.json")
         }

@@ -17,7 +17,8 @@ struct ConvertCommand: ParsableCommand {
         a GGUF file with matrices in --type f32, f16, bf16 or q8_0 and norms in F32 with +1; its \
         tokenizer is included: Gemma's tokenizer.json, or the GPT-2 files of a checkpoint trained \
         here (as llama.cpp's gpt2 tokenizer model, so llama.cpp's tools run it). Every file is \
-        written atomically.
+        written atomically. A PEFT LoRA adapter directory (adapter_config.json) becomes llama.cpp's LoRA \
+        GGUF (for `--lora`).
         """
     )
 
@@ -29,6 +30,9 @@ struct ConvertCommand: ParsableCommand {
 
     @Option(help: ArgumentHelp("Weight type of the output: bf16 (default for a directory, as google/gemma-3-270m), f16, f32 (exact), or q8_0 (GGUF only; GGUF default f32).", valueName: "type"))
     var type: String?
+
+    @Option(help: ArgumentHelp("For a LoRA adapter directory without config.json: its base model (GGUF or directory).", valueName: "path"))
+    var base: String?
 
     @Flag(help: "Replace an existing output file, or write into a non-empty output directory.")
     var force = false
@@ -43,6 +47,25 @@ struct ConvertCommand: ParsableCommand {
         let start = Date()
         var object: [String: Any] = ["input": input, "output": output]
         let summary: GemmaConversion.Summary
+        if isDirectory.boolValue && fm.fileExists(atPath: URL(fileURLWithPath: input).appendingPathComponent("adapter_config.json").path) {
+            // A PEFT LoRA adapter → llama.cpp's LoRA GGUF; the shapes come from the base model's config.
+            guard output.lowercased().hasSuffix(".gguf") else { throw ModelCommandError("an adapter converts to a .gguf file; give one as the output") }
+            if fm.fileExists(atPath: output) && !force { throw ModelCommandError("\(output) exists (use --force to replace it)") }
+            let own = URL(fileURLWithPath: input).appendingPathComponent("config.json")
+            let config: Gemma3Config
+            if let base { config = try LanguageModel.loadTrainableConfig(base) } else if fm.fileExists(atPath: own.path) {
+                config = try Gemma3Config.load(from: own)
+            } else {
+                throw ModelCommandError("\(input) is a LoRA adapter without config.json: give its base model with --base")
+            }
+            let adapter = try LoRAAdapter.loadPEFT(directory: URL(fileURLWithPath: input, isDirectory: true), for: config)
+            try adapter.ggufWriter(config: config).write(to: URL(fileURLWithPath: output))
+            object["direction"] = "lora-to-gguf"
+            object["tensors"] = adapter.pairs.count * 2
+            object["seconds"] = Date().timeIntervalSince(start)
+            if json { print(try jsonLine(object)) } else { print("wrote \(output) (LoRA adapter, \(adapter.pairs.count) projections, rank \(adapter.rank))") }
+            return
+        }
         if isDirectory.boolValue {
             let matrixType: GGMLType
             switch (type ?? "f32").lowercased() {

@@ -29,6 +29,8 @@ struct EvalCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Model directory (config.json + model.safetensors), e.g. RUN/best; or a Gemma 3 GGUF file.", valueName: "dir|file.gguf"))
     var model: String
 
+    @OptionGroup var adapter: AdapterOption
+
     @Option(help: ArgumentHelp("Token file written by `gemma3 prepare`, e.g. DATA/val.bin.", valueName: "file"))
     var data: String?
 
@@ -131,7 +133,7 @@ struct EvalCommand: ParsableCommand {
         let progress = progressReporter()
         // 16-bit activations for any single-token product (a last window of one token): eval's
         // figures stay within 1e-4 of exact arithmetic on the stored weights.
-        let loaded = try loadModel(model, options: LoadOptions(decodeActivations: .int16, prefill: try prefill.precision()))
+        let loaded = try loadModel(model, options: LoadOptions(decodeActivations: .int16, prefill: try prefill.precision(), adapter: adapter.url))
         let gemma = loaded.gemmaTokenizer.map { (config: loaded.config, weights: loaded.weights, tokenizer: $0) }
         if let gemma {
             let all = bytes.withUnsafeBufferPointer { gemma.tokenizer.encode(utf8: $0, addBOS: false) }

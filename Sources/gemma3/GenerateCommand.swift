@@ -25,6 +25,8 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Model directory (config.json, model.safetensors, and GPT-2 tokenizer files or Gemma's tokenizer.json), e.g. RUN/best; or a Gemma 3 GGUF file.", valueName: "dir|file.gguf"))
     var model: String
 
+    @OptionGroup var adapter: AdapterOption
+
     @Option(help: "The prompt text.")
     var prompt: String?
 
@@ -80,7 +82,8 @@ struct GenerateCommand: ParsableCommand {
         // The constraint is compiled first: a bad schema fails before the model loads.
         let grammar = try structured.grammar()
         let loaded = try loadModel(model, options: LoadOptions(weightDType: dtype, prefill: try prefill.precision(),
-                                                               tokenizerDirectory: tokenizer.map { URL(fileURLWithPath: $0, isDirectory: true) }))
+                                                               tokenizerDirectory: tokenizer.map { URL(fileURLWithPath: $0, isDirectory: true) },
+                                                               adapter: adapter.url))
         let constraint = grammar.map { TokenConstraint(grammar: $0, vocabulary: TokenVocabulary(tokenizer: loaded.tokenizer)) }
         let generator = try loaded.makeGenerator(context: context)
         let engine = generator.engine

@@ -96,3 +96,12 @@ func writeStderr(_ text: String) {
 func jsonLine(_ object: [String: Any]) throws -> String {
     String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self)
 }
+
+/// `--adapter DIR`: a LoRA adapter (PEFT's adapter_config.json + adapter_model.safetensors) merged
+/// into the model's weights at load.
+struct AdapterOption: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("A LoRA adapter directory (Hugging Face PEFT layout) to merge into the model at load; GGUF matrices are then dequantized.", valueName: "dir"))
+    var adapter: String?
+
+    var url: URL? { adapter.map { URL(fileURLWithPath: $0, isDirectory: true) } }
+}

@@ -23,6 +23,8 @@ struct ServeCommand: ParsableCommand {
     @Option(help: ArgumentHelp("A Gemma 3 GGUF file, a Hugging Face Gemma directory or a checkpoint directory.", valueName: "file.gguf|dir"))
     var model: String
 
+    @OptionGroup var adapter: AdapterOption
+
     @Option(help: "Address to bind.")
     var host = "127.0.0.1"
 
@@ -79,8 +81,8 @@ struct ServeCommand: ParsableCommand {
         let configuration = ServerConfiguration(
             host: host, port: port, parallel: parallel, context: context, apiKey: apiKey, maxQueue: queue,
             maxBodyBytes: maxBodyBytes, prefillChunk: prefillChunk, promptCache: promptCache, modelID: name, logger: logger)
-        let path = model
-        let server = GemmaServer(configuration: configuration) { try loadModel(path) }
+        let path = model, adapterURL = adapter.url
+        let server = GemmaServer(configuration: configuration) { try loadModel(path, options: LoadOptions(adapter: adapterURL)) }
         let done = DispatchSemaphore(value: 0)
         let failure = ServeFailure()
         Task {

@@ -1,8 +1,9 @@
-// llama-dump-logits MODEL IDS.txt OUT.f32 THREADS N_GEN
+// llama-dump-logits MODEL IDS.txt OUT.f32 THREADS N_GEN [LORA.gguf]
 //
 // The llama.cpp side of Tests/GGUFTests/LlamaCppLogitsTests.swift: extends the whitespace-separated
 // token ids in IDS.txt greedily by N_GEN tokens (printed to stdout, one line), then writes the float32
 // logits [tokens x vocab] of the whole sequence (prompt + continuation), computed in one batch, to OUT.f32.
+// With LORA.gguf, that LoRA adapter is applied at scale 1 (as `llama-cli --lora`).
 // Built against libllama by scripts/fetch-test-artefacts.sh.
 #include "llama.h"
 
@@ -14,7 +15,7 @@
 static int fail(const char * what) { fprintf(stderr, "llama-dump-logits: %s\n", what); return 1; }
 
 int main(int argc, char ** argv) {
-    if (argc != 6) return fail("usage: llama-dump-logits MODEL IDS.txt OUT.f32 THREADS N_GEN");
+    if (argc != 6 && argc != 7) return fail("usage: llama-dump-logits MODEL IDS.txt OUT.f32 THREADS N_GEN [LORA.gguf]");
     const int n_threads = atoi(argv[4]), n_gen = atoi(argv[5]);
     std::vector<llama_token> ids;
     { std::ifstream in(argv[2]); long t; while (in >> t) ids.push_back((llama_token) t); }
@@ -34,6 +35,13 @@ int main(int argc, char ** argv) {
     cp.no_perf = true;
     llama_context * ctx = llama_init_from_model(model, cp);
     if (!ctx) return fail("cannot create context");
+    llama_adapter_lora * lora = nullptr;
+    if (argc == 7) {
+        lora = llama_adapter_lora_init(model, argv[6]);
+        if (!lora) return fail("cannot load the LoRA adapter");
+        float scale = 1.0f;
+        if (llama_set_adapters_lora(ctx, &lora, 1, &scale) != 0) return fail("cannot apply the LoRA adapter");
+    }
 
     // 1. Greedy continuation through the KV cache (argmax of the last position's logits).
     std::vector<llama_token> seq = ids;
@@ -68,6 +76,7 @@ int main(int argc, char ** argv) {
 
     llama_batch_free(batch);
     llama_free(ctx);
+    if (lora) llama_adapter_lora_free(lora);
     llama_model_free(model);
     llama_backend_free();
     return 0;
