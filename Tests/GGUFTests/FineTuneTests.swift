@@ -214,6 +214,11 @@ struct FineTuneTests {
                 let difference = maxAbsDifference(theirs, logits)
                 print("llama.cpp with our LoRA GGUF vs base + adapter: max |Δ logit| \(difference) (max |logit| \(maxAbs(logits)))")
                 #expect(difference < 1e-3 * max(1, maxAbs(logits)), "llama.cpp --lora vs our merged model: \(difference)")
+                // Not vacuous: the adapter moves the logits much further than that.
+                let plain = try LanguageModel.load(f.hf.path).makeEngine(context: f.ids.count)
+                var baseLogits: [Float] = []
+                for id in f.ids { baseLogits += Array(try plain.decode(id)) }
+                #expect(maxAbsDifference(baseLogits, logits) > 10 * difference, "the adapter moves the logits by \(maxAbsDifference(baseLogits, logits))")
             }
         } else {
             notice("llama-dump-logits not found: skipped the llama.cpp --lora comparison")
