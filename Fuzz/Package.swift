@@ -16,6 +16,7 @@ let targets: [(name: String, products: [String])] = [
     ("FuzzGPT2Tokenizer", ["Gemma3Tokenizers"]),
     ("FuzzRecipe", ["Gemma3Training"]),
     ("FuzzJSONL", ["Gemma3Training"]),
+    ("FuzzFineTuneData", ["Gemma3Training", "Gemma3Tokenizers"]),
     ("FuzzTokenFiles", ["Gemma3Training"]),
     ("FuzzServerRequest", ["Gemma3Serving", "Gemma3Tokenizers"]),
     ("FuzzJSONSchema", ["Gemma3StructuredOutput"]),

@@ -235,6 +235,13 @@ def main(out):
           '\n{"text": "  Two\\n\\ttabs\\"quoted\\"  "}\r\n{"id": "no text", "text": "last"}')
     write(out, "FuzzJSONL", "stories.txt", "\x01Once upon a time.\n<|endoftext|>\nThe end.\r\n<|endoftext|>\r\n\n")
 
+    # gemma3 finetune's examples
+    write(out, "FuzzFineTuneData", "examples.jsonl",
+          json.dumps({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a user"},
+                                   {"role": "assistant", "content": "model a"}, {"role": "user", "content": "b"},
+                                   {"role": "assistant", "content": "\u00e9 <end_of_turn>"}]}) + "\n"
+          + json.dumps({"prompt": "a b", "completion": " model"}) + "\n\n" + json.dumps({"text": "user a\tb"}) + "\r\n")
+
     # A prepared dataset: meta.json + train.bin
     meta = {"format": "gemma3-tokens-v1", "dtype": "uint16", "byte_order": "little",
             "tokenizer": {"name": "gpt2", "directory": "/data/gpt2", "files": [{"path": "vocab.json", "bytes": 1042301, "sha256": "19" * 32}]},

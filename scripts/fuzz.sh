@@ -17,7 +17,7 @@ BUILD="$FUZZ/.build"
 # at -O, ASan and the libFuzzer hooks are compiled in, and it runs several times faster than debug
 # (whose testable-executable entry point also clashes with libFuzzer's main).
 CONFIG=release
-TARGETS=(FuzzGGUF FuzzSafeTensors FuzzConfig FuzzGemmaTokenizer FuzzGPT2Tokenizer FuzzRecipe FuzzJSONL FuzzTokenFiles
+TARGETS=(FuzzGGUF FuzzSafeTensors FuzzConfig FuzzGemmaTokenizer FuzzGPT2Tokenizer FuzzRecipe FuzzJSONL FuzzFineTuneData FuzzTokenFiles
          FuzzServerRequest FuzzJSONSchema FuzzRegex)
 # Bugs as well as crashes: a slow input, a huge allocation, too much memory, a leak.
 # FUZZ_SEED fixes libFuzzer's random seed (CI: the same mutations on every run); unset, a new one.

@@ -111,7 +111,18 @@ public final class FineTuneDataset: TrainingCorpus {
         do { data = try Data(contentsOf: url) } catch {
             throw TrainingError.io("cannot read \(url.path): \(FileManager.default.fileExists(atPath: url.path) ? "unreadable" : "no such file")")
         }
-        let bytes = [UInt8](data)
+        return try lines(of: [UInt8](data), source: url.path)
+    }
+
+    /// Every example of a JSON Lines document in memory, with its line number (the parser the fuzz
+    /// target drives; `init` reads files through it).
+    public static func examples(jsonLines bytes: [UInt8], source: String, tokenizer: any TextTokenizer,
+                                lossScope: LossScope = .completions) throws -> [(line: Int, example: Example)] {
+        try lines(of: bytes, source: source).map { ($0.0, try example($0.1, number: $0.0, file: source, tokenizer: tokenizer, lossScope: lossScope)) }
+    }
+
+    static func lines(of bytes: [UInt8], source: String) throws -> [(Int, [UInt8])] {
+        let url = URL(fileURLWithPath: source)
         guard String(validating: bytes, as: UTF8.self) != nil else { throw TrainingError.invalidData("\(url.path) is not valid UTF-8") }
         var out: [(Int, [UInt8])] = []
         var number = 0
