@@ -246,5 +246,15 @@ struct FineTuneTests {
         let base = try LanguageModel.load(f.hf.path)
         let moved = zip(Array(model.parameters!.buffer), Array(base.parameters!.buffer)).contains { abs($0 - $1) > 1e-6 }
         #expect(moved, "full fine-tuning changed no weight")
+        // Exact resume from a GGUF base: 2 steps, stop, resume to 4 equals the uninterrupted run.
+        let split = f.dir.appendingPathComponent("full-split")
+        let common = ["finetune", "--model", f.gguf.path, "--data", data.path, "--out", split.path, "--method", "full", "--quiet",
+                      "--batch-size", "4", "--block-size", "16", "--max-iters", "4", "--eval-interval", "2", "--learning-rate", "1e-3"]
+        let first = try Self.gemma3(common + ["--stop-after-step", "2"])
+        #expect(first.status == 0, "first half: \(first.stderr)")
+        let second = try Self.gemma3(common + ["--resume"])
+        #expect(second.status == 0, "--resume: \(second.stderr)")
+        #expect(try Data(contentsOf: split.appendingPathComponent("latest/model.safetensors"))
+                == Data(contentsOf: out.appendingPathComponent("latest/model.safetensors")), "resumed full fine-tune differs")
     }
 }
