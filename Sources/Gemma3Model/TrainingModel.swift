@@ -89,9 +89,14 @@ public final class Gemma3TrainingModel {
     /// Whether a training model keeps the logits readable after a forward with targets. When false (the
     /// default), that forward also turns each logits row into its cross-entropy gradient while the row is
     /// in cache (one exp per logit, one pass less over the B·T·V buffer), and `logits` then holds that
-    /// gradient. Evaluation models and forwards without targets always keep the logits.
+    /// gradient — of the targeted rows only, packed at the front, when some rows have no target (the head
+    /// is then multiplied on those rows alone). Evaluation models and forwards without targets always keep
+    /// the logits.
     public var keepsLogits = false
     private var gradientInLogits = false
+    /// After a training forward that multiplied the head on the targeted rows only: those rows, in
+    /// order (their logits and targets are packed at the front of the buffers); nil when all N were.
+    private var headRows: [Int]?
     /// The loss of the last forward with targets.
     public private(set) var lastLoss: Float = .nan
     /// Number of targets that counted in the last loss (not `ignoreIndex`).
@@ -524,12 +529,33 @@ public final class Gemma3TrainingModel {
         // LM head: logits = final_norm(x) · Wᵀ (W = embedding when tied).
         t0 = now()
         roundForProducts(workspace.xnFinal, rows: N, columns: H)
-        gemm(transB: true, m: N, n: V, k: H, a: workspace.xnFinal, b: productWeights + layout.outputProjection, c: workspace.logitsBuffer)
+        var count = 0
+        if hasTargets { for n in 0..<N where targets[n] != ignoreIndex { count += 1 } }
+        // A training forward whose logits nobody reads needs the head only on the rows with a target (a
+        // fine-tune's prompts and padding have none): those rows are gathered into `dResid` (backward
+        // scratch, free until the head's backward) and multiplied alone; `headRows` maps them back.
+        headRows = nil
+        var headInput = UnsafePointer(workspace.xnFinal)
+        if isTraining && !keepsLogits && count > 0 && count < N {
+            var rows: [Int] = []
+            rows.reserveCapacity(count)
+            var packed = 0
+            for n in 0..<N where targets[n] != ignoreIndex {
+                (workspace.dResid + packed * H).update(from: workspace.xnFinal + n * H, count: H)
+                targets[packed] = targets[n]
+                rows.append(n)
+                packed += 1
+            }
+            (targets + packed).update(repeating: ignoreIndex, count: N - packed)
+            headRows = rows
+            headInput = UnsafePointer(workspace.dResid)
+        }
+        let headRowCount = headRows?.count ?? N
+        gemm(transB: true, m: headRowCount, n: V, k: H, a: headInput, b: productWeights + layout.outputProjection, c: workspace.logitsBuffer)
         var loss: Float = .nan
         gradientInLogits = false
         if hasTargets {
-            var count = 0
-            for n in 0..<N where targets[n] != ignoreIndex { count += 1 }
+            let N = headRowCount
             // Fused classifier: while each row is in cache, turn it into d(mean loss)/d logits.
             let fuse = isTraining && !keepsLogits && count > 0
             let lg = UncheckedSendable(workspace.logitsBuffer), ls = UncheckedSendable(workspace.lse), rl = UncheckedSendable(workspace.rowLoss)
@@ -765,14 +791,29 @@ public final class Gemma3TrainingModel {
                 }
             }
         }
-        // LM head: dX = dlogits · W; dW += dlogitsᵀ · X (the fused gradient is for lossScale 1).
+        // LM head: dX = dlogits · W; dW += dlogitsᵀ · X (the fused gradient is for lossScale 1). With packed
+        // head rows, X is the packed copy in dResid, and dX is unpacked into its rows (the others get 0).
         let headScale: Float = gradientInLogits ? lossScale : 1
         gradientInLogits = false
-        roundForProducts(workspace.logitsBuffer, rows: N, columns: V)
-        gemm(m: N, n: H, k: V, alpha: headScale, a: workspace.logitsBuffer, b: productWeights + layout.outputProjection, c: workspace.dXn)
+        let M = headRows?.count ?? N
+        let headInput = headRows == nil ? workspace.xnFinal : workspace.dResid
+        roundForProducts(workspace.logitsBuffer, rows: M, columns: V)
+        gemm(m: M, n: H, k: V, alpha: headScale, a: workspace.logitsBuffer, b: productWeights + layout.outputProjection, c: workspace.dXn)
         if let G {
-            gemm(transA: true, m: V, n: H, k: N, alpha: headScale, a: workspace.logitsBuffer, lda: V, b: workspace.xnFinal, ldb: H, beta: 1,
+            gemm(transA: true, m: V, n: H, k: M, alpha: headScale, a: workspace.logitsBuffer, lda: V, b: headInput, ldb: H, beta: 1,
                  c: G + layout.outputProjection)
+        }
+        if let rows = headRows {
+            // rows[i] ≥ i: moving from the last row down never overwrites a row still to be moved.
+            var next = N
+            for i in stride(from: rows.count - 1, through: 0, by: -1) {
+                let n = rows[i]
+                if n + 1 < next { (workspace.dXn + (n + 1) * H).update(repeating: 0, count: (next - n - 1) * H) }
+                if n != i { (workspace.dXn + n * H).update(from: workspace.dXn + i * H, count: H) }
+                next = n
+            }
+            if next > 0 { workspace.dXn.update(repeating: 0, count: next * H) }
+            headRows = nil
         }
         charge(.head, since: t0)
 
