@@ -416,6 +416,8 @@ public final class GemmaTokenizer: @unchecked Sendable {
                 guard case .number(let v)? = entry["id"], let id = Int(exactly: v), case .string(let content)? = entry["content"] else {
                     throw TokenizerError.malformedFile(path: source, reason: "added_tokens entry without id/content")
                 }
+                // A negative id would count towards the contiguity check below in place of a missing one.
+                guard id >= 0 else { throw TokenizerError.malformedFile(path: source, reason: "added token \(content) has the negative id \(id)") }
                 byID[id] = content
                 var special = false
                 if case .bool(let s)? = entry["special"] { special = s }
@@ -429,7 +431,7 @@ public final class GemmaTokenizer: @unchecked Sendable {
         var pieces: [String] = [], scores: [Float] = [], tokenTypes: [Int32] = []
         pieces.reserveCapacity(count)
         for id in 0..<count {
-            let piece = byID[id]!
+            guard let piece = byID[id] else { throw TokenizerError.malformedFile(path: source, reason: "token ids are not contiguous (no id \(id))") }
             pieces.append(piece)
             scores.append(-Float(id))
             if let t = types[id] {
