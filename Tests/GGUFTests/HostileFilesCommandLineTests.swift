@@ -6,28 +6,34 @@ import Gemma3Kernels
 @testable import Gemma3Model
 import Gemma3Tokenizers
 
-/// Runs `executable args…` with stdout and stderr sent to files, and reaps it with wait4 for its
-/// peak resident memory (Foundation's Process reaps children itself and drops their rusage).
+/// Runs `executable args…` with stdout and stderr sent to files, through a small Python parent that
+/// forks it and reports its wait status and peak resident memory. (Spawned straight from this test
+/// process, a child's ru_maxrss starts at this process's own high-water mark, which Linux carries
+/// across exec: 2.5 GB after the suites before it.)
 private func runMeasured(_ executable: String, _ args: [String], in dir: URL)
     throws -> (exited: Bool, status: Int32, signal: Int32, stderr: String, peakKB: Int) {
     let outPath = dir.appendingPathComponent("stdout").path, errPath = dir.appendingPathComponent("stderr").path
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    let argv = ([executable] + args).map { strdup($0) } + [nil]
-    defer { for a in argv { free(a) } }
-    var pid: pid_t = 0
-    let rc = posix_spawn(&pid, executable, &actions, nil, argv, environ)
-    guard rc == 0 else { throw CocoaError(.executableLoad) }
-    var status: Int32 = 0
-    var usage = rusage()
-    while wait4(pid, &status, 0, &usage) < 0 && errno == EINTR {}
+    let reportPath = dir.appendingPathComponent("rusage").path
+    let parent = """
+    import os, resource, sys
+    report, out, err = sys.argv[1:4]
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 1)
+        os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
+        os.execv(sys.argv[4], sys.argv[4:])
+    _, status, usage = os.wait4(pid, 0)
+    open(report, "w").write(f"{status} {usage.ru_maxrss}")
+    """
+    let r = try run("/usr/bin/env", ["python3", "-c", parent, reportPath, outPath, errPath, executable] + args)
+    guard r.status == 0, let fields = try? String(contentsOfFile: reportPath, encoding: .utf8).split(separator: " "),
+          fields.count == 2, let status = Int32(fields[0]), let peak = Int(fields[1]) else {
+        throw TestFailure("the measuring parent failed: \(String(decoding: r.stderr, as: UTF8.self).suffix(500))")
+    }
     let stderr = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "<stderr not UTF-8>"
     let exited = status & 0x7f == 0
-    return (exited, exited ? (status >> 8) & 0xff : 0, exited ? 0 : status & 0x7f, stderr, usage.ru_maxrss)
+    return (exited, exited ? (status >> 8) & 0xff : 0, exited ? 0 : status & 0x7f, stderr, peak)
 }
 
 /// One hostile variant of a valid file: what was done to it, and its bytes.
