@@ -67,14 +67,7 @@ struct ConvertCommand: ParsableCommand {
             return
         }
         if isDirectory.boolValue {
-            let matrixType: GGMLType
-            switch (type ?? "f32").lowercased() {
-            case "f32": matrixType = .f32
-            case "f16": matrixType = .f16
-            case "bf16": matrixType = .bf16
-            case "q8_0": matrixType = .q8_0
-            default: throw ModelCommandError("--type for a GGUF output must be f32, f16, bf16 or q8_0, got \"\(type!)\"")
-            }
+            let matrixType = try ggufMatrixType(type ?? "f32", flag: "--type")
             guard !output.hasSuffix("/"), !fm.fileExists(atPath: output, isDirectory: &isDirectory) || !isDirectory.boolValue else {
                 throw ModelCommandError("\(output) is a directory; give the .gguf file to write")
             }

@@ -112,13 +112,8 @@ struct FineTuneCommand: ParsableCommand {
         InterruptHandler.install(stopping: stop)
         let summary = try Trainer(options: options, stopFlag: stop, observer: printer).run()
         if json {
-            func n(_ v: Double?) -> String { v.map { $0.isFinite ? "\($0)" : "null" } ?? "null" }
-            let e = summary.lastEval
-            let line = "{\"step\":\(summary.step),\"interrupted\":\(summary.interruptedBy != nil),\"method\":\"\(method)\","
-                + "\"train_examples\":\(corpus.train.count),\"val_examples\":\(corpus.validation.count),"
-                + "\"train_loss\":\(n(e?.trainLoss)),\"val_loss\":\(n(e?.valLoss)),\"best_val_loss\":\(n(summary.bestValLoss)),"
-                + "\"tokens_per_s\":\(n(summary.tokensPerSecond))}\n"
-            FileHandle.standardOutput.write(Data(line.utf8))
+            let extra = "\"method\":\"\(method)\",\"train_examples\":\(corpus.train.count),\"val_examples\":\(corpus.validation.count),"
+            FileHandle.standardOutput.write(Data(trainingSummaryJSON(summary, extra: extra).utf8))
         }
         if let sig = summary.interruptedBy, sig != 0 { throw ExitCode(128 + sig) }
     }

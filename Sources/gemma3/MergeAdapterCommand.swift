@@ -42,14 +42,7 @@ struct MergeAdapterCommand: ParsableCommand {
         case "bf16": dtype = .bf16
         default: throw ModelCommandError("--type must be f32 or bf16, got \"\(type)\"")
         }
-        let matrixType: GGMLType
-        switch ggufType.lowercased() {
-        case "f32": matrixType = .f32
-        case "f16": matrixType = .f16
-        case "bf16": matrixType = .bf16
-        case "q8_0": matrixType = .q8_0
-        default: throw ModelCommandError("--gguf-type must be f32, f16, bf16 or q8_0, got \"\(ggufType)\"")
-        }
+        let matrixType = try ggufMatrixType(ggufType, flag: "--gguf-type")
         var isDirectory: ObjCBool = false
         if fm.fileExists(atPath: out, isDirectory: &isDirectory) {
             guard isDirectory.boolValue else { throw ModelCommandError("\(out) exists and is not a directory") }

@@ -99,6 +99,17 @@ func jsonLine(_ object: [String: Any]) throws -> String {
 
 /// `--adapter DIR`: a LoRA adapter (PEFT's adapter_config.json + adapter_model.safetensors) merged
 /// into the model's weights at load.
+/// A GGUF output's matrix type from its flag value (`convert --type`, `merge-adapter --gguf-type`).
+func ggufMatrixType(_ value: String, flag: String) throws -> GGMLType {
+    switch value.lowercased() {
+    case "f32": return .f32
+    case "f16": return .f16
+    case "bf16": return .bf16
+    case "q8_0": return .q8_0
+    default: throw ModelCommandError("\(flag) for a GGUF output must be f32, f16, bf16 or q8_0, got \"\(value)\"")
+    }
+}
+
 struct AdapterOption: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("A LoRA adapter directory (Hugging Face PEFT layout) to merge into the model at load; GGUF matrices are then dequantized.", valueName: "dir"))
     var adapter: String?

@@ -135,13 +135,7 @@ struct TrainCommand: ParsableCommand {
         group?.finish()
         if let group, group.rank != 0 { return }  // rank 0 reports
         if json {
-            func n(_ v: Double?) -> String { v.map { $0.isFinite ? "\($0)" : "null" } ?? "null" }
-            let e = summary.lastEval
-            let line = "{\"step\":\(summary.step),\"interrupted\":\(summary.interruptedBy != nil),"
-                + "\"train_loss\":\(n(e?.trainLoss)),\"val_loss\":\(n(e?.valLoss)),\"val_perplexity\":\(n(e?.valPerplexity)),"
-                + "\"val_bpb\":\(n(e?.valBitsPerByte)),\"best_val_loss\":\(n(summary.bestValLoss)),"
-                + "\"unigram_entropy_bits\":\(n(summary.unigramEntropyBits)),\"tokens_per_s\":\(n(summary.tokensPerSecond))}\n"
-            FileHandle.standardOutput.write(Data(line.utf8))
+            FileHandle.standardOutput.write(Data(trainingSummaryJSON(summary).utf8))
         }
         if let sig = summary.interruptedBy, sig != 0 {
             throw ExitCode(128 + sig)

@@ -78,14 +78,9 @@ struct FineTuneTests {
         let vocabulary = OrderedGemmaVocabulary()
         let tokenizer = try vocabulary.tokenizer()
         let config = tinyConfig(vocab: vocabulary.pieces.count)
-        let dir = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let data = dir.appendingPathComponent("chat.jsonl")
-        func line(_ system: String, _ user: String, _ reply: String) -> String {
-            "{\"messages\":[{\"role\":\"system\",\"content\":\"\(system)\"},{\"role\":\"user\",\"content\":\"\(user)\"},{\"role\":\"assistant\",\"content\":\"\(reply)\"}]}"
-        }
-        try (line("be brief", "hello there", "ab cd") + "\n").write(to: data, atomically: true, encoding: .utf8)
-        let example = try FineTuneDataset.example(Array(try Data(contentsOf: data)).dropLast(), number: 1, file: data.path, tokenizer: tokenizer, lossScope: .completions)
+        let line = "{\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},{\"role\":\"user\",\"content\":\"hello there\"},"
+            + "{\"role\":\"assistant\",\"content\":\"ab cd\"}]}"
+        let example = try FineTuneDataset.example(Array(line.utf8), number: 1, file: "chat.jsonl", tokenizer: tokenizer, lossScope: .completions)
         // The learned tokens are exactly the reply and its <end_of_turn>.
         let eot = tokenizer.id(of: "<end_of_turn>")!
         let learnedIds = zip(example.tokens, example.learned).filter(\.1).map(\.0)
