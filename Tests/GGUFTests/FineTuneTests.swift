@@ -112,6 +112,67 @@ struct FineTuneTests {
         #expect(c.0 != d.0, "with every token learned, the trailing turn must count")
     }
 
+    @Test("LoRA dropout: one mask per seed shared by forward and backward (finite differences), none at evaluation, p = 0 is no dropout")
+    func loraDropout() throws {
+        let config = tinyConfig(vocab: 40)
+        let store = tinyStore(config, seed: 9)
+        let (B, T) = (2, 8)
+        let inputs: [Int32] = (0..<(B * T)).map { Int32(($0 * 13 + 1) % 40) }
+        let targets: [Int32] = (0..<(B * T)).map { Int32(($0 * 7 + 3) % 40) }
+        // Random A and B (PEFT's B = 0 would leave A without a gradient).
+        func adapter(dropout: Double) throws -> LoRAWeights {
+            let lora = LoRAWeights(config: config, settings: try LoRASettings(rank: 4, alpha: 8, dropout: dropout))
+            let values = randomFloats(lora.count, seed: 77, scale: 0.2)
+            lora.parameters.pointer.update(from: values, count: values.count)
+            lora.parameters.markModified()
+            return lora
+        }
+        let dropped = try adapter(dropout: 0.4), plain = try adapter(dropout: 0)
+        let model = try Gemma3TrainingModel(config: config, batchSize: B, sequenceLength: T, parameters: store, training: true, lora: dropped)
+        func loss(seed: UInt64) throws -> Float {
+            model.loraDropoutSeed = seed
+            return try model.forward(inputs: inputs, targets: targets)
+        }
+        let l7 = try loss(seed: 7)
+        model.zeroGradients()
+        model.backward()
+        let gradient = Array(model.loraGradients!.buffer)
+        #expect(try loss(seed: 7) == l7, "one seed must give one mask")
+        #expect(try loss(seed: 8) != l7, "another seed must give another mask")
+
+        let withoutDropout = try Gemma3TrainingModel(config: config, batchSize: B, sequenceLength: T, parameters: store, training: true, lora: plain)
+        let l0 = try withoutDropout.forward(inputs: inputs, targets: targets)
+        #expect(abs(l0 - l7) > 1e-3, "dropout 0.4 must change the loss (\(l0) vs \(l7))")
+        // Evaluation applies no dropout: the adapter with p = 0.4 evaluates as with p = 0.
+        let evaluation = try Gemma3TrainingModel(config: config, batchSize: B, sequenceLength: T, parameters: store, training: false, lora: dropped)
+        let le = try evaluation.forward(inputs: inputs, targets: targets)
+        #expect(abs(le - l0) <= 1e-6 * abs(l0), "evaluation with dropout 0.4 gave \(le), without dropout \(l0)")
+
+        // The backward uses the forward's mask: central differences of the loss under seed 7, for the largest
+        // gradients of the first and the last layer's adapters (the first layer's go back through the later layers'
+        // masked input gradients).
+        let p = dropped.parameters.pointer
+        var checked = 0
+        for layer in [0, config.numHiddenLayers - 1] {
+            let span = dropped.entries.filter { $0.layer == layer }.flatMap { e in
+                Array(e.aOffset..<(e.aOffset + 4 * e.inFeatures)) + Array(e.bOffset..<(e.bOffset + e.outFeatures * 4))
+            }
+            for i in span.sorted(by: { abs(gradient[$0]) > abs(gradient[$1]) }).prefix(4) {
+                let h: Float = 1e-2, saved = p[i]
+                p[i] = saved + h; dropped.parameters.markModified()
+                let up = try loss(seed: 7)
+                p[i] = saved - h; dropped.parameters.markModified()
+                let down = try loss(seed: 7)
+                p[i] = saved; dropped.parameters.markModified()
+                let numeric = (up - down) / (2 * h)
+                #expect(abs(numeric - gradient[i]) <= 2e-2 * abs(gradient[i]) + 1e-4,
+                        "layer \(layer) parameter \(i): backward \(gradient[i]), central difference \(numeric)")
+                checked += 1
+            }
+        }
+        #expect(checked == 8 && abs(gradient.max()!) > 1e-3)
+    }
+
     /// A small prompt/completion set over the tiny vocabulary's words.
     static func writeExamples(_ url: URL, count: Int) throws {
         let words = ["ab", "cd", "ef", "ab cd", "cd ef"]
