@@ -219,10 +219,10 @@ public struct TrainingRecipe: Codable, Equatable, Sendable {
         beta1: 0.9, beta2: 0.95, eps: 1e-8, seed: 1337, dtype: .f32, checkpointInterval: nil)
 
     /// The quickstart's recipe: what reached the lowest validation loss in 20 minutes on this
-    /// project's 2-core machine (Intel Xeon, float32 oneDNN products; `tinystories-5m`), among two model sizes
-    /// × two learning rates (the search is in docs/training.md). 1853 steps × 2 048 tokens.
+    /// project's 2-core machine (`tinystories-5m` at peak 3e-3), among two model sizes × two learning
+    /// rates (the search is in docs/training.md). 1853 steps × 2 048 tokens.
     public static let quickstart = TrainingRecipe(
-        learningRate: 0.001, maxIters: 1853, warmupSteps: 92, minLR: 0.0001,
+        learningRate: 0.003, maxIters: 1853, warmupSteps: 92, minLR: 0.0003,
         evalInterval: 370, evalIters: 20, batchSize: 16, blockSize: 128,
         gradientAccumulationSteps: 1, gradClip: 0.5, weightDecay: 0.1,
         beta1: 0.9, beta2: 0.95, eps: 1e-8, seed: 1337, dtype: .f32, checkpointInterval: nil)
